@@ -1,0 +1,276 @@
+//! Events: what a publisher sends ([`NewEvent`]), what the store keeps ([`Event`]), and the
+//! shared, encode-once form that fans out to subscribers ([`SharedEvent`]).
+
+use std::any::TypeId;
+use std::fmt;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+
+use crate::cursor::{Cursor, Epoch};
+use crate::topic::Topic;
+
+/// The longest event type accepted, in bytes of UTF-8.
+pub const MAX_EVENT_TYPE_LEN: usize = 128;
+
+/// The prefix reserved for events that tidings itself emits (such as `tidings.gap`).
+pub const RESERVED_EVENT_PREFIX: &str = "tidings.";
+
+/// A validated event type (the SSE `event:` field): 1 to [`MAX_EVENT_TYPE_LEN`] bytes of UTF-8,
+/// no control characters, not starting with [`RESERVED_EVENT_PREFIX`].
+///
+/// ```
+/// use tidings_core::EventType;
+/// assert!(EventType::parse("my-custom-event").is_ok());
+/// assert!(EventType::parse("tidings.gap").is_err());
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct EventType(Arc<str>);
+
+/// Why an event type was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EventTypeError {
+    /// The name is empty.
+    Empty,
+    /// The name is longer than [`MAX_EVENT_TYPE_LEN`] bytes.
+    TooLong {
+        /// The length that was given, in bytes.
+        len: usize,
+    },
+    /// The name contains a control character (such as CR or LF, which would break SSE framing).
+    ControlCharacter,
+    /// The name starts with [`RESERVED_EVENT_PREFIX`].
+    Reserved,
+}
+
+impl fmt::Display for EventTypeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EventTypeError::Empty => f.write_str("event type is empty"),
+            EventTypeError::TooLong { len } => {
+                write!(f, "event type is {len} bytes long, the limit is {MAX_EVENT_TYPE_LEN}")
+            }
+            EventTypeError::ControlCharacter => {
+                f.write_str("event type contains a control character")
+            }
+            EventTypeError::Reserved => {
+                write!(f, "event types starting with {RESERVED_EVENT_PREFIX:?} are reserved")
+            }
+        }
+    }
+}
+
+impl std::error::Error for EventTypeError {}
+
+impl EventType {
+    /// Validates `name` as an event type.
+    pub fn parse(name: &str) -> Result<EventType, EventTypeError> {
+        if name.is_empty() {
+            return Err(EventTypeError::Empty);
+        }
+        if name.len() > MAX_EVENT_TYPE_LEN {
+            return Err(EventTypeError::TooLong { len: name.len() });
+        }
+        if name.chars().any(char::is_control) {
+            return Err(EventTypeError::ControlCharacter);
+        }
+        if name.starts_with(RESERVED_EVENT_PREFIX) {
+            return Err(EventTypeError::Reserved);
+        }
+        Ok(EventType(Arc::from(name)))
+    }
+
+    /// Builds an event type the program itself chose.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `name` is not valid; use [`EventType::parse`] for untrusted input.
+    #[track_caller]
+    pub fn new(name: &str) -> EventType {
+        match EventType::parse(name) {
+            Ok(t) => t,
+            Err(err) => panic!("invalid event type {name:?}: {err}"),
+        }
+    }
+
+    /// The name as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl serde::Serialize for EventType {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for EventType {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        EventType::parse(&name).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An event on its way into the log: the store gives it a position when it appends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// Where the event goes.
+    pub topic: Topic,
+    /// The optional event type (SSE `event:`); `None` means the default (`message`).
+    pub event_type: Option<EventType>,
+    /// The payload: any UTF-8 text, newlines included.
+    pub data: Arc<str>,
+}
+
+impl NewEvent {
+    /// An event of the default type.
+    pub fn new(topic: Topic, data: impl Into<Arc<str>>) -> NewEvent {
+        NewEvent { topic, event_type: None, data: data.into() }
+    }
+
+    /// Sets the event type (default: none, which clients see as `message`).
+    #[must_use]
+    pub fn with_type(mut self, event_type: EventType) -> NewEvent {
+        self.event_type = Some(event_type);
+        self
+    }
+}
+
+/// An event as the log holds it: a [`NewEvent`] plus the position the store assigned.
+///
+/// Positions are per topic: the store numbers the events of each topic 1, 2, 3, … with no
+/// holes, within one [`Epoch`] of the log. Cloning is cheap (the data is shared).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// The incarnation of the log this event belongs to.
+    pub epoch: Epoch,
+    /// The topic.
+    pub topic: Topic,
+    /// The position of the event within its topic: 1 for the first event of an epoch.
+    pub seq: u64,
+    /// The optional event type.
+    pub event_type: Option<EventType>,
+    /// The payload.
+    pub data: Arc<str>,
+}
+
+impl Event {
+    /// The cursor that stands just after this event, for a subscription to its topic alone.
+    ///
+    /// This is what a publisher may hand to a client as "the id of this event".
+    pub fn cursor(&self) -> Cursor {
+        let mut cursor = Cursor::new(self.epoch);
+        cursor.set(&self.topic, self.seq);
+        cursor
+    }
+}
+
+/// A wire encoding of an event, computed at most once per [`SharedEvent`].
+///
+/// Each transport defines one (the SSE frame, a JSON object, …). The bytes it returns must not
+/// depend on the subscriber: per-subscriber parts (such as a cursor) are written separately.
+pub trait WireFormat: 'static {
+    /// Encodes `event`.
+    fn encode(event: &Event) -> Bytes;
+}
+
+/// An event shared by every subscriber that receives it, with a cache of its wire encodings.
+///
+/// The hub wraps each live event once; every subscriber gets the same `Arc<SharedEvent>`, and
+/// [`SharedEvent::encoded`] runs each [`WireFormat`] at most once, however many subscribers ask.
+pub struct SharedEvent {
+    event: Event,
+    encodings: RwLock<Vec<(TypeId, Bytes)>>,
+}
+
+impl SharedEvent {
+    /// Wraps an event.
+    pub fn new(event: Event) -> SharedEvent {
+        SharedEvent { event, encodings: RwLock::new(Vec::new()) }
+    }
+
+    /// The event.
+    pub fn event(&self) -> &Event {
+        &self.event
+    }
+
+    /// The event in wire format `F`, encoded on first use and shared afterwards.
+    pub fn encoded<F: WireFormat>(&self) -> Bytes {
+        let id = TypeId::of::<F>();
+        {
+            let cache = self.encodings.read().unwrap_or_else(|e| e.into_inner());
+            if let Some((_, bytes)) = cache.iter().find(|(t, _)| *t == id) {
+                return bytes.clone();
+            }
+        }
+        let mut cache = self.encodings.write().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, bytes)) = cache.iter().find(|(t, _)| *t == id) {
+            return bytes.clone();
+        }
+        let bytes = F::encode(&self.event);
+        cache.push((id, bytes.clone()));
+        bytes
+    }
+}
+
+impl fmt::Debug for SharedEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedEvent").field("event", &self.event).finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    struct Counting;
+    impl WireFormat for Counting {
+        fn encode(event: &Event) -> Bytes {
+            CALLS.fetch_add(1, Ordering::SeqCst);
+            Bytes::copy_from_slice(event.data.as_bytes())
+        }
+    }
+
+    #[test]
+    fn encodes_once_per_format() {
+        let shared = SharedEvent::new(Event {
+            epoch: Epoch::from_raw(1),
+            topic: Topic::new("t"),
+            seq: 1,
+            event_type: None,
+            data: "hello".into(),
+        });
+        let a = shared.encoded::<Counting>();
+        let b = shared.encoded::<Counting>();
+        assert_eq!(CALLS.load(Ordering::SeqCst), 1);
+        assert_eq!(a.as_ptr(), b.as_ptr(), "the bytes are shared, not copied");
+    }
+
+    #[test]
+    fn event_types_are_validated() {
+        assert!(EventType::parse("ok.type-1").is_ok());
+        assert_eq!(EventType::parse(""), Err(EventTypeError::Empty));
+        assert_eq!(EventType::parse("a\nb"), Err(EventTypeError::ControlCharacter));
+        assert_eq!(EventType::parse("tidings.x"), Err(EventTypeError::Reserved));
+        assert!(matches!(
+            EventType::parse(&"e".repeat(MAX_EVENT_TYPE_LEN + 1)),
+            Err(EventTypeError::TooLong { .. })
+        ));
+    }
+}

@@ -1,0 +1,465 @@
+//! The [`Hub`]: publishes into a [`Store`] and fans events out to subscriptions.
+//!
+//! # Replay
+//!
+//! A subscription that brings a cursor receives every retained event after it, topic by topic
+//! in log order, then live events. There is no loss and no repeat at the seam: the subscription
+//! joins the live ring *before* it reads history, and skips live events it already received
+//! from the store (positions are per topic and only grow).
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use tidings_core::{Delivery, Hub, MemoryStore, NewEvent, SubscribeRequest, Topic};
+//! let hub = Hub::new(MemoryStore::new());
+//! let topic = Topic::new("news");
+//! let first = hub.publish(NewEvent::new(topic.clone(), "one")).await.unwrap();
+//! hub.publish(NewEvent::new(topic.clone(), "two")).await.unwrap();
+//!
+//! // A client that saw "one" comes back with its cursor.
+//! let token = first.cursor().to_string();
+//! let mut sub = hub
+//!     .subscribe(SubscribeRequest::new(vec![topic.clone()]).cursor(Some(&token)))
+//!     .await
+//!     .unwrap();
+//! hub.publish(NewEvent::new(topic, "three")).await.unwrap();
+//! for expected in ["two", "three"] {
+//!     match sub.next().await {
+//!         Some(Delivery::Event(e)) => assert_eq!(&*e.event().data, expected),
+//!         other => panic!("{other:?}"),
+//!     }
+//! }
+//! # }
+//! ```
+//!
+//! A subscription without a cursor starts at the current end of the log: it receives only
+//! events published after it opened. Its [`Subscription::cursor`] is valid from the start, so
+//! a client that receives nothing and reconnects still loses nothing.
+//!
+//! # Gap
+//!
+//! When the events after a cursor are no longer there, the subscription first yields a
+//! [`Delivery::Gap`] naming the affected topics, then everything still retained for them:
+//!
+//! - **retention**: the cursor points before the oldest retained event of a topic;
+//! - **epoch**: the cursor belongs to another incarnation of the log (a restarted memory
+//!   store, a flushed Redis) — all topics are named;
+//! - **unknown**: the token is malformed, truncated, forged, oversized, or points past the end
+//!   of the log — all topics are named. This is never an error to the client.
+//!
+//! A topic that the cursor does not mention (the client added a topic) starts at the current
+//! end, without a gap. The application decides how to resync after a gap.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use tidings_core::{Delivery, Hub, MemoryStore, SubscribeRequest, Topic};
+//! let hub = Hub::new(MemoryStore::new());
+//! let topics = vec![Topic::new("a"), Topic::new("b")];
+//! let mut sub = hub
+//!     .subscribe(SubscribeRequest::new(topics.clone()).cursor(Some("not-a-cursor")))
+//!     .await
+//!     .unwrap();
+//! match sub.next().await {
+//!     Some(Delivery::Gap(gap)) => assert_eq!(gap.topics, topics),
+//!     other => panic!("{other:?}"),
+//! }
+//! # }
+//! ```
+//!
+//! # Ordering
+//!
+//! Per topic, every subscription sees events in log order, each at most once. Across topics
+//! there is no order: a replay delivers one topic's backlog after another's.
+//!
+//! # Backpressure
+//!
+//! Live events go through one shared ring of [`HubBuilder::ring_capacity`] slots (default
+//! 1024) holding `Arc<SharedEvent>`s: each event is stored once and encoded once per wire
+//! format, whatever the number of subscribers; there is no queue per subscriber. A subscription
+//! that falls more than the ring's capacity behind is told so by the ring, reads the store from
+//! its own positions in pages of [`HubBuilder::page_size`] events (default 256), then rejoins the
+//! ring. Its memory stays bounded by one page, whatever it does; retention that overtakes a very
+//! slow subscription turns into a gap notice, never silent loss.
+//!
+//! # Closing
+//!
+//! [`Hub::shutdown`] makes every subscription yield one [`Delivery::Closing`] with a
+//! reconnection delay drawn uniformly from [`HubBuilder::reconnect_jitter`] (default 1 s to
+//! 5 s), so that clients do not all return at once, and then end. New subscriptions are refused
+//! with [`SubscribeError::ShuttingDown`].
+
+mod subscription;
+
+use std::fmt;
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, watch};
+use tokio_stream::StreamExt;
+
+pub use subscription::{Closing, Delivery, Gap, SubscribeRequest, Subscription};
+
+use crate::access::{AllowAll, Authorize, Refusal};
+use crate::event::{Event, NewEvent, SharedEvent};
+use crate::lifecycle::{Lifecycle, NoLifecycle};
+use crate::store::{Store, StoreError, TailItem};
+
+/// What travels through the live ring.
+#[derive(Debug, Clone)]
+pub(crate) enum RingItem {
+    Event(Arc<SharedEvent>),
+    /// The store's tail may have missed events: every subscription re-reads the store.
+    Resync,
+}
+
+/// Publishes events and opens subscriptions. Cheap to clone; all clones share one hub.
+///
+/// See the [module documentation](self) for the delivery contract.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+pub(crate) struct HubInner {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) ring: broadcast::Sender<RingItem>,
+    pub(crate) config: Config,
+    pub(crate) authorize: Arc<dyn Authorize>,
+    pub(crate) lifecycle: Arc<dyn Lifecycle>,
+    pub(crate) next_connection: AtomicU64,
+    /// `true` once the hub shuts down.
+    pub(crate) shutdown: watch::Sender<bool>,
+    /// `true` once the pump has opened the store's live tail.
+    pub(crate) tail_ready: watch::Receiver<bool>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) ring_capacity: usize,
+    pub(crate) page_size: usize,
+    pub(crate) max_topics: usize,
+    pub(crate) max_data_len: usize,
+    pub(crate) reconnect_jitter: RangeInclusive<Duration>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            ring_capacity: 1024,
+            page_size: 256,
+            max_topics: 64,
+            max_data_len: 1 << 20,
+            reconnect_jitter: Duration::from_secs(1)..=Duration::from_secs(5),
+        }
+    }
+}
+
+impl fmt::Debug for Hub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hub")
+            .field("store", &self.inner.store)
+            .field("config", &self.inner.config)
+            .field("subscribers", &self.inner.ring.receiver_count())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Hub`]. Every setter states its default.
+#[must_use]
+pub struct HubBuilder {
+    store: Arc<dyn Store>,
+    config: Config,
+    authorize: Arc<dyn Authorize>,
+    lifecycle: Arc<dyn Lifecycle>,
+}
+
+impl fmt::Debug for HubBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HubBuilder").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl HubBuilder {
+    /// Slots in the shared live ring (default 1024). A subscription further behind than this
+    /// catches up from the store.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `capacity` is 0.
+    pub fn ring_capacity(mut self, capacity: usize) -> Self {
+        assert!(capacity > 0, "the ring needs at least one slot");
+        self.config.ring_capacity = capacity;
+        self
+    }
+
+    /// Events read from the store at a time during replay and catch-up (default 256). Bounds
+    /// the memory a subscription holds.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `size` is 0.
+    pub fn page_size(mut self, size: usize) -> Self {
+        assert!(size > 0, "pages hold at least one event");
+        self.config.page_size = size;
+        self
+    }
+
+    /// The most topics one subscription may name (default 64).
+    pub fn max_topics(mut self, max: usize) -> Self {
+        self.config.max_topics = max;
+        self
+    }
+
+    /// The largest event payload accepted by [`Hub::publish`], in bytes (default 1 MiB).
+    pub fn max_data_len(mut self, bytes: usize) -> Self {
+        self.config.max_data_len = bytes;
+        self
+    }
+
+    /// The range from which each subscription draws its reconnection delay when the hub shuts
+    /// down (default 1 s to 5 s).
+    pub fn reconnect_jitter(mut self, range: RangeInclusive<Duration>) -> Self {
+        self.config.reconnect_jitter = range;
+        self
+    }
+
+    /// The authorization hook (default: [`AllowAll`]).
+    pub fn authorize(mut self, hook: impl Authorize) -> Self {
+        self.authorize = Arc::new(hook);
+        self
+    }
+
+    /// The lifecycle hooks (default: none).
+    pub fn lifecycle(mut self, hooks: impl Lifecycle) -> Self {
+        self.lifecycle = Arc::new(hooks);
+        self
+    }
+
+    /// Builds the hub and starts its pump (the task that moves the store's live tail into the
+    /// ring).
+    ///
+    /// # Panics
+    ///
+    /// Panics if called outside a Tokio runtime.
+    pub fn build(self) -> Hub {
+        let (ring, _) = broadcast::channel(self.config.ring_capacity);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (ready_tx, tail_ready) = watch::channel(false);
+        tokio::spawn(pump(self.store.clone(), ring.clone(), shutdown_rx, ready_tx));
+        Hub {
+            inner: Arc::new(HubInner {
+                store: self.store,
+                ring,
+                config: self.config,
+                authorize: self.authorize,
+                lifecycle: self.lifecycle,
+                next_connection: AtomicU64::new(1),
+                shutdown,
+                tail_ready,
+            }),
+        }
+    }
+}
+
+impl Drop for HubInner {
+    fn drop(&mut self) {
+        // Stops the pump.
+        self.shutdown.send_replace(true);
+    }
+}
+
+/// Moves the store's live tail into the ring, wrapping each event once.
+async fn pump(
+    store: Arc<dyn Store>,
+    ring: broadcast::Sender<RingItem>,
+    mut shutdown: watch::Receiver<bool>,
+    ready: watch::Sender<bool>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    let mut reopened = false;
+    loop {
+        let tail = tokio::select! {
+            tail = store.live_tail() => tail,
+            _ = shutdown.wait_for(|&s| s) => return,
+        };
+        let mut tail = match tail {
+            Ok(tail) => tail,
+            Err(err) => {
+                tracing::warn!(%err, "cannot open the store's live tail; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.wait_for(|&s| s) => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        ready.send_replace(true);
+        if reopened {
+            let _ = ring.send(RingItem::Resync);
+        }
+        reopened = true;
+        loop {
+            let item = tokio::select! {
+                item = tail.next() => item,
+                _ = shutdown.wait_for(|&s| s) => return,
+            };
+            let item = match item {
+                Some(TailItem::Event(event)) => RingItem::Event(Arc::new(SharedEvent::new(event))),
+                Some(TailItem::Resync) => RingItem::Resync,
+                None => break,
+            };
+            // No receiver is not an error: nobody is listening.
+            let _ = ring.send(item);
+        }
+    }
+}
+
+/// Why [`Hub::publish`] failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The payload is larger than [`HubBuilder::max_data_len`].
+    TooLarge {
+        /// The payload's length in bytes.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The store failed (it may be unreachable); nothing was published.
+    Store(StoreError),
+}
+
+impl fmt::Display for PublishError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PublishError::TooLarge { len, limit } => {
+                write!(f, "event data is {len} bytes, the limit is {limit}")
+            }
+            PublishError::Store(err) => write!(f, "store unavailable: {err}"),
+        }
+    }
+}
+
+impl std::error::Error for PublishError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PublishError::Store(err) => Some(err),
+            PublishError::TooLarge { .. } => None,
+        }
+    }
+}
+
+/// Why [`Hub::subscribe`] refused a subscription. Transports map each to a 4xx or 503.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SubscribeError {
+    /// No topic was named (400).
+    NoTopics,
+    /// More topics than [`HubBuilder::max_topics`] (400).
+    TooManyTopics {
+        /// The limit.
+        limit: usize,
+    },
+    /// The [`Authorize`] hook refused (401 or 403).
+    Refused(Refusal),
+    /// The hub is shutting down (503).
+    ShuttingDown,
+    /// The store failed (503).
+    Store(StoreError),
+}
+
+impl fmt::Display for SubscribeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SubscribeError::NoTopics => f.write_str("no topic given"),
+            SubscribeError::TooManyTopics { limit } => {
+                write!(f, "too many topics, the limit is {limit}")
+            }
+            SubscribeError::Refused(r) => fmt::Display::fmt(r, f),
+            SubscribeError::ShuttingDown => f.write_str("server is shutting down"),
+            SubscribeError::Store(err) => write!(f, "store unavailable: {err}"),
+        }
+    }
+}
+
+impl std::error::Error for SubscribeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SubscribeError::Store(err) => Some(err),
+            SubscribeError::Refused(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+impl Hub {
+    /// A hub over `store` with default settings.
+    ///
+    /// # Panics
+    ///
+    /// Panics if called outside a Tokio runtime.
+    pub fn new(store: impl Store) -> Hub {
+        Hub::builder(store).build()
+    }
+
+    /// A builder for a hub over `store`.
+    pub fn builder(store: impl Store) -> HubBuilder {
+        Hub::builder_shared(Arc::new(store))
+    }
+
+    /// A builder for a hub over a store that is shared with other code.
+    pub fn builder_shared(store: Arc<dyn Store>) -> HubBuilder {
+        HubBuilder {
+            store,
+            config: Config::default(),
+            authorize: Arc::new(AllowAll),
+            lifecycle: Arc::new(NoLifecycle),
+        }
+    }
+
+    /// The store behind this hub.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// Appends an event to the log; the store assigns its position. Returns once the store has
+    /// it; subscriptions receive it shortly after.
+    pub async fn publish(&self, event: NewEvent) -> Result<Event, PublishError> {
+        let limit = self.inner.config.max_data_len;
+        if event.data.len() > limit {
+            return Err(PublishError::TooLarge { len: event.data.len(), limit });
+        }
+        self.inner.store.append(event).await.map_err(PublishError::Store)
+    }
+
+    /// Opens a subscription (authorization first, then the lifecycle's `on_connect`).
+    pub async fn subscribe(
+        &self,
+        request: SubscribeRequest<'_>,
+    ) -> Result<Subscription, SubscribeError> {
+        Subscription::open(self.inner.clone(), request).await
+    }
+
+    /// The number of open subscriptions.
+    pub fn subscriber_count(&self) -> usize {
+        self.inner.ring.receiver_count()
+    }
+
+    /// Asks every subscription to close (each yields [`Delivery::Closing`] with a jittered
+    /// reconnection delay) and refuses new ones.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+    }
+
+    /// Whether [`Hub::shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.inner.shutdown.borrow()
+    }
+
+    pub(crate) fn next_connection_id(inner: &HubInner) -> u64 {
+        inner.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+}

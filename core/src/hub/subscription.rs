@@ -1,0 +1,430 @@
+//! One subscriber's view of the log: replay, gap detection, live tail, catch-up after a lag.
+//!
+//! # State
+//!
+//! `topics[i].pos` is the last sequence number of topic `i` that this subscription has handed
+//! out (or stepped over in a gap notice it handed out). It only grows within an epoch. Events
+//! are delivered when `seq == pos + 1`; live events with `seq <= pos` were already delivered
+//! from the store and are skipped; a live event with `seq > pos + 1` means the ring skipped
+//! something, and the subscription re-reads the store.
+//!
+//! `next` is cancel-safe: state changes only after each await has completed, so a transport
+//! may race it against a heartbeat timer.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, watch};
+use tokio::time::Instant;
+
+use super::{Hub, HubInner, RingItem, SubscribeError};
+use crate::access::{AccessRequest, Credentials, NoCredentials};
+use crate::cursor::{Cursor, Epoch};
+use crate::event::SharedEvent;
+use crate::lifecycle::{Connection, Disconnect};
+use crate::store::{Page, StoreError};
+use crate::topic::Topic;
+
+/// What to subscribe to, and who asks.
+#[must_use]
+pub struct SubscribeRequest<'a> {
+    topics: Vec<Topic>,
+    cursor: Option<&'a str>,
+    transport: &'static str,
+    peer: Option<SocketAddr>,
+    credentials: &'a dyn Credentials,
+}
+
+impl fmt::Debug for SubscribeRequest<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubscribeRequest")
+            .field("topics", &self.topics)
+            .field("cursor", &self.cursor)
+            .field("transport", &self.transport)
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> SubscribeRequest<'a> {
+    /// A request for `topics` (duplicates are ignored), without a cursor.
+    pub fn new(topics: Vec<Topic>) -> Self {
+        SubscribeRequest {
+            topics,
+            cursor: None,
+            transport: "local",
+            peer: None,
+            credentials: &NoCredentials,
+        }
+    }
+
+    /// The cursor token the client sent back, untrusted (default: none, start at the end).
+    pub fn cursor(mut self, token: Option<&'a str>) -> Self {
+        self.cursor = token;
+        self
+    }
+
+    /// The transport's name, for hooks (default `"local"`).
+    pub fn transport(mut self, name: &'static str) -> Self {
+        self.transport = name;
+        self
+    }
+
+    /// The peer's address, for hooks (default: unknown).
+    pub fn peer(mut self, peer: Option<SocketAddr>) -> Self {
+        self.peer = peer;
+        self
+    }
+
+    /// The request's credentials, for the authorization hook (default: none).
+    pub fn credentials(mut self, credentials: &'a dyn Credentials) -> Self {
+        self.credentials = credentials;
+        self
+    }
+}
+
+/// What a subscription yields.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Delivery {
+    /// The next event of one of the subscribed topics.
+    Event(Arc<SharedEvent>),
+    /// Events of these topics were lost to this subscriber; what follows is what remains.
+    Gap(Gap),
+    /// The hub is shutting down; the client should reconnect after the given delay. The
+    /// subscription ends after this.
+    Closing(Closing),
+}
+
+/// A gap notice: the events after the client's cursor are not all retained any more, for these
+/// topics (see the hub's documentation for when this happens).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Gap {
+    /// The affected topics, in subscription order.
+    pub topics: Vec<Topic>,
+}
+
+impl Gap {
+    /// A gap notice for `topics` (for transports' and stores' tests).
+    pub fn new(topics: Vec<Topic>) -> Gap {
+        Gap { topics }
+    }
+}
+
+/// The hub is going away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Closing {
+    /// When the client should come back (jittered per subscription).
+    pub reconnect_after: Duration,
+}
+
+#[derive(Debug)]
+struct TopicState {
+    topic: Topic,
+    pos: u64,
+}
+
+#[derive(Debug)]
+enum Pending {
+    Event { index: usize, event: Arc<SharedEvent> },
+    /// A gap, with the positions it moves its topics to.
+    Gap(Vec<(usize, u64)>),
+}
+
+/// A stream of [`Delivery`]s for a set of topics. Dropping it ends the subscription (and calls
+/// the lifecycle's `on_disconnect`).
+pub struct Subscription {
+    hub: Arc<HubInner>,
+    ring: broadcast::Receiver<RingItem>,
+    shutdown: watch::Receiver<bool>,
+    epoch: Epoch,
+    topics: Vec<TopicState>,
+    pending: VecDeque<Pending>,
+    /// `Some(i)`: reading the store, topic `i` next; `None`: following the ring.
+    catch_up: Option<usize>,
+    finished: bool,
+    connection: Connection,
+    opened: Instant,
+    delivered: u64,
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("connection", &self.connection.id)
+            .field("epoch", &self.epoch)
+            .field("topics", &self.topics)
+            .field("catch_up", &self.catch_up)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Subscription {
+    pub(super) async fn open(
+        hub: Arc<HubInner>,
+        request: SubscribeRequest<'_>,
+    ) -> Result<Subscription, SubscribeError> {
+        let mut topics: Vec<Topic> = Vec::with_capacity(request.topics.len());
+        for topic in request.topics {
+            if !topics.contains(&topic) {
+                topics.push(topic);
+            }
+        }
+        if topics.is_empty() {
+            return Err(SubscribeError::NoTopics);
+        }
+        if topics.len() > hub.config.max_topics {
+            return Err(SubscribeError::TooManyTopics { limit: hub.config.max_topics });
+        }
+        if *hub.shutdown.borrow() {
+            return Err(SubscribeError::ShuttingDown);
+        }
+        let access = AccessRequest {
+            transport: request.transport,
+            topics: &topics,
+            peer: request.peer,
+            credentials: request.credentials,
+        };
+        hub.authorize.authorize(&access).await.map_err(SubscribeError::Refused)?;
+
+        // Join the live ring before reading anything, so nothing falls between history and live.
+        let mut ready = hub.tail_ready.clone();
+        let mut shutdown = hub.shutdown.subscribe();
+        tokio::select! {
+            _ = ready.wait_for(|&r| r) => {}
+            _ = shutdown.wait_for(|&s| s) => return Err(SubscribeError::ShuttingDown),
+        }
+        let ring = hub.ring.subscribe();
+
+        let cursor = request.cursor.map(Cursor::parse);
+        let mut states = Vec::with_capacity(topics.len());
+        let mut gap = Vec::new();
+        let mut epoch = None;
+        for (index, topic) in topics.iter().enumerate() {
+            let bounds = hub.store.bounds(topic).await.map_err(SubscribeError::Store)?;
+            let epoch = *epoch.get_or_insert(bounds.epoch);
+            let claimed = match &cursor {
+                None => None,
+                Some(Ok(c)) if c.epoch() == epoch => match c.position(topic) {
+                    // A topic the client did not have before: start at the end, no gap.
+                    None => Some(Ok(bounds.last)),
+                    Some(p) if p <= bounds.last && p.saturating_add(1) >= bounds.first => {
+                        Some(Ok(p))
+                    }
+                    Some(_) => Some(Err(())),
+                },
+                // Another epoch, or a token that does not parse: position unknown.
+                Some(_) => Some(Err(())),
+            };
+            let pos = match claimed {
+                None => bounds.last,
+                Some(Ok(p)) => p,
+                Some(Err(())) => {
+                    gap.push((index, bounds.first - 1));
+                    bounds.first - 1
+                }
+            };
+            states.push(TopicState { topic: topic.clone(), pos });
+        }
+        let mut pending = VecDeque::new();
+        if !gap.is_empty() {
+            pending.push_back(Pending::Gap(gap));
+        }
+        let connection = Connection {
+            id: Hub::next_connection_id(&hub),
+            transport: request.transport,
+            topics,
+            cursor: request.cursor.map(|c| c.chars().take(crate::cursor::MAX_CURSOR_LEN).collect()),
+            peer: request.peer,
+        };
+        hub.lifecycle.on_connect(&connection);
+        Ok(Subscription {
+            epoch: epoch.unwrap_or(Epoch::from_raw(0)),
+            ring,
+            shutdown,
+            topics: states,
+            pending,
+            catch_up: Some(0),
+            finished: false,
+            connection,
+            opened: Instant::now(),
+            delivered: 0,
+            hub,
+        })
+    }
+
+    /// The cursor that stands after everything this subscription has yielded so far. Valid
+    /// from the moment the subscription opens; hand it to the client with each delivery.
+    pub fn cursor(&self) -> Cursor {
+        let mut cursor = Cursor::new(self.epoch);
+        for state in &self.topics {
+            cursor.set(&state.topic, state.pos);
+        }
+        cursor
+    }
+
+    /// Whether the next delivery is a gap notice that is already decided (the cursor the client
+    /// brought could not be honoured). Until it is yielded, [`Subscription::cursor`] already
+    /// stands past the gap, so a transport should not hand the cursor out before the notice.
+    pub fn starts_with_gap(&self) -> bool {
+        matches!(self.pending.front(), Some(Pending::Gap(_)))
+    }
+
+    /// The subscribed topics, without duplicates, in request order.
+    pub fn topics(&self) -> impl Iterator<Item = &Topic> {
+        self.topics.iter().map(|s| &s.topic)
+    }
+
+    /// The connection as the lifecycle hooks see it.
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
+    /// The next delivery; `None` once the subscription has ended (after [`Delivery::Closing`]).
+    ///
+    /// Store errors are retried with backoff, not returned: a subscription resumes where it was
+    /// once the store is back. This method is cancel-safe.
+    pub async fn next(&mut self) -> Option<Delivery> {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if self.finished {
+                return None;
+            }
+            if *self.shutdown.borrow() {
+                self.finished = true;
+                return Some(Delivery::Closing(Closing { reconnect_after: self.jitter() }));
+            }
+            if let Some(pending) = self.pending.pop_front() {
+                return Some(self.deliver(pending));
+            }
+            let step = match self.catch_up {
+                Some(index) => self.catch_up_step(index).await,
+                None => self.live_step().await,
+            };
+            match step {
+                Ok(()) => backoff = Duration::from_millis(50),
+                Err(err) => {
+                    tracing::warn!(%err, connection = self.connection.id, "store read failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = self.shutdown.wait_for(|&s| s) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    fn deliver(&mut self, pending: Pending) -> Delivery {
+        match pending {
+            Pending::Event { index, event } => {
+                self.topics[index].pos = event.event().seq;
+                self.delivered += 1;
+                Delivery::Event(event)
+            }
+            Pending::Gap(moves) => {
+                let mut topics = Vec::with_capacity(moves.len());
+                for (index, pos) in moves {
+                    self.topics[index].pos = pos;
+                    topics.push(self.topics[index].topic.clone());
+                }
+                Delivery::Gap(Gap { topics })
+            }
+        }
+    }
+
+    /// Reads one page of topic `index` from the store into `pending`.
+    async fn catch_up_step(&mut self, index: usize) -> Result<(), StoreError> {
+        let Some(state) = self.topics.get(index) else {
+            self.catch_up = None;
+            return Ok(());
+        };
+        let page_size = self.hub.config.page_size;
+        let Page { bounds, events } =
+            self.hub.store.read_after(&state.topic, state.pos, page_size).await?;
+        if bounds.epoch != self.epoch {
+            return self.change_epoch(bounds.epoch).await;
+        }
+        let state = &self.topics[index];
+        if bounds.first > state.pos + 1 {
+            // Retention overtook this subscriber.
+            self.pending.push_back(Pending::Gap(vec![(index, bounds.first - 1)]));
+        }
+        let full = events.len() >= page_size;
+        for event in events {
+            self.pending.push_back(Pending::Event { index, event: Arc::new(SharedEvent::new(event)) });
+        }
+        if !full {
+            self.catch_up = (index + 1 < self.topics.len()).then_some(index + 1);
+        }
+        Ok(())
+    }
+
+    /// The log changed epoch under this subscription: everything it knew is void.
+    async fn change_epoch(&mut self, epoch: Epoch) -> Result<(), StoreError> {
+        let mut moves = Vec::with_capacity(self.topics.len());
+        for (index, state) in self.topics.iter().enumerate() {
+            let bounds = self.hub.store.bounds(&state.topic).await?;
+            if bounds.epoch != epoch {
+                // Changed again while we looked; start over.
+                return Ok(());
+            }
+            moves.push((index, bounds.first - 1));
+        }
+        self.epoch = epoch;
+        self.pending.clear();
+        self.pending.push_back(Pending::Gap(moves));
+        self.catch_up = Some(0);
+        Ok(())
+    }
+
+    /// Waits for the ring's next item and acts on it.
+    async fn live_step(&mut self) -> Result<(), StoreError> {
+        let item = tokio::select! {
+            item = self.ring.recv() => item,
+            _ = self.shutdown.wait_for(|&s| s) => return Ok(()),
+        };
+        match item {
+            Ok(RingItem::Event(shared)) => {
+                let event = shared.event();
+                let Some(index) = self.topics.iter().position(|s| s.topic == event.topic) else {
+                    return Ok(());
+                };
+                let pos = self.topics[index].pos;
+                if event.epoch != self.epoch || event.seq > pos + 1 {
+                    self.catch_up = Some(0);
+                } else if event.seq == pos + 1 {
+                    self.pending.push_back(Pending::Event { index, event: shared });
+                }
+            }
+            Ok(RingItem::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                self.catch_up = Some(0);
+            }
+            Err(broadcast::error::RecvError::Closed) => {
+                // The hub is gone; treat it as a shutdown.
+                self.hub.shutdown.send_replace(true);
+            }
+        }
+        Ok(())
+    }
+
+    fn jitter(&self) -> Duration {
+        let range = &self.hub.config.reconnect_jitter;
+        let (lo, hi) = (range.start().as_millis() as u64, range.end().as_millis() as u64);
+        let spread = hi.saturating_sub(lo);
+        let r = Epoch::random().raw();
+        Duration::from_millis(lo + if spread == 0 { 0 } else { r % (spread + 1) })
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let disconnect = Disconnect { delivered: self.delivered, duration: self.opened.elapsed() };
+        self.hub.lifecycle.on_disconnect(&self.connection, &disconnect);
+    }
+}

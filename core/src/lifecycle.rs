@@ -1,0 +1,66 @@
+//! Lifecycle hooks: who connects, with what, and when they leave.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::topic::Topic;
+
+/// A subscription as the lifecycle hooks see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Connection {
+    /// A number unique within the hub, counting from 1.
+    pub id: u64,
+    /// The transport's name (`"sse"`, `"longpoll"`, …).
+    pub transport: &'static str,
+    /// The topics subscribed to.
+    pub topics: Vec<Topic>,
+    /// The cursor token the client brought, as it sent it (untrusted; may be garbage).
+    pub cursor: Option<String>,
+    /// The peer's address, when the transport knows it.
+    pub peer: Option<SocketAddr>,
+}
+
+/// How a subscription ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Disconnect {
+    /// Events delivered to it (gap notices not counted).
+    pub delivered: u64,
+    /// How long it was open.
+    pub duration: Duration,
+}
+
+/// Hooks called when a subscription opens (after authorization) and when it ends. Both run
+/// synchronously on the connection's task: keep them short (log, count, send to a channel).
+///
+/// ```
+/// use tidings_core::{Connection, Disconnect, Lifecycle};
+/// #[derive(Debug)]
+/// struct Log;
+/// impl Lifecycle for Log {
+///     fn on_connect(&self, c: &Connection) {
+///         println!("client {} connected over {} to {:?}", c.id, c.transport, c.topics);
+///     }
+///     fn on_disconnect(&self, c: &Connection, d: &Disconnect) {
+///         println!("client {} left after {} events", c.id, d.delivered);
+///     }
+/// }
+/// ```
+pub trait Lifecycle: Send + Sync + 'static {
+    /// A subscription opened.
+    fn on_connect(&self, connection: &Connection) {
+        let _ = connection;
+    }
+
+    /// A subscription ended (the client went away, or the hub shut down).
+    fn on_disconnect(&self, connection: &Connection, disconnect: &Disconnect) {
+        let _ = (connection, disconnect);
+    }
+}
+
+/// Lifecycle hooks that do nothing (the default).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoLifecycle;
+
+impl Lifecycle for NoLifecycle {}

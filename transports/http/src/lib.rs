@@ -1,0 +1,194 @@
+//! HTTP glue shared by the tidings transports (SSE, long-polling): reading topics and cursors
+//! from a request, exposing it to the authorization hook, and turning refusals into 4xx
+//! responses with a JSON body `{"error": "..."}`.
+//!
+//! Applications do not need this crate; transport authors may use it.
+//!
+//! ```
+//! use tidings_http::SubscribeParams;
+//! let req = http::Request::get("/events?topic=a&topic=b&lastEventId=xyz").body(()).unwrap();
+//! let (parts, ()) = req.into_parts();
+//! let params = SubscribeParams::from_parts(&parts, "lastEventId").unwrap();
+//! assert_eq!(params.topics.len(), 2);
+//! assert_eq!(params.cursor.as_deref(), Some("xyz"));
+//! ```
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::extract::ConnectInfo;
+use axum::response::{IntoResponse, Response};
+use http::header::HeaderMap;
+use http::request::Parts;
+use http::{HeaderName, StatusCode};
+use tidings_core::{Credentials, PublishError, Refusal, SubscribeError, Topic};
+
+/// The header a browser's EventSource sends on reconnection.
+pub const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
+
+/// The subscription a request asks for: repeated `topic` query parameters and a cursor.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SubscribeParams {
+    /// The topics named by `topic=` parameters, in order (possibly none).
+    pub topics: Vec<Topic>,
+    /// The cursor: the `Last-Event-ID` header if present, else the given query parameter.
+    /// An unreadable header is kept as a token that will not parse (so it yields a gap).
+    pub cursor: Option<String>,
+    /// Every query parameter, decoded, for [`Credentials::query`].
+    pub query: Vec<(String, String)>,
+    /// The peer address, when the server was started with connect info.
+    pub peer: Option<SocketAddr>,
+}
+
+impl SubscribeParams {
+    /// Reads the request. The cursor comes from the `Last-Event-ID` header or, failing that,
+    /// from the query parameter `cursor_param`. An invalid topic is an error (a 400).
+    pub fn from_parts(parts: &Parts, cursor_param: &str) -> Result<SubscribeParams, HttpError> {
+        let query: Vec<(String, String)> = form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let mut topics = Vec::new();
+        for (key, value) in &query {
+            if key == "topic" {
+                let topic = Topic::parse(value).map_err(|err| {
+                    HttpError::bad_request(format!("invalid topic {:?}: {err}", truncate(value)))
+                })?;
+                topics.push(topic);
+            }
+        }
+        let header = parts.headers.get(LAST_EVENT_ID).map(|v| match v.to_str() {
+            Ok(s) => s.to_owned(),
+            Err(_) => "\u{fffd}".to_owned(),
+        });
+        let cursor = header
+            .or_else(|| query.iter().find(|(k, _)| k == cursor_param).map(|(_, v)| v.clone()))
+            .filter(|c| !c.is_empty());
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+        Ok(SubscribeParams { topics, cursor, query, peer })
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+/// A request's headers and query, as [`Credentials`] for the authorization hook.
+#[derive(Debug)]
+pub struct HttpCredentials<'a> {
+    headers: &'a HeaderMap,
+    query: &'a [(String, String)],
+}
+
+impl<'a> HttpCredentials<'a> {
+    /// Credentials over a request's headers and decoded query.
+    pub fn new(headers: &'a HeaderMap, query: &'a [(String, String)]) -> Self {
+        HttpCredentials { headers, query }
+    }
+}
+
+impl Credentials for HttpCredentials<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name)?.to_str().ok()
+    }
+
+    fn query(&self, name: &str) -> Option<&str> {
+        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// An error answer: a status and a short message, sent as JSON `{"error": message}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpError {
+    /// The status code.
+    pub status: StatusCode,
+    /// The message.
+    pub message: String,
+}
+
+impl HttpError {
+    /// A 400 Bad Request.
+    pub fn bad_request(message: impl Into<String>) -> HttpError {
+        HttpError { status: StatusCode::BAD_REQUEST, message: message.into() }
+    }
+}
+
+impl From<SubscribeError> for HttpError {
+    fn from(err: SubscribeError) -> HttpError {
+        let status = match &err {
+            SubscribeError::NoTopics | SubscribeError::TooManyTopics { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            SubscribeError::Refused(Refusal::Unauthenticated(_)) => StatusCode::UNAUTHORIZED,
+            SubscribeError::Refused(_) => StatusCode::FORBIDDEN,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        HttpError { status, message: err.to_string() }
+    }
+}
+
+impl From<PublishError> for HttpError {
+    fn from(err: PublishError) -> HttpError {
+        let status = match &err {
+            PublishError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        HttpError { status, message: err.to_string() }
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let mut response =
+            (self.status, Json(serde_json::json!({ "error": self.message }))).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(uri: &str, last_event_id: Option<&[u8]>) -> Parts {
+        let mut req = http::Request::get(uri);
+        if let Some(v) = last_event_id {
+            req = req.header(LAST_EVENT_ID, http::HeaderValue::from_bytes(v).unwrap());
+        }
+        req.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn header_wins_over_query() {
+        let p = SubscribeParams::from_parts(&parts("/?topic=a&lastEventId=q", Some(b"h")), "lastEventId").unwrap();
+        assert_eq!(p.cursor.as_deref(), Some("h"));
+        let p = SubscribeParams::from_parts(&parts("/?topic=a&lastEventId=q", None), "lastEventId").unwrap();
+        assert_eq!(p.cursor.as_deref(), Some("q"));
+    }
+
+    #[test]
+    fn unreadable_header_is_a_garbage_cursor_not_an_error() {
+        let p = SubscribeParams::from_parts(&parts("/?topic=a", Some(b"\xff\xfe")), "lastEventId").unwrap();
+        assert!(tidings_core::Cursor::parse(p.cursor.as_deref().unwrap()).is_err());
+    }
+
+    #[test]
+    fn invalid_topic_is_a_400_naming_it() {
+        let err = SubscribeParams::from_parts(&parts("/?topic=a%0Ab", None), "c").unwrap_err();
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+        assert!(err.message.contains("invalid topic"), "{}", err.message);
+    }
+
+    #[test]
+    fn refusals_map_to_401_and_403() {
+        let e: HttpError = SubscribeError::Refused(Refusal::unauthenticated("x")).into();
+        assert_eq!(e.status, StatusCode::UNAUTHORIZED);
+        let e: HttpError = SubscribeError::Refused(Refusal::forbidden("x")).into();
+        assert_eq!(e.status, StatusCode::FORBIDDEN);
+    }
+}

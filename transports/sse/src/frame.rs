@@ -1,0 +1,149 @@
+//! The `text/event-stream` wire format, as the WHATWG HTML standard defines it.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tidings_core::{Cursor, Event, Gap, WireFormat};
+
+/// The SSE frame of an event, without its `id:` line and the blank line that ends it: those
+/// depend on the subscriber and are written by [`frame_end`].
+///
+/// `event: TYPE` (when the event has a type), then one `data: ` line per line of the payload.
+/// The payload is split at LF, CR and CRLF, which an EventSource joins with LF: a payload's
+/// line endings arrive normalised to LF, everything else byte for byte.
+#[derive(Debug)]
+pub struct SseFrame;
+
+impl WireFormat for SseFrame {
+    fn encode(event: &Event) -> Bytes {
+        let data = event.data.as_bytes();
+        let type_len = event.event_type.as_ref().map_or(0, |t| t.as_str().len() + 8);
+        let mut out = BytesMut::with_capacity(type_len + data.len() + 7 * (1 + data.len() / 64));
+        if let Some(event_type) = &event.event_type {
+            out.put_slice(b"event: ");
+            out.put_slice(event_type.as_str().as_bytes());
+            out.put_u8(b'\n');
+        }
+        put_data_lines(&mut out, data);
+        out.freeze()
+    }
+}
+
+/// Writes `data` as `data: ` lines, splitting at CRLF, CR and LF.
+pub(crate) fn put_data_lines(out: &mut BytesMut, data: &[u8]) {
+    let mut rest = data;
+    loop {
+        match rest.iter().position(|&b| b == b'\n' || b == b'\r') {
+            Some(i) => {
+                out.put_slice(b"data: ");
+                out.put_slice(&rest[..i]);
+                out.put_u8(b'\n');
+                let skip = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') { 2 } else { 1 };
+                rest = &rest[i + skip..];
+            }
+            None => {
+                out.put_slice(b"data: ");
+                out.put_slice(rest);
+                out.put_u8(b'\n');
+                return;
+            }
+        }
+    }
+}
+
+/// `id: CURSOR` and the blank line that dispatches the event.
+pub(crate) fn frame_end(cursor: &Cursor) -> Bytes {
+    let mut token = String::with_capacity(40);
+    token.push_str("id: ");
+    cursor.encode_into(&mut token);
+    token.push_str("\n\n");
+    Bytes::from(token)
+}
+
+/// The gap notice: `event: tidings.gap`, JSON data naming the topics, and the cursor after it.
+pub(crate) fn gap_frame(gap: &Gap, cursor: &Cursor) -> Bytes {
+    let json = serde_json::json!({ "topics": gap.topics });
+    let mut out = BytesMut::new();
+    out.put_slice(b"event: tidings.gap\ndata: ");
+    out.put_slice(json.to_string().as_bytes());
+    out.put_u8(b'\n');
+    out.put_slice(&frame_end(cursor));
+    out.freeze()
+}
+
+/// The first bytes of every stream: the `retry:` hint and, unless a gap notice comes first,
+/// the starting cursor (an `id:` with no data sets the client's last event ID without
+/// dispatching an event).
+pub(crate) fn preamble(retry_ms: u128, cursor: Option<&Cursor>) -> Bytes {
+    let mut out = format!("retry: {retry_ms}\n");
+    if let Some(cursor) = cursor {
+        out.push_str("id: ");
+        cursor.encode_into(&mut out);
+        out.push('\n');
+    }
+    out.push('\n');
+    Bytes::from(out)
+}
+
+/// A comment that keeps proxies from closing an idle stream.
+pub(crate) const HEARTBEAT: &[u8] = b":\n\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidings_core::{Epoch, EventType, Topic};
+
+    fn event(event_type: Option<&str>, data: &str) -> Event {
+        Event {
+            epoch: Epoch::from_raw(1),
+            topic: Topic::new("t"),
+            seq: 1,
+            event_type: event_type.map(EventType::new),
+            data: data.into(),
+        }
+    }
+
+    fn frame(event_type: Option<&str>, data: &str) -> String {
+        String::from_utf8(SseFrame::encode(&event(event_type, data)).to_vec()).unwrap()
+    }
+
+    #[test]
+    fn splits_every_kind_of_line_ending() {
+        assert_eq!(frame(None, "a\nb\r\nc\rd"), "data: a\ndata: b\ndata: c\ndata: d\n");
+        assert_eq!(frame(None, "\r\r\n\n"), "data: \ndata: \ndata: \ndata: \n");
+    }
+
+    #[test]
+    fn empty_and_trailing_newline_payloads() {
+        assert_eq!(frame(None, ""), "data: \n");
+        assert_eq!(frame(None, "x\n"), "data: x\ndata: \n");
+    }
+
+    #[test]
+    fn keeps_leading_spaces_and_colons() {
+        // The parser strips exactly one space after "data:", so a payload's own spaces survive.
+        assert_eq!(frame(None, " x: y"), "data:  x: y\n");
+    }
+
+    #[test]
+    fn writes_the_event_type_first() {
+        assert_eq!(frame(Some("my-custom-event"), "hi"), "event: my-custom-event\ndata: hi\n");
+    }
+
+    #[test]
+    fn gap_frame_is_json() {
+        let mut cursor = Cursor::new(Epoch::from_raw(1));
+        cursor.set(&Topic::new("a"), 3);
+        let gap = Gap::new(vec![Topic::new("a"), Topic::new("b\"c")]);
+        let text = String::from_utf8(gap_frame(&gap, &cursor).to_vec()).unwrap();
+        assert_eq!(
+            text,
+            format!("event: tidings.gap\ndata: {{\"topics\":[\"a\",\"b\\\"c\"]}}\nid: {cursor}\n\n")
+        );
+    }
+
+    #[test]
+    fn preamble_sets_retry_and_cursor() {
+        let cursor = Cursor::new(Epoch::from_raw(1));
+        assert_eq!(preamble(3000, None), "retry: 3000\n\n");
+        assert_eq!(preamble(10, Some(&cursor)), format!("retry: 10\nid: {cursor}\n\n"));
+    }
+}

@@ -1,0 +1,200 @@
+//! The Server-Sent Events transport for tidings.
+//!
+//! [`Sse`] turns a [`Hub`] into an endpoint that streams `text/event-stream`: each event as an
+//! SSE event whose `id:` is the subscription's cursor, so a browser's EventSource resumes
+//! exactly where it left off (it sends `Last-Event-ID` by itself). Polyfills that cannot set
+//! headers pass the cursor as the `lastEventId` query parameter; the header wins when both are
+//! present.
+//!
+//! ```no_run
+//! use tidings_core::{Hub, MemoryStore};
+//! use tidings_sse::Sse;
+//!
+//! # #[tokio::main] async fn main() {
+//! let hub = Hub::new(MemoryStore::new());
+//! let app = axum::Router::new().route("/events", Sse::new(hub.clone()).method_router());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+//! axum::serve(listener, app).await.unwrap();
+//! # }
+//! ```
+//!
+//! `GET /events?topic=a&topic=b` then streams both topics. The wire format is documented in
+//! `docs/protocol.md`: the `retry:` hint first, then the starting cursor, events, heartbeat
+//! comments on idle streams, and gap notices as events named `tidings.gap` whose data is
+//! `{"topics": [...]}`.
+//!
+//! # Errors
+//!
+//! Before any byte of stream: an invalid topic or no topic is a `400`, a refusal by the
+//! authorization hook a `401` or `403`, a shut-down hub or unreachable store a `503`, each with
+//! a JSON body `{"error": "..."}`. A malformed cursor is not an error: it yields a gap notice.
+
+mod frame;
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get};
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+use tidings_core::{Delivery, Hub, SubscribeRequest, Subscription, Topic};
+use tidings_http::{HttpCredentials, HttpError, SubscribeParams};
+use tower_http::cors::CorsLayer;
+
+pub use frame::SseFrame;
+
+/// The transport's name, as lifecycle and authorization hooks see it.
+pub const TRANSPORT: &str = "sse";
+
+/// An SSE endpoint over a [`Hub`]. By-value builder; every setter states its default.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Sse {
+    hub: Hub,
+    heartbeat: Duration,
+    retry: Duration,
+    default_topics: Vec<Topic>,
+    cors: Option<CorsLayer>,
+}
+
+impl Sse {
+    /// An endpoint over `hub`.
+    pub fn new(hub: Hub) -> Sse {
+        Sse {
+            hub,
+            heartbeat: Duration::from_secs(15),
+            retry: Duration::from_secs(3),
+            default_topics: Vec::new(),
+            cors: None,
+        }
+    }
+
+    /// How long a stream may stay silent before a heartbeat comment is sent (default 15 s).
+    ///
+    /// # Panics
+    ///
+    /// Panics if `interval` is zero.
+    pub fn heartbeat(mut self, interval: Duration) -> Sse {
+        assert!(!interval.is_zero(), "the heartbeat interval must be positive");
+        self.heartbeat = interval;
+        self
+    }
+
+    /// The reconnection delay sent as `retry:` when a stream opens (default 3 s).
+    pub fn retry(mut self, delay: Duration) -> Sse {
+        self.retry = delay;
+        self
+    }
+
+    /// The topics streamed when a request names none (default: none, which is a 400).
+    pub fn default_topics(mut self, topics: Vec<Topic>) -> Sse {
+        self.default_topics = topics;
+        self
+    }
+
+    /// Answers cross-origin requests with this CORS policy (default: no CORS headers).
+    pub fn cors(mut self, cors: CorsLayer) -> Sse {
+        self.cors = Some(cors);
+        self
+    }
+
+    /// A `GET` handler, to mount with [`Router::route`].
+    pub fn method_router<S: Clone + Send + Sync + 'static>(self) -> MethodRouter<S> {
+        let cors = self.cors.clone();
+        let route = get(move |request: Request| {
+            let sse = self.clone();
+            async move { sse.handle(request).await }
+        });
+        match cors {
+            Some(cors) => route.layer(cors),
+            None => route,
+        }
+    }
+
+    /// A router that streams at `/`, for [`Router::nest`], or to serve as a tower `Service`
+    /// on its own (a `Router` is one).
+    pub fn into_router(self) -> Router {
+        Router::new().route("/", self.method_router())
+    }
+
+    /// Answers one request: a stream, or a 4xx/503 before any byte of stream.
+    pub async fn handle(&self, request: Request) -> Response {
+        let (parts, _body) = request.into_parts();
+        let params = match SubscribeParams::from_parts(&parts, "lastEventId") {
+            Ok(params) => params,
+            Err(err) => return err.into_response(),
+        };
+        let topics =
+            if params.topics.is_empty() { self.default_topics.clone() } else { params.topics.clone() };
+        let credentials = HttpCredentials::new(&parts.headers, &params.query);
+        let request = SubscribeRequest::new(topics)
+            .cursor(params.cursor.as_deref())
+            .transport(TRANSPORT)
+            .peer(params.peer)
+            .credentials(&credentials);
+        match self.hub.subscribe(request).await {
+            Ok(subscription) => self.stream(subscription),
+            Err(err) => HttpError::from(err).into_response(),
+        }
+    }
+
+    fn stream(&self, subscription: Subscription) -> Response {
+        let start = (!subscription.starts_with_gap()).then(|| subscription.cursor());
+        let preamble = frame::preamble(self.retry.as_millis(), start.as_ref());
+        let state = StreamState {
+            subscription,
+            heartbeat: self.heartbeat,
+            queued: Some(preamble),
+            done: false,
+        };
+        let body = Body::from_stream(futures_util::stream::unfold(state, StreamState::step));
+        let mut response = (StatusCode::OK, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        response
+    }
+}
+
+struct StreamState {
+    subscription: Subscription,
+    heartbeat: Duration,
+    /// Bytes to send before asking the subscription for more (the second half of a frame).
+    queued: Option<Bytes>,
+    done: bool,
+}
+
+impl StreamState {
+    async fn step(mut self) -> Option<(Result<Bytes, Infallible>, StreamState)> {
+        if let Some(bytes) = self.queued.take() {
+            return Some((Ok(bytes), self));
+        }
+        if self.done {
+            return None;
+        }
+        let delivery = match tokio::time::timeout(self.heartbeat, self.subscription.next()).await {
+            Err(_idle) => return Some((Ok(Bytes::from_static(frame::HEARTBEAT)), self)),
+            Ok(None) => return None,
+            Ok(Some(delivery)) => delivery,
+        };
+        let bytes = match delivery {
+            Delivery::Event(event) => {
+                // The shared frame goes out as is; only the id line is this subscriber's own.
+                self.queued = Some(frame::frame_end(&self.subscription.cursor()));
+                event.encoded::<SseFrame>()
+            }
+            Delivery::Gap(gap) => frame::gap_frame(&gap, &self.subscription.cursor()),
+            Delivery::Closing(closing) => {
+                self.done = true;
+                Bytes::from(format!("retry: {}\n\n", closing.reconnect_after.as_millis()))
+            }
+            _ => return Some((Ok(Bytes::new()), self)),
+        };
+        Some((Ok(bytes), self))
+    }
+}
