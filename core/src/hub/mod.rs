@@ -128,6 +128,8 @@ pub(crate) struct HubInner {
     pub(crate) authorize: Arc<dyn Authorize>,
     pub(crate) lifecycle: Arc<dyn Lifecycle>,
     pub(crate) next_connection: AtomicU64,
+    pub(crate) lagged: AtomicU64,
+    pub(crate) gaps: AtomicU64,
     /// `true` once the hub shuts down.
     pub(crate) shutdown: watch::Sender<bool>,
     /// `true` once the pump has opened the store's live tail.
@@ -163,6 +165,20 @@ impl fmt::Debug for Hub {
             .field("subscribers", &self.inner.ring.receiver_count())
             .finish_non_exhaustive()
     }
+}
+
+/// Counters of a hub, from [`Hub::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct HubStats {
+    /// Subscriptions open now.
+    pub subscribers: usize,
+    /// Subscriptions ever opened.
+    pub connections: u64,
+    /// Times a subscription fell behind the live ring and caught up from the store.
+    pub lagged: u64,
+    /// Gap notices delivered.
+    pub gaps: u64,
 }
 
 /// Builds a [`Hub`]. Every setter states its default.
@@ -255,6 +271,8 @@ impl HubBuilder {
                 authorize: self.authorize,
                 lifecycle: self.lifecycle,
                 next_connection: AtomicU64::new(1),
+                lagged: AtomicU64::new(0),
+                gaps: AtomicU64::new(0),
                 shutdown,
                 tail_ready,
             }),
@@ -457,6 +475,16 @@ impl Hub {
     /// Whether [`Hub::shutdown`] was called.
     pub fn is_shutting_down(&self) -> bool {
         *self.inner.shutdown.borrow()
+    }
+
+    /// Counters since the hub was built.
+    pub fn stats(&self) -> HubStats {
+        HubStats {
+            subscribers: self.inner.ring.receiver_count(),
+            connections: self.inner.next_connection.load(Ordering::Relaxed) - 1,
+            lagged: self.inner.lagged.load(Ordering::Relaxed),
+            gaps: self.inner.gaps.load(Ordering::Relaxed),
+        }
     }
 
     pub(crate) fn next_connection_id(inner: &HubInner) -> u64 {

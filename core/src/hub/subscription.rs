@@ -15,6 +15,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
@@ -205,6 +206,7 @@ impl Subscription {
         let mut states = Vec::with_capacity(topics.len());
         let mut gap = Vec::new();
         let mut epoch = None;
+        let mut behind = false;
         for (index, topic) in topics.iter().enumerate() {
             let bounds = hub.store.bounds(topic).await.map_err(SubscribeError::Store)?;
             let epoch = *epoch.get_or_insert(bounds.epoch);
@@ -229,6 +231,7 @@ impl Subscription {
                     bounds.first - 1
                 }
             };
+            behind |= pos < bounds.last;
             states.push(TopicState { topic: topic.clone(), pos });
         }
         let mut pending = VecDeque::new();
@@ -249,7 +252,8 @@ impl Subscription {
             shutdown,
             topics: states,
             pending,
-            catch_up: Some(0),
+            // Nothing to replay: follow the ring at once (it keeps the order across topics).
+            catch_up: behind.then_some(0),
             finished: false,
             connection,
             opened: Instant::now(),
@@ -328,6 +332,7 @@ impl Subscription {
                 Delivery::Event(event)
             }
             Pending::Gap(moves) => {
+                self.hub.gaps.fetch_add(1, Ordering::Relaxed);
                 let mut topics = Vec::with_capacity(moves.len());
                 for (index, pos) in moves {
                     self.topics[index].pos = pos;
@@ -402,7 +407,9 @@ impl Subscription {
                     self.pending.push_back(Pending::Event { index, event: shared });
                 }
             }
-            Ok(RingItem::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
+            Ok(RingItem::Resync) => self.catch_up = Some(0),
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                self.hub.lagged.fetch_add(1, Ordering::Relaxed);
                 self.catch_up = Some(0);
             }
             Err(broadcast::error::RecvError::Closed) => {
