@@ -16,7 +16,7 @@ use crate::{
 };
 
 /// How long a scenario waits for any one thing before it fails.
-pub const WAIT: Duration = Duration::from_secs(30);
+pub const WAIT: Duration = Duration::from_secs(10);
 
 /// A scenario: its name, what it needs, and its body.
 #[derive(Debug, Clone, Copy)]
