@@ -16,8 +16,9 @@
 //!
 //! Scenarios return an [`Outcome`]. A scenario that a transport cannot support (its
 //! [`Capabilities`] say so) is reported as "not applicable", never as passed. Each run writes
-//! a row per scenario (name, result, time) to standard output and appends it to
-//! `$CARGO_TARGET_TMPDIR/conformance/<transport>.tsv`; `docs/conformance.md` shows the table.
+//! a row per scenario (name, result, time) to standard output and writes it
+//! under `$CARGO_TARGET_TMPDIR/conformance/<transport>+<store>/`; [`report_table`] renders the
+//! table that `docs/conformance.md` shows.
 //!
 //! The crate's own tests run the whole suite on [`local::LocalAdapter`] (the hub used
 //! in-process), and run deliberately broken adapters to show that scenarios can fail.
@@ -323,26 +324,34 @@ pub async fn check_scenario(suite: Suite, name: &str, report_dir: &str) {
     }
 }
 
-/// Prints a report row and appends it to `<dir>/conformance/<target>.tsv`.
+/// Prints a report row and writes it to `<dir>/conformance/<target>/<scenario>.tsv` (one file
+/// per scenario, replaced on each run); [`report_table`] assembles them.
 pub fn report(dir: &str, target: &str, scenario: &str, verdict: &Verdict, elapsed: Duration) {
     let result = match verdict {
         Verdict::Passed => "passed".to_owned(),
         Verdict::NotApplicable(why) => format!("not applicable ({why})"),
-        Verdict::Failed(f) => format!("FAILED: {}", f.0.replace(['\n', '\t'], " ")),
+        Verdict::Failed(f) => format!("FAILED: {}", f.0.replace(['\n', '\t', '|'], " ")),
     };
-    let row = format!("{target}\t{scenario}\t{result}\t{} ms", elapsed.as_millis());
-    println!("conformance | {}", row.replace('\t', " | "));
-    let dir = std::path::Path::new(dir).join("conformance");
+    let row = format!("{scenario}\t{result}\t{} ms", elapsed.as_millis());
+    println!("conformance | {target} | {}", row.replace('\t', " | "));
+    let dir = std::path::Path::new(dir).join("conformance").join(target);
     if std::fs::create_dir_all(&dir).is_ok() {
-        use std::io::Write;
-        if let Ok(mut file) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(format!("{target}.tsv")))
-        {
-            let _ = writeln!(file, "{row}");
+        let _ = std::fs::write(dir.join(format!("{scenario}.tsv")), row);
+    }
+}
+
+/// A Markdown table of the latest result of every scenario run for `target` (such as
+/// `sse+memory`) under `dir`, in suite order.
+pub fn report_table(dir: &str, target: &str) -> String {
+    let base = std::path::Path::new(dir).join("conformance").join(target);
+    let mut out = format!("| scenario ({target}) | result | time |\n|---|---|---|\n");
+    let names = scenarios::ALL.iter().map(|s| s.name).chain(stores::ALL.iter().map(|s| s.0));
+    for name in names {
+        if let Ok(row) = std::fs::read_to_string(base.join(format!("{name}.tsv"))) {
+            out.push_str(&format!("| {} |\n", row.replace('\t', " | ")));
         }
     }
+    out
 }
 
 /// Expands to one `#[tokio::test]` per transport scenario, for the given adapter (and, after

@@ -1,0 +1,257 @@
+//! What the SSE transport promises beyond the conformance suite: its headers, the
+//! `lastEventId` query parameter, exact bytes on the wire, shared frames, error answers, and
+//! heartbeat and retry timing under paused time.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::body::Body;
+use futures_util::StreamExt;
+use http::Request;
+use tidings_conformance::{TestClient, Received};
+use tidings_core::{Cursor, EventType, Hub, MemoryStore, NewEvent, Topic};
+use tidings_sse::Sse;
+use tower::ServiceExt;
+
+use common::{SseClient, events_url, serve};
+
+fn topic(name: &str) -> Topic {
+    Topic::new(name)
+}
+
+async fn server(hub: &Hub, sse: impl FnOnce(Sse) -> Sse) -> std::net::SocketAddr {
+    let app = axum::Router::new().route("/events", sse(Sse::new(hub.clone())).method_router());
+    serve(app).await.0
+}
+
+async fn next_data(client: &mut SseClient) -> String {
+    match tokio::time::timeout(Duration::from_secs(10), client.next()).await.unwrap() {
+        Received::Event(e) => e.data,
+        other => panic!("expected an event, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn stream_has_event_stream_headers() {
+    let hub = Hub::new(MemoryStore::new());
+    let addr = server(&hub, |s| s).await;
+    let response = reqwest::get(events_url(addr, &["t".into()], &[])).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let h = response.headers();
+    assert_eq!(h["content-type"], "text/event-stream");
+    assert_eq!(h["cache-control"], "no-cache");
+    assert_eq!(h["x-accel-buffering"], "no");
+}
+
+#[tokio::test]
+async fn replay_from_last_event_id_query_parameter() {
+    let hub = Hub::new(MemoryStore::new());
+    let addr = server(&hub, |s| s).await;
+    let first = hub.publish(NewEvent::new(topic("t"), "one")).await.unwrap();
+    hub.publish(NewEvent::new(topic("t"), "two")).await.unwrap();
+    let cursor = first.cursor().to_string();
+    let url = events_url(addr, &["t".into()], &[("lastEventId", &cursor)]);
+    let mut client = SseClient::open(reqwest::Client::new().get(url)).await.unwrap();
+    assert_eq!(next_data(&mut client).await, "two");
+}
+
+#[tokio::test]
+async fn last_event_id_header_wins_over_query_parameter() {
+    let hub = Hub::new(MemoryStore::new());
+    let addr = server(&hub, |s| s).await;
+    let mut cursors = Vec::new();
+    for d in ["one", "two", "three"] {
+        cursors.push(hub.publish(NewEvent::new(topic("t"), d)).await.unwrap().cursor().to_string());
+    }
+    let url = events_url(addr, &["t".into()], &[("lastEventId", &cursors[0])]);
+    let request = reqwest::Client::new().get(url).header("last-event-id", &cursors[1]);
+    let mut client = SseClient::open(request).await.unwrap();
+    assert_eq!(next_data(&mut client).await, "three");
+}
+
+#[tokio::test]
+async fn default_topics_apply_when_none_is_named() {
+    let hub = Hub::new(MemoryStore::new());
+    let addr = server(&hub, |s| s.default_topics(vec![topic("demo")])).await;
+    let mut client =
+        SseClient::open(reqwest::Client::new().get(format!("http://{addr}/events"))).await.unwrap();
+    hub.publish(NewEvent::new(topic("demo"), "hi")).await.unwrap();
+    assert_eq!(next_data(&mut client).await, "hi");
+}
+
+#[tokio::test]
+async fn errors_are_json_4xx_before_any_stream() {
+    let hub = Hub::new(MemoryStore::new());
+    let addr = server(&hub, |s| s).await;
+    for (query, status, needle) in [
+        ("", 400, "no topic"),
+        ("topic=bad%0Aname", 400, "invalid topic"),
+        ("topic=", 400, "invalid topic"),
+    ] {
+        let response = reqwest::get(format!("http://{addr}/events?{query}")).await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{query}");
+        assert_eq!(response.headers()["content-type"], "application/json", "{query}");
+        let body: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+        let message = body["error"].as_str().unwrap();
+        assert!(message.contains(needle), "{query}: {message}");
+    }
+}
+
+#[tokio::test]
+async fn cors_policy_is_applied_when_configured() {
+    let hub = Hub::new(MemoryStore::new());
+    let cors = tower_http::cors::CorsLayer::new().allow_origin(tower_http::cors::Any);
+    let addr = server(&hub, |s| s.cors(cors)).await;
+    let response = reqwest::Client::new()
+        .get(events_url(addr, &["t".into()], &[]))
+        .header("origin", "http://example.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["access-control-allow-origin"], "*");
+    let plain = server(&hub, |s| s).await;
+    let response = reqwest::Client::new()
+        .get(events_url(plain, &["t".into()], &[]))
+        .header("origin", "http://example.test")
+        .send()
+        .await
+        .unwrap();
+    assert!(response.headers().get("access-control-allow-origin").is_none());
+}
+
+// ---- Bytes on the wire, through the service itself -----------------------------------------
+
+async fn open_body(router: &axum::Router, uri: &str, cursor: Option<&str>) -> Body {
+    let mut request = Request::get(uri);
+    if let Some(c) = cursor {
+        request = request.header("last-event-id", c);
+    }
+    let response = router.clone().oneshot(request.body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.into_body()
+}
+
+async fn chunk(body: &mut Body) -> bytes::Bytes {
+    let mut stream = body.into_data_stream();
+    stream.next().await.expect("stream ended").expect("body error")
+}
+
+trait IntoDataStream {
+    fn into_data_stream(&mut self) -> http_body_util::BodyDataStream<&mut Body>;
+}
+
+impl IntoDataStream for Body {
+    fn into_data_stream(&mut self) -> http_body_util::BodyDataStream<&mut Body> {
+        http_body_util::BodyDataStream::new(self)
+    }
+}
+
+#[tokio::test]
+async fn wire_bytes_are_exact() {
+    let hub = Hub::new(MemoryStore::new());
+    let router = Sse::new(hub.clone()).retry(Duration::from_millis(2500)).into_router();
+    let mut body = open_body(&router, "/?topic=t", None).await;
+    let preamble = chunk(&mut body).await;
+    let start = hub.store().bounds(&topic("t")).await.unwrap();
+    let mut cursor = Cursor::new(start.epoch);
+    cursor.set(&topic("t"), 0);
+    assert_eq!(preamble, format!("retry: 2500\nid: {cursor}\n\n"));
+
+    let event = NewEvent::new(topic("t"), "a\r\nb").with_type(EventType::new("my-custom-event"));
+    let published = hub.publish(event).await.unwrap();
+    let mut wire = chunk(&mut body).await.to_vec();
+    wire.extend_from_slice(&chunk(&mut body).await);
+    assert_eq!(
+        String::from_utf8(wire).unwrap(),
+        format!("event: my-custom-event\ndata: a\ndata: b\nid: {}\n\n", published.cursor())
+    );
+}
+
+#[tokio::test]
+async fn every_subscriber_gets_the_same_frame_bytes() {
+    let hub = Hub::new(MemoryStore::new());
+    let router = Sse::new(hub.clone()).into_router();
+    let mut bodies = Vec::new();
+    for _ in 0..20 {
+        let mut body = open_body(&router, "/?topic=t", None).await;
+        chunk(&mut body).await; // preamble
+        bodies.push(body);
+    }
+    hub.publish(NewEvent::new(topic("t"), "x".repeat(100_000))).await.unwrap();
+    let mut frames = Vec::new();
+    for body in &mut bodies {
+        frames.push(chunk(body).await);
+    }
+    // Encoded once: every subscriber's frame is the same allocation, not a copy.
+    assert!(frames.iter().all(|f| f.as_ptr() == frames[0].as_ptr() && f.len() == frames[0].len()));
+}
+
+#[tokio::test]
+async fn gap_comes_before_any_cursor() {
+    let hub = Hub::new(MemoryStore::new());
+    let router = Sse::new(hub.clone()).into_router();
+    hub.publish(NewEvent::new(topic("t"), "kept")).await.unwrap();
+    let mut body = open_body(&router, "/?topic=t", Some("garbage")).await;
+    // No `id:` before the gap notice: a client that drops here still gets the gap next time.
+    assert_eq!(chunk(&mut body).await, "retry: 3000\n\n");
+    let gap = String::from_utf8(chunk(&mut body).await.to_vec()).unwrap();
+    assert!(gap.starts_with("event: tidings.gap\ndata: {\"topics\":[\"t\"]}\nid: "), "{gap}");
+    let mut kept = chunk(&mut body).await.to_vec();
+    kept.extend_from_slice(&chunk(&mut body).await);
+    assert!(String::from_utf8(kept).unwrap().starts_with("data: kept\nid: "));
+}
+
+#[tokio::test(start_paused = true)]
+async fn heartbeat_is_sent_after_each_idle_interval() {
+    let hub = Hub::new(MemoryStore::new());
+    let router = Sse::new(hub.clone()).into_router();
+    let mut body = open_body(&router, "/?topic=t", None).await;
+    chunk(&mut body).await;
+    let opened = tokio::time::Instant::now();
+    assert_eq!(chunk(&mut body).await, ":\n\n");
+    assert_eq!(opened.elapsed(), Duration::from_secs(15), "default heartbeat is 15 s");
+    // An event resets the idle timer.
+    tokio::time::advance(Duration::from_secs(10)).await;
+    hub.publish(NewEvent::new(topic("t"), "e")).await.unwrap();
+    chunk(&mut body).await;
+    chunk(&mut body).await;
+    let after_event = tokio::time::Instant::now();
+    assert_eq!(chunk(&mut body).await, ":\n\n");
+    assert_eq!(after_event.elapsed(), Duration::from_secs(15));
+}
+
+#[tokio::test(start_paused = true)]
+async fn heartbeat_interval_is_configurable() {
+    let hub = Hub::new(MemoryStore::new());
+    let router = Sse::new(hub.clone()).heartbeat(Duration::from_secs(2)).into_router();
+    let mut body = open_body(&router, "/?topic=t", None).await;
+    chunk(&mut body).await;
+    let opened = tokio::time::Instant::now();
+    for i in 1..=3 {
+        assert_eq!(chunk(&mut body).await, ":\n\n");
+        assert_eq!(opened.elapsed(), Duration::from_secs(2 * i));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_sends_a_jittered_retry_and_ends() {
+    let hub = Hub::builder(MemoryStore::new())
+        .reconnect_jitter(Duration::from_secs(2)..=Duration::from_secs(4))
+        .build();
+    let router = Sse::new(hub.clone()).into_router();
+    let mut body = open_body(&router, "/?topic=t", None).await;
+    chunk(&mut body).await;
+    hub.shutdown();
+    let retry = String::from_utf8(chunk(&mut body).await.to_vec()).unwrap();
+    let ms: u64 = retry.strip_prefix("retry: ").and_then(|r| r.strip_suffix("\n\n")).unwrap().parse().unwrap();
+    assert!((2000..=4000).contains(&ms), "{retry:?}");
+    assert!(http_body_util::BodyDataStream::new(&mut body).next().await.is_none(), "stream ended");
+    // New requests are refused while shutting down.
+    let response = router
+        .clone()
+        .oneshot(Request::get("/?topic=t").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+}
