@@ -70,12 +70,12 @@ pub(crate) fn gap_frame(gap: &Gap, cursor: &Cursor) -> Bytes {
 }
 
 /// The first bytes of every stream: the `retry:` hint and, unless a gap notice comes first,
-/// the starting cursor (an `id:` with no data sets the client's last event ID without
-/// dispatching an event).
+/// an event named `tidings.open` (empty data) whose `id:` is the starting cursor. The browser
+/// keeps that id for its own reconnections; a page can listen for `tidings.open` to store it.
 pub(crate) fn preamble(retry_ms: u128, cursor: Option<&Cursor>) -> Bytes {
     let mut out = format!("retry: {retry_ms}\n");
     if let Some(cursor) = cursor {
-        out.push_str("id: ");
+        out.push_str("event: tidings.open\ndata: \nid: ");
         cursor.encode_into(&mut out);
         out.push('\n');
     }
@@ -144,6 +144,9 @@ mod tests {
     fn preamble_sets_retry_and_cursor() {
         let cursor = Cursor::new(Epoch::from_raw(1));
         assert_eq!(preamble(3000, None), "retry: 3000\n\n");
-        assert_eq!(preamble(10, Some(&cursor)), format!("retry: 10\nid: {cursor}\n\n"));
+        assert_eq!(
+            preamble(10, Some(&cursor)),
+            format!("retry: 10\nevent: tidings.open\ndata: \nid: {cursor}\n\n")
+        );
     }
 }

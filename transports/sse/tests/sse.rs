@@ -156,7 +156,7 @@ async fn wire_bytes_are_exact() {
     let start = hub.store().bounds(&topic("t")).await.unwrap();
     let mut cursor = Cursor::new(start.epoch);
     cursor.set(&topic("t"), 0);
-    assert_eq!(preamble, format!("retry: 2500\nid: {cursor}\n\n"));
+    assert_eq!(preamble, format!("retry: 2500\nevent: tidings.open\ndata: \nid: {cursor}\n\n"));
 
     let event = NewEvent::new(topic("t"), "a\r\nb").with_type(EventType::new("my-custom-event"));
     let published = hub.publish(event).await.unwrap();

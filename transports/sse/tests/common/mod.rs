@@ -223,6 +223,9 @@ impl TestClient for SseClient {
                     Err(e) => return Received::Failed(format!("parser: {e}")),
                 };
                 self.cursor = Some(event.id.clone());
+                if event.event == "tidings.open" {
+                    continue;
+                }
                 if event.event == "tidings.gap" {
                     let json: serde_json::Value = serde_json::from_str(&event.data).unwrap_or_default();
                     let topics = json["topics"]
