@@ -105,11 +105,11 @@ async fn publish(State(hub): State<Hub>, body: Bytes) -> Response {
     }
 }
 
-/// Publishes "Server says hi! (event #k)" to `demo` every 2.5 s.
-async fn ticker(hub: Hub) {
+/// Publishes "Server says hi! (event #k)" to `demo` every `period` (2.5 s in the demo).
+pub(crate) async fn ticker(hub: Hub, period: Duration) {
     let demo = Topic::new("demo");
     let greeting = EventType::new("my-custom-event");
-    let mut interval = tokio::time::interval(Duration::from_millis(2500));
+    let mut interval = tokio::time::interval(period);
     interval.tick().await;
     loop {
         interval.tick().await;
@@ -128,15 +128,19 @@ async fn ticker(hub: Hub) {
     }
 }
 
-#[tokio::main]
-async fn main() {
-    let hub = Hub::builder(MemoryStore::new()).lifecycle(Console).build();
-    let app = Router::new()
+/// The demo's routes over `hub`.
+pub(crate) fn app(hub: Hub) -> Router {
+    Router::new()
         .route("/", get(|| async { Html(PAGE) }))
         .route("/events", Sse::new(hub.clone()).default_topics(vec![Topic::new("demo")]).method_router())
         .route("/publish", post(publish).layer(DefaultBodyLimit::max(8 << 20)))
-        .with_state(hub.clone());
+        .with_state(hub)
+}
 
+#[tokio::main]
+async fn main() {
+    let hub = Hub::builder(MemoryStore::new()).lifecycle(Console).build();
+    let app = app(hub.clone());
     let addr = SocketAddr::from(([127, 0, 0, 1], port()));
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
@@ -147,7 +151,7 @@ async fn main() {
     };
     let addr = listener.local_addr().expect("bound address");
     println!("Server-Sent Events demo: open http://localhost:{}/ (store: memory)", addr.port());
-    tokio::spawn(ticker(hub.clone()));
+    tokio::spawn(ticker(hub.clone(), Duration::from_millis(2500)));
 
     let shutdown_hub = hub.clone();
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())

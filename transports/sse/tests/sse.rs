@@ -133,18 +133,8 @@ async fn open_body(router: &axum::Router, uri: &str, cursor: Option<&str>) -> Bo
 }
 
 async fn chunk(body: &mut Body) -> bytes::Bytes {
-    let mut stream = body.into_data_stream();
+    let mut stream = http_body_util::BodyDataStream::new(body);
     stream.next().await.expect("stream ended").expect("body error")
-}
-
-trait IntoDataStream {
-    fn into_data_stream(&mut self) -> http_body_util::BodyDataStream<&mut Body>;
-}
-
-impl IntoDataStream for Body {
-    fn into_data_stream(&mut self) -> http_body_util::BodyDataStream<&mut Body> {
-        http_body_util::BodyDataStream::new(self)
-    }
 }
 
 #[tokio::test]
