@@ -1,4 +1,4 @@
-//! The store scenarios: the [`Store`](tidings_core::Store) contract, checked directly.
+//! The store scenarios: the [`Store`] contract, checked directly.
 
 use std::future::Future;
 use std::pin::Pin;

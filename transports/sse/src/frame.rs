@@ -4,7 +4,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tidings_core::{Cursor, Event, Gap, WireFormat};
 
 /// The SSE frame of an event, without its `id:` line and the blank line that ends it: those
-/// depend on the subscriber and are written by [`frame_end`].
+/// depend on the subscriber and are written per subscriber (`id: CURSOR` and a blank line).
 ///
 /// `event: TYPE` (when the event has a type), then one `data: ` line per line of the payload.
 /// The payload is split at LF, CR and CRLF, which an EventSource joins with LF: a payload's
