@@ -472,6 +472,12 @@ impl Hub {
         self.inner.shutdown.send_replace(true);
     }
 
+    /// A reconnection delay drawn from [`HubBuilder::reconnect_jitter`], for transports that
+    /// refuse a request while shutting down (as `Retry-After`).
+    pub fn reconnect_delay(&self) -> Duration {
+        subscription::reconnect_delay(&self.inner)
+    }
+
     /// Whether [`Hub::shutdown`] was called.
     pub fn is_shutting_down(&self) -> bool {
         *self.inner.shutdown.borrow()

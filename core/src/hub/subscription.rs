@@ -227,8 +227,9 @@ impl Subscription {
                 None => bounds.last,
                 Some(Ok(p)) => p,
                 Some(Err(())) => {
-                    gap.push((index, bounds.first - 1));
-                    bounds.first - 1
+                    let before_first = bounds.first.saturating_sub(1);
+                    gap.push((index, before_first));
+                    before_first
                 }
             };
             behind |= pos < bounds.last;
@@ -294,6 +295,18 @@ impl Subscription {
     /// Store errors are retried with backoff, not returned: a subscription resumes where it was
     /// once the store is back. This method is cancel-safe.
     pub async fn next(&mut self) -> Option<Delivery> {
+        self.advance(true).await
+    }
+
+    /// The next delivery if one is ready without waiting for a new event: what is pending, the
+    /// rest of a replay (which may read the store), or what the live ring already holds.
+    /// `None` when nothing is ready (or the subscription has ended). Long-polling uses it to
+    /// fill a batch after the first delivery. Cancel-safe.
+    pub async fn next_ready(&mut self) -> Option<Delivery> {
+        self.advance(false).await
+    }
+
+    async fn advance(&mut self, wait: bool) -> Option<Delivery> {
         let mut backoff = Duration::from_millis(50);
         loop {
             if self.finished {
@@ -307,13 +320,17 @@ impl Subscription {
                 return Some(self.deliver(pending));
             }
             let step = match self.catch_up {
-                Some(index) => self.catch_up_step(index).await,
-                None => self.live_step().await,
+                Some(index) => self.catch_up_step(index).await.map(|()| true),
+                None => self.live_step(wait).await,
             };
             match step {
-                Ok(()) => backoff = Duration::from_millis(50),
+                Ok(true) => backoff = Duration::from_millis(50),
+                Ok(false) => return None,
                 Err(err) => {
                     tracing::warn!(%err, connection = self.connection.id, "store read failed; retrying");
+                    if !wait {
+                        return None;
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = self.shutdown.wait_for(|&s| s) => {}
@@ -356,9 +373,9 @@ impl Subscription {
             return self.change_epoch(bounds.epoch).await;
         }
         let state = &self.topics[index];
-        if bounds.first > state.pos + 1 {
+        if bounds.first > state.pos.saturating_add(1) {
             // Retention overtook this subscriber.
-            self.pending.push_back(Pending::Gap(vec![(index, bounds.first - 1)]));
+            self.pending.push_back(Pending::Gap(vec![(index, bounds.first.saturating_sub(1))]));
         }
         let full = events.len() >= page_size;
         for event in events {
@@ -379,7 +396,7 @@ impl Subscription {
                 // Changed again while we looked; start over.
                 return Ok(());
             }
-            moves.push((index, bounds.first - 1));
+            moves.push((index, bounds.first.saturating_sub(1)));
         }
         self.epoch = epoch;
         self.pending.clear();
@@ -388,22 +405,34 @@ impl Subscription {
         Ok(())
     }
 
-    /// Waits for the ring's next item and acts on it.
-    async fn live_step(&mut self) -> Result<(), StoreError> {
-        let item = tokio::select! {
-            item = self.ring.recv() => item,
-            _ = self.shutdown.wait_for(|&s| s) => return Ok(()),
+    /// Takes the ring's next item (waiting for one if `wait`) and acts on it. `Ok(false)`: the
+    /// ring is empty and `wait` is false.
+    async fn live_step(&mut self, wait: bool) -> Result<bool, StoreError> {
+        let item = if wait {
+            tokio::select! {
+                item = self.ring.recv() => item,
+                _ = self.shutdown.wait_for(|&s| s) => return Ok(true),
+            }
+        } else {
+            match self.ring.try_recv() {
+                Ok(item) => Ok(item),
+                Err(broadcast::error::TryRecvError::Empty) => return Ok(false),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    Err(broadcast::error::RecvError::Lagged(n))
+                }
+                Err(broadcast::error::TryRecvError::Closed) => Err(broadcast::error::RecvError::Closed),
+            }
         };
         match item {
             Ok(RingItem::Event(shared)) => {
                 let event = shared.event();
                 let Some(index) = self.topics.iter().position(|s| s.topic == event.topic) else {
-                    return Ok(());
+                    return Ok(true);
                 };
                 let pos = self.topics[index].pos;
-                if event.epoch != self.epoch || event.seq > pos + 1 {
+                if event.epoch != self.epoch || event.seq > pos.saturating_add(1) {
                     self.catch_up = Some(0);
-                } else if event.seq == pos + 1 {
+                } else if event.seq == pos.saturating_add(1) {
                     self.pending.push_back(Pending::Event { index, event: shared });
                 }
             }
@@ -417,11 +446,18 @@ impl Subscription {
                 self.hub.shutdown.send_replace(true);
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     fn jitter(&self) -> Duration {
-        let range = &self.hub.config.reconnect_jitter;
+        reconnect_delay(&self.hub)
+    }
+}
+
+/// A reconnection delay drawn uniformly from the hub's jitter range.
+pub(super) fn reconnect_delay(hub: &HubInner) -> Duration {
+    {
+        let range = &hub.config.reconnect_jitter;
         let (lo, hi) = (range.start().as_millis() as u64, range.end().as_millis() as u64);
         let spread = hi.saturating_sub(lo);
         let r = Epoch::random().raw();

@@ -50,6 +50,9 @@ pub struct Capabilities {
     pub normalises_line_endings: bool,
     /// Can serve 1000 concurrent clients in one test process.
     pub many_clients: bool,
+    /// Keeps a connection (and a subscription) open between events, so a client can fall
+    /// behind the live ring; polling transports open one per request instead.
+    pub persistent: bool,
 }
 
 impl Capabilities {
@@ -60,6 +63,18 @@ impl Capabilities {
         closing: true,
         normalises_line_endings: true,
         many_clients: true,
+        persistent: true,
+    };
+
+    /// What a polling transport such as long-polling can do: replay, a closing signal, exact
+    /// line endings; no heartbeats, no persistent connection.
+    pub const POLLING: Capabilities = Capabilities {
+        replay: true,
+        heartbeats: false,
+        closing: true,
+        normalises_line_endings: false,
+        many_clients: true,
+        persistent: false,
     };
 
     /// Sets [`Capabilities::heartbeats`].

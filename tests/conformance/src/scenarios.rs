@@ -41,6 +41,9 @@ fn heartbeats(c: &Capabilities) -> Option<&'static str> {
 fn closing(c: &Capabilities) -> Option<&'static str> {
     (!c.closing).then_some("closing")
 }
+fn persistent(c: &Capabilities) -> Option<&'static str> {
+    (!c.persistent).then_some("persistent connection")
+}
 fn many_clients(c: &Capabilities) -> Option<&'static str> {
     (!c.many_clients).then_some("many clients")
 }
@@ -80,7 +83,7 @@ scenarios! {
     forged_cursor_yields_gap: replay,
     oversized_cursor_yields_gap: replay,
     idle_stream_gets_heartbeats: heartbeats,
-    lagging_client_catches_up_from_store: nothing,
+    lagging_client_catches_up_from_store: persistent,
     fan_out_reaches_a_thousand_clients: many_clients,
     stalled_client_slows_nobody_and_memory_stays_bounded: nothing,
     unauthenticated_request_is_refused_with_401: nothing,

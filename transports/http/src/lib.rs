@@ -14,6 +14,7 @@
 //! ```
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::ConnectInfo;
@@ -21,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use http::header::HeaderMap;
 use http::request::Parts;
 use http::{HeaderName, StatusCode};
-use tidings_core::{Credentials, PublishError, Refusal, SubscribeError, Topic};
+use tidings_core::{Credentials, Hub, PublishError, Refusal, SubscribeError, Topic};
 
 /// The header a browser's EventSource sends on reconnection.
 pub const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
@@ -97,19 +98,38 @@ impl Credentials for HttpCredentials<'_> {
     }
 }
 
-/// An error answer: a status and a short message, sent as JSON `{"error": message}`.
+/// An error answer: a status and a short message, sent as JSON `{"error": message}`; with a
+/// `retry_after`, also a `Retry-After` header (whole seconds, rounded up) and `"retry_ms"`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpError {
     /// The status code.
     pub status: StatusCode,
     /// The message.
     pub message: String,
+    /// When the client should try again (set while the hub shuts down).
+    pub retry_after: Option<Duration>,
 }
 
 impl HttpError {
+    /// An error with `status` and `message`.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> HttpError {
+        HttpError { status, message: message.into(), retry_after: None }
+    }
+
     /// A 400 Bad Request.
     pub fn bad_request(message: impl Into<String>) -> HttpError {
-        HttpError { status: StatusCode::BAD_REQUEST, message: message.into() }
+        HttpError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// The answer to a refused subscription; while `hub` shuts down, a 503 with a jittered
+    /// `Retry-After`.
+    pub fn refused(err: SubscribeError, hub: &Hub) -> HttpError {
+        let shutting_down = matches!(err, SubscribeError::ShuttingDown);
+        let mut error = HttpError::from(err);
+        if shutting_down {
+            error.retry_after = Some(hub.reconnect_delay());
+        }
+        error
     }
 }
 
@@ -123,7 +143,7 @@ impl From<SubscribeError> for HttpError {
             SubscribeError::Refused(_) => StatusCode::FORBIDDEN,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
-        HttpError { status, message: err.to_string() }
+        HttpError::new(status, err.to_string())
     }
 }
 
@@ -133,14 +153,23 @@ impl From<PublishError> for HttpError {
             PublishError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
-        HttpError { status, message: err.to_string() }
+        HttpError::new(status, err.to_string())
     }
 }
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        let mut response =
-            (self.status, Json(serde_json::json!({ "error": self.message }))).into_response();
+        let mut body = serde_json::json!({ "error": self.message });
+        if let Some(retry) = self.retry_after {
+            body["retry_ms"] = serde_json::json!(retry.as_millis() as u64);
+        }
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(retry) = self.retry_after {
+            let secs = retry.as_millis().div_ceil(1000).max(1);
+            if let Ok(value) = http::HeaderValue::from_str(&secs.to_string()) {
+                response.headers_mut().insert(http::header::RETRY_AFTER, value);
+            }
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 http::header::WWW_AUTHENTICATE,

@@ -138,7 +138,7 @@ impl Sse {
             .credentials(&credentials);
         match self.hub.subscribe(request).await {
             Ok(subscription) => self.stream(subscription),
-            Err(err) => HttpError::from(err).into_response(),
+            Err(err) => HttpError::refused(err, &self.hub).into_response(),
         }
     }
 

@@ -1,0 +1,322 @@
+//! The long-polling transport for tidings: the same events, replay and gaps as SSE, for
+//! clients and proxies where a stream does not work.
+//!
+//! `GET /poll?topic=a&topic=b&cursor=C&timeout=25` answers as soon as events after the cursor
+//! exist, or after `timeout` seconds (default 25, at most 60), with a JSON batch:
+//!
+//! ```json
+//! {"events": [{"id": "<cursor after this event>", "topic": "a", "event": null, "data": "..."}],
+//!  "cursor": "<cursor after the batch>",
+//!  "gap": null}
+//! ```
+//!
+//! The client sends `cursor` back on its next poll. A poll without a cursor answers at once,
+//! with no events and the cursor of the current end of the log. `gap` is
+//! `{"topics": [...], "id": "<cursor after the gap>"}` when the events after the cursor are not
+//! all retained; the batch's events are what remains. Batches are bounded in count and bytes;
+//! what does not fit comes with the next poll. Every poll is independent: any node holding the
+//! same store can answer it, so no sticky sessions are needed. See `docs/protocol.md`.
+//!
+//! ```no_run
+//! use tidings_core::{Hub, MemoryStore};
+//! use tidings_longpoll::LongPoll;
+//!
+//! # #[tokio::main] async fn main() {
+//! let hub = Hub::new(MemoryStore::new());
+//! let app = axum::Router::new().route("/poll", LongPoll::new(hub).method_router());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+//! axum::serve(listener, app).await.unwrap();
+//! # }
+//! ```
+//!
+//! # Errors
+//!
+//! A 400 for an invalid topic, no topic, too many topics, or a `timeout` that is not a number of
+//! seconds from 0 to the maximum; 401/403 from the authorization hook; 503 (with `Retry-After`)
+//! while the hub shuts down. A malformed cursor is not an error: it yields a gap.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get};
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderValue, StatusCode, header};
+use tidings_core::{Delivery, Event, Hub, SubscribeRequest, Subscription, Topic, WireFormat};
+use tidings_http::{HttpCredentials, HttpError, SubscribeParams};
+use tower_http::cors::CorsLayer;
+
+/// The transport's name, as lifecycle and authorization hooks see it.
+pub const TRANSPORT: &str = "longpoll";
+
+/// A long-polling endpoint over a [`Hub`]. By-value builder; every setter states its default.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct LongPoll {
+    hub: Hub,
+    default_timeout: Duration,
+    max_timeout: Duration,
+    max_events: usize,
+    max_bytes: usize,
+    default_topics: Vec<Topic>,
+    cors: Option<CorsLayer>,
+}
+
+/// The JSON of an event without its per-subscriber `id`: `"topic":…,"event":…,"data":…}`.
+/// Encoded once per event and shared by every poll that returns it.
+#[derive(Debug)]
+pub struct JsonEvent;
+
+impl WireFormat for JsonEvent {
+    fn encode(event: &Event) -> Bytes {
+        let mut out = BytesMut::with_capacity(event.data.len() + event.topic.as_str().len() + 40).writer();
+        let topic = serde_json::to_string(event.topic.as_str()).unwrap_or_default();
+        let kind = event.event_type.as_ref().map_or("null".to_owned(), |t| {
+            serde_json::to_string(t.as_str()).unwrap_or_default()
+        });
+        let _ = std::io::Write::write_all(&mut out, b"\"topic\":");
+        let _ = std::io::Write::write_all(&mut out, topic.as_bytes());
+        let _ = std::io::Write::write_all(&mut out, b",\"event\":");
+        let _ = std::io::Write::write_all(&mut out, kind.as_bytes());
+        let _ = std::io::Write::write_all(&mut out, b",\"data\":");
+        let _ = serde_json::to_writer(&mut out, &*event.data);
+        let _ = std::io::Write::write_all(&mut out, b"}");
+        out.into_inner().freeze()
+    }
+}
+
+impl LongPoll {
+    /// An endpoint over `hub`.
+    pub fn new(hub: Hub) -> LongPoll {
+        LongPoll {
+            hub,
+            default_timeout: Duration::from_secs(25),
+            max_timeout: Duration::from_secs(60),
+            max_events: 100,
+            max_bytes: 1 << 20,
+            default_topics: Vec::new(),
+            cors: None,
+        }
+    }
+
+    /// How long a poll waits for events when it names no `timeout` (default 25 s).
+    pub fn default_timeout(mut self, timeout: Duration) -> LongPoll {
+        self.default_timeout = timeout;
+        self
+    }
+
+    /// The longest `timeout` a poll may ask for (default 60 s); longer is a 400.
+    pub fn max_timeout(mut self, timeout: Duration) -> LongPoll {
+        self.max_timeout = timeout;
+        self
+    }
+
+    /// The most events in one batch (default 100).
+    ///
+    /// # Panics
+    ///
+    /// Panics if `n` is 0.
+    pub fn max_batch_events(mut self, n: usize) -> LongPoll {
+        assert!(n > 0, "a batch holds at least one event");
+        self.max_events = n;
+        self
+    }
+
+    /// The payload bytes after which a batch closes (default 1 MiB; a batch always holds at
+    /// least one event, however large).
+    pub fn max_batch_bytes(mut self, bytes: usize) -> LongPoll {
+        self.max_bytes = bytes;
+        self
+    }
+
+    /// The topics polled when a request names none (default: none, which is a 400).
+    pub fn default_topics(mut self, topics: Vec<Topic>) -> LongPoll {
+        self.default_topics = topics;
+        self
+    }
+
+    /// Answers cross-origin requests with this CORS policy (default: no CORS headers).
+    pub fn cors(mut self, cors: CorsLayer) -> LongPoll {
+        self.cors = Some(cors);
+        self
+    }
+
+    /// A `GET` handler, to mount with [`Router::route`].
+    pub fn method_router<S: Clone + Send + Sync + 'static>(self) -> MethodRouter<S> {
+        let cors = self.cors.clone();
+        let route = get(move |request: Request| {
+            let poll = self.clone();
+            async move { poll.handle(request).await }
+        });
+        match cors {
+            Some(cors) => route.layer(cors),
+            None => route,
+        }
+    }
+
+    /// A router that answers polls at `/` (a tower `Service`).
+    pub fn into_router(self) -> Router {
+        Router::new().route("/", self.method_router())
+    }
+
+    /// Answers one poll.
+    pub async fn handle(&self, request: Request) -> Response {
+        let (parts, _body) = request.into_parts();
+        let params = match SubscribeParams::from_parts(&parts, "cursor") {
+            Ok(params) => params,
+            Err(err) => return err.into_response(),
+        };
+        let timeout = match self.timeout(&params.query) {
+            Ok(t) => t,
+            Err(err) => return err.into_response(),
+        };
+        let topics =
+            if params.topics.is_empty() { self.default_topics.clone() } else { params.topics.clone() };
+        let credentials = HttpCredentials::new(&parts.headers, &params.query);
+        let request = SubscribeRequest::new(topics)
+            .cursor(params.cursor.as_deref())
+            .transport(TRANSPORT)
+            .peer(params.peer)
+            .credentials(&credentials);
+        let subscription = match self.hub.subscribe(request).await {
+            Ok(s) => s,
+            Err(err) => return HttpError::refused(err, &self.hub).into_response(),
+        };
+        let batch = if params.cursor.is_none() {
+            Batch::empty(&subscription)
+        } else {
+            self.collect(subscription, timeout).await
+        };
+        batch.into_response()
+    }
+
+    fn timeout(&self, query: &[(String, String)]) -> Result<Duration, HttpError> {
+        let Some((_, raw)) = query.iter().find(|(k, _)| k == "timeout") else {
+            return Ok(self.default_timeout);
+        };
+        let max = self.max_timeout.as_secs_f64();
+        match raw.parse::<f64>() {
+            Ok(secs) if secs.is_finite() && (0.0..=max).contains(&secs) => Ok(Duration::from_secs_f64(secs)),
+            _ => Err(HttpError::bad_request(format!(
+                "timeout must be a number of seconds from 0 to {max}, got {:?}",
+                raw.chars().take(32).collect::<String>()
+            ))),
+        }
+    }
+
+    /// Waits for the first delivery (up to `timeout`), then takes what is ready, within bounds.
+    async fn collect(&self, mut sub: Subscription, timeout: Duration) -> Batch {
+        let mut batch = Batch::empty(&sub);
+        let first = match tokio::time::timeout(timeout, sub.next()).await {
+            Err(_) => return batch,
+            Ok(d) => d,
+        };
+        let mut next = first;
+        loop {
+            match next {
+                None => break,
+                Some(Delivery::Event(event)) => {
+                    let cursor = sub.cursor().to_string();
+                    batch.bytes += event.event().data.len();
+                    batch.events.push((cursor.clone(), event.encoded::<JsonEvent>()));
+                    batch.cursor = cursor;
+                }
+                Some(Delivery::Gap(gap)) => {
+                    if !batch.events.is_empty() || batch.gap.is_some() {
+                        // Not consumed for the client: its cursor stays before the gap, so the
+                        // next poll reports it first.
+                        break;
+                    }
+                    let cursor = sub.cursor().to_string();
+                    batch.gap = Some((gap.topics, cursor.clone()));
+                    batch.cursor = cursor;
+                }
+                Some(Delivery::Closing(closing)) => {
+                    batch.retry = Some(closing.reconnect_after);
+                    break;
+                }
+                Some(_) => break,
+            }
+            if batch.events.len() >= self.max_events || batch.bytes >= self.max_bytes {
+                break;
+            }
+            next = sub.next_ready().await;
+        }
+        batch
+    }
+}
+
+struct Batch {
+    events: Vec<(String, Bytes)>,
+    bytes: usize,
+    cursor: String,
+    gap: Option<(Vec<Topic>, String)>,
+    retry: Option<Duration>,
+}
+
+impl Batch {
+    fn empty(sub: &Subscription) -> Batch {
+        Batch { events: Vec::new(), bytes: 0, cursor: sub.cursor().to_string(), gap: None, retry: None }
+    }
+
+    /// The JSON body as a list of chunks: shared event encodings are not copied.
+    fn into_response(self) -> Response {
+        let mut chunks: Vec<Bytes> = Vec::with_capacity(self.events.len() * 2 + 2);
+        let mut head = BytesMut::from(&b"{\"events\":["[..]);
+        for (i, (id, json)) in self.events.into_iter().enumerate() {
+            if i > 0 {
+                head.put_u8(b',');
+            }
+            head.put_slice(b"{\"id\":\"");
+            head.put_slice(id.as_bytes());
+            head.put_slice(b"\",");
+            chunks.push(head.split().freeze());
+            chunks.push(json);
+        }
+        let gap = match self.gap {
+            None => serde_json::Value::Null,
+            Some((topics, id)) => serde_json::json!({ "topics": topics, "id": id }),
+        };
+        head.put_slice(b"],\"cursor\":\"");
+        head.put_slice(self.cursor.as_bytes());
+        head.put_slice(b"\",\"gap\":");
+        head.put_slice(gap.to_string().as_bytes());
+        if let Some(retry) = self.retry {
+            head.put_slice(format!(",\"retry_ms\":{}", retry.as_millis()).as_bytes());
+        }
+        head.put_u8(b'}');
+        chunks.push(head.freeze());
+        let body = Body::from_stream(futures_util::stream::iter(
+            chunks.into_iter().map(Ok::<_, std::convert::Infallible>),
+        ));
+        let mut response = (StatusCode::OK, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidings_core::{Epoch, EventType};
+
+    #[test]
+    fn json_event_escapes_everything() {
+        let event = Event {
+            epoch: Epoch::from_raw(1),
+            topic: Topic::new("a\"b"),
+            seq: 1,
+            event_type: Some(EventType::new("t")),
+            data: "line\r\n\"q\"\0🦀".into(),
+        };
+        let json = format!("{{\"id\":\"x\",{}", String::from_utf8(JsonEvent::encode(&event).to_vec()).unwrap());
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["topic"], "a\"b");
+        assert_eq!(v["event"], "t");
+        assert_eq!(v["data"], "line\r\n\"q\"\0🦀");
+    }
+}
