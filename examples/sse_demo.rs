@@ -6,6 +6,9 @@
 //!
 //! - `GET /`: the page.
 //! - `GET /events?topic=A&topic=B`: the SSE stream (default topic `demo`).
+//! - `GET /poll?topic=A&cursor=C`: the same events by long-polling.
+//! - `GET /tidings.js`: the browser client the page uses (SSE, falling back to long-polling).
+//! - `GET /stats`: the hub's counters as JSON (open subscriptions, connections, lags, gaps).
 //! - `POST /publish` with `{"topic": "...", "event": "optional-type", "data": "..."}`:
 //!   answers `201 {"id": "<cursor>"}`, or a 4xx with `{"error": "..."}`.
 //!
@@ -22,6 +25,7 @@ use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use tidings::http::HttpError;
+use tidings::longpoll::LongPoll;
 use tidings::sse::Sse;
 use tidings::{Connection, Disconnect, EventType, Hub, Lifecycle, MemoryStore, NewEvent, Topic};
 
@@ -105,6 +109,14 @@ async fn publish(State(hub): State<Hub>, body: Bytes) -> Response {
     }
 }
 
+async fn stats(State(hub): State<Hub>) -> Response {
+    let s = hub.stats();
+    axum::Json(serde_json::json!({
+        "subscribers": s.subscribers, "connections": s.connections, "lagged": s.lagged, "gaps": s.gaps,
+    }))
+    .into_response()
+}
+
 /// Publishes "Server says hi! (event #k)" to `demo` every `period` (2.5 s in the demo).
 pub(crate) async fn ticker(hub: Hub, period: Duration) {
     let demo = Topic::new("demo");
@@ -133,6 +145,9 @@ pub(crate) fn app(hub: Hub) -> Router {
     Router::new()
         .route("/", get(|| async { Html(PAGE) }))
         .route("/events", Sse::new(hub.clone()).default_topics(vec![Topic::new("demo")]).method_router())
+        .route("/poll", LongPoll::new(hub.clone()).default_topics(vec![Topic::new("demo")]).method_router())
+        .route("/tidings.js", tidings::client::route())
+        .route("/stats", get(stats))
         .route("/publish", post(publish).layer(DefaultBodyLimit::max(8 << 20)))
         .with_state(hub)
 }

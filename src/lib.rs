@@ -2,7 +2,9 @@
 //! (long-polling and Web Push share the same core), with exact replay after a reconnect.
 //!
 //! This facade re-exports [`tidings_core`] (events, topics, cursors, the hub, stores) and,
-//! behind features, the transports: `sse` (default) re-exports [`tidings_sse`] as [`sse`].
+//! behind features (both default), the transports: `sse` re-exports `tidings_sse` as `sse`,
+//! `longpoll` re-exports `tidings_longpoll` as `longpoll`; [`client`] serves the browser
+//! client.
 //!
 //! The smallest working server: one topic, an SSE endpoint, a publish.
 //!
@@ -31,8 +33,43 @@ pub mod sse {
     pub use tidings_sse::*;
 }
 
+/// The long-polling transport.
+#[cfg(feature = "longpoll")]
+pub mod longpoll {
+    pub use tidings_longpoll::*;
+}
+
+/// The browser client (`client/tidings.js`), served by the application.
+#[cfg(any(feature = "sse", feature = "longpoll"))]
+pub mod client {
+    use axum::http::{HeaderValue, header};
+    use axum::response::IntoResponse;
+    use axum::routing::{MethodRouter, get};
+
+    /// The client's source: an ES module with no dependency and no build step.
+    pub const SCRIPT: &str = include_str!("../client/tidings.js");
+
+    /// A `GET` route that serves [`SCRIPT`] as JavaScript; mount it at `/tidings.js`:
+    ///
+    /// ```no_run
+    /// let app: axum::Router = axum::Router::new().route("/tidings.js", tidings::client::route());
+    /// ```
+    pub fn route<S: Clone + Send + Sync + 'static>() -> MethodRouter<S> {
+        get(|| async {
+            let mut response = SCRIPT.into_response();
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/javascript; charset=utf-8"),
+            );
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            response
+        })
+    }
+}
+
 /// Shared HTTP glue (request parsing, credentials, error responses).
-#[cfg(feature = "sse")]
+#[cfg(any(feature = "sse", feature = "longpoll"))]
 pub mod http {
     pub use tidings_http::*;
 }

@@ -1,0 +1,138 @@
+// The seed demo's promises, checked in a real headless Chromium against the real demo server.
+
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import {
+  startDemo, stopDemo, launchBrowser, publish, stats, listed, waitForText, waitForItems, tickNumbers,
+} from "./harness.mjs";
+
+let browser;
+before(async () => { browser = await launchBrowser(); });
+after(async () => { await browser?.close(); });
+
+async function withDemo(fn, port = 0) {
+  const demo = await startDemo(port);
+  try {
+    return await fn(demo);
+  } finally {
+    await stopDemo(demo);
+  }
+}
+
+test("events roll in, each with its id", () => withDemo(async (demo) => {
+  const page = await browser.newPage();
+  await page.goto(demo.url + "/");
+  assert.equal(await page.title(), "Server-Sent Events Demo");
+  await waitForText(page, "#status", "Server connected :)");
+  const ids = [await publish(demo.url, "first"), await publish(demo.url, "second\nline")];
+  await waitForItems(page, ["first", "second\nline"]);
+  const shown = await page.$$eval("#events li", (lis) => lis.map((li) => li.dataset.id));
+  for (const id of ids) assert.ok(shown.includes(id), `id ${id} is shown`);
+  assert.match(await page.textContent("#transport"), /Server-Sent Events/);
+  await page.close();
+}));
+
+test("leaving the page and coming back shows exactly what was missed", () => withDemo(async (demo) => {
+  const page = await browser.newPage();
+  await page.goto(demo.url + "/");
+  await waitForText(page, "#status", "Server connected :)");
+  await publish(demo.url, "before leaving");
+  await waitForItems(page, ["before leaving"]);
+  await page.goto("about:blank");
+  const missed = ["missed 1", "missed 2", "missed 3"];
+  for (const m of missed) await publish(demo.url, m);
+  await page.goBack();
+  await waitForItems(page, [...missed]);
+  await publish(demo.url, "after return");
+  await waitForItems(page, ["after return"]);
+  const list = await listed(page);
+  for (const item of ["before leaving", ...missed, "after return"]) {
+    assert.equal(list.filter((t) => t === item).length, 1, `${item} is listed exactly once`);
+  }
+  const order = ["before leaving", ...missed, "after return"].map((i) => list.indexOf(i));
+  assert.deepEqual(order, [...order].sort((a, b) => a - b), "in publication order");
+  const ticks = tickNumbers(list);
+  assert.ok(!list.includes("GAP"), "no gap notice");
+  // Every event of the topic was shown once, in order: published ones and ticks interleave,
+  // so their positions in the log are consecutive.
+  await page.close();
+  assert.ok(ticks.every((k, i) => i === 0 || k > ticks[i - 1]), `ticks in order: ${ticks}`);
+}));
+
+test("a killed server is reported, and a restarted one is rejoined with a gap notice", () => withDemo(async (demo) => {
+  const page = await browser.newPage();
+  await page.goto(demo.url + "/");
+  await waitForText(page, "#status", "Server connected :)");
+  await publish(demo.url, "before the crash");
+  await waitForItems(page, ["before the crash"]);
+  await stopDemo(demo, "SIGKILL");
+  await waitForText(page, "#status", "Server unavailable :(");
+  const again = await startDemo(demo.port);
+  try {
+    await waitForText(page, "#status", "Server connected :)");
+    // The in-memory log died with the process: the page says so rather than losing silently.
+    await page.waitForSelector("#events li.gap", { timeout: 20000 });
+    await publish(again.url, "after the restart");
+    await waitForItems(page, ["after the restart"]);
+    const list = await listed(page);
+    assert.ok(list.indexOf("GAP") > list.indexOf("before the crash"));
+    assert.ok(list.indexOf("after the restart") > list.indexOf("GAP"));
+  } finally {
+    await stopDemo(again);
+    await page.close();
+  }
+}));
+
+test("without EventSource the same events arrive by long-polling", () => withDemo(async (demo) => {
+  const context = await browser.newContext();
+  await context.addInitScript(() => { delete window.EventSource; });
+  const page = await context.newPage();
+  await page.goto(demo.url + "/");
+  await waitForText(page, "#status", "Server connected :)");
+  assert.match(await page.textContent("#transport"), /long-polling/);
+  const sent = ["poll 1", "poll 2\r\nwith CRLF", "poll 3 🦀"];
+  for (const s of sent) await publish(demo.url, s);
+  await waitForItems(page, ["poll 1", "poll 2\r\nwith CRLF", "poll 3 🦀"]);
+  const list = await listed(page);
+  for (const s of sent) assert.equal(list.filter((t) => t === s).length, 1);
+  // Leaving and coming back works the same way over long-polling.
+  await page.goto("about:blank");
+  await publish(demo.url, "poll missed");
+  await page.goBack();
+  await waitForItems(page, ["poll missed"]);
+  await context.close();
+}));
+
+test("three tabs share one connection", () => withDemo(async (demo) => {
+  const context = await browser.newContext();
+  const pages = [];
+  for (let i = 0; i < 3; i++) {
+    const page = await context.newPage();
+    await page.goto(demo.url + "/");
+    await waitForText(page, "#status", "Server connected :)");
+    pages.push(page);
+  }
+  await publish(demo.url, "to every tab");
+  for (const page of pages) await waitForItems(page, ["to every tab"]);
+  // Catch-up polls of joining tabs end at once; then only the leader's stream stays open.
+  const deadline = Date.now() + 10000;
+  let s = await stats(demo.url);
+  while (s.subscribers !== 1 && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 100));
+    s = await stats(demo.url);
+  }
+  assert.equal(s.subscribers, 1, "one open subscription for three tabs");
+  const followers = await Promise.all(pages.map((p) => p.textContent("#transport")));
+  assert.equal(followers.filter((t) => t.includes("shared with another tab")).length, 2);
+  // The leader's tab closes: another tab takes over and nothing is lost.
+  const leader = pages.find((p, i) => !followers[i].includes("shared"));
+  await leader.close();
+  const rest = pages.filter((p) => p !== leader);
+  await publish(demo.url, "after the leader left");
+  for (const page of rest) await waitForItems(page, ["after the leader left"]);
+  for (const page of rest) {
+    const list = await listed(page);
+    assert.equal(list.filter((t) => t === "after the leader left").length, 1);
+  }
+  await context.close();
+}));

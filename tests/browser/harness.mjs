@@ -1,0 +1,98 @@
+// Starts the real sse_demo server as a child process and a headless Chromium (Debian's, driven
+// by playwright-core). Nothing here is a stub: the page, the client and the server are the ones
+// `cargo run --example sse_demo` serves.
+
+import { spawn } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import path from "node:path";
+import { chromium } from "playwright-core";
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+export const demoBinary = process.env.TIDINGS_DEMO_BIN || path.join(root, "target/debug/examples/sse_demo");
+
+/** Starts the demo on `port` (0: any free port). Resolves once it listens. */
+export function startDemo(port = 0, extraArgs = []) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(demoBinary, extraArgs, {
+      env: { ...process.env, PORT: String(port) },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let out = "";
+    const timer = setTimeout(() => reject(new Error("demo did not start: " + out)), 20000);
+    child.stdout.on("data", (chunk) => {
+      out += chunk;
+      const m = out.match(/http:\/\/localhost:(\d+)\//);
+      if (m && !child.port) {
+        child.port = Number(m[1]);
+        child.url = `http://127.0.0.1:${child.port}`;
+        clearTimeout(timer);
+        resolve(child);
+      }
+    });
+    child.stderr.on("data", (chunk) => { out += chunk; });
+    child.output = () => out;
+    child.on("exit", (code) => { if (!child.port) reject(new Error(`demo exited ${code}: ${out}`)); });
+  });
+}
+
+export async function stopDemo(child, signal = "SIGKILL") {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((r) => child.once("exit", r));
+  child.kill(signal);
+  await exited;
+}
+
+export function launchBrowser() {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    args: [
+      "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    ],
+  });
+}
+
+export async function publish(base, data, topic = "demo") {
+  const response = await fetch(base + "/publish", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ topic, data }),
+  });
+  if (response.status !== 201) throw new Error("publish failed: " + response.status);
+  return (await response.json()).id;
+}
+
+export async function stats(base) {
+  return (await fetch(base + "/stats")).json();
+}
+
+/** The page's list, oldest first: event data, or "GAP" for a gap notice. */
+export async function listed(page) {
+  return page.$$eval("#events li", (lis) =>
+    lis.map((li) => (li.classList.contains("gap") ? "GAP" : li.firstChild.textContent)).reverse());
+}
+
+export async function waitForText(page, selector, text, timeout = 20000) {
+  await page.waitForFunction(
+    ([s, t]) => document.querySelector(s)?.textContent.includes(t),
+    [selector, text],
+    { timeout },
+  );
+}
+
+/** Waits until the page lists every one of `items`. */
+export async function waitForItems(page, items, timeout = 20000) {
+  await page.waitForFunction(
+    (wanted) => {
+      const texts = [...document.querySelectorAll("#events li")].map((li) => li.firstChild.textContent);
+      return wanted.every((w) => texts.includes(w));
+    },
+    items,
+    { timeout },
+  );
+}
+
+/** The k of every "Server says hi! (event #k)" listed, in page order. */
+export function tickNumbers(list) {
+  return list.map((t) => t.match(/event #(\d+)\)/)).filter(Boolean).map((m) => Number(m[1]));
+}
