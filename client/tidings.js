@@ -266,6 +266,11 @@ export class Feed extends EventTarget {
         if (this.cursor) url.searchParams.set("lastEventId", this.cursor);
         source = new EventSource(url);
         let delivered = false;
+        // A stream that never opens, or opens and never delivers, is as good as none.
+        if (!this._everOpened && this.options.transport === "auto") {
+          clearTimeout(timer);
+          timer = setTimeout(() => { if (!delivered) finish(true); }, this.options.openTimeout * 2);
+        }
         const delivering = () => {
           delivered = true;
           failures = 0;

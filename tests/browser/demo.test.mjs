@@ -4,6 +4,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import {
   startDemo, stopDemo, launchBrowser, publish, stats, listed, waitForText, waitForItems, tickNumbers,
+  bufferingProxy,
 } from "./harness.mjs";
 
 let browser;
@@ -135,4 +136,25 @@ test("three tabs share one connection", () => withDemo(async (demo) => {
     assert.equal(list.filter((t) => t === "after the leader left").length, 1);
   }
   await context.close();
+}));
+
+test("behind a proxy that buffers the stream, the client falls back to long-polling", () => withDemo(async (demo) => {
+  const proxy = await bufferingProxy(demo.port);
+  const page = await browser.newPage();
+  try {
+    await page.goto(proxy.url + "/");
+    // The stream opens (headers pass) but delivers nothing; after the open timeout the client
+    // switches to long-polling.
+    await waitForText(page, "#transport", "long-polling", 30000);
+    await publish(demo.url, "through the proxy");
+    await waitForItems(page, ["through the proxy"]);
+    await publish(demo.url, "polled through the proxy");
+    await waitForItems(page, ["polled through the proxy"]);
+    const list = await listed(page);
+    assert.equal(list.filter((t) => t === "through the proxy").length, 1);
+  } finally {
+    await page.close();
+    proxy.closeAllConnections();
+    proxy.close();
+  }
 }));

@@ -96,3 +96,33 @@ export async function waitForItems(page, items, timeout = 20000) {
 export function tickNumbers(list) {
   return list.map((t) => t.match(/event #(\d+)\)/)).filter(Boolean).map((m) => Number(m[1]));
 }
+
+/**
+ * A proxy that passes everything to `target` but holds back the body of streaming responses
+ * until they end, as some corporate proxies do with text/event-stream.
+ */
+export async function bufferingProxy(targetPort) {
+  const http = await import("node:http");
+  const server = http.createServer((req, res) => {
+    const upstream = http.request(
+      { host: "127.0.0.1", port: targetPort, path: req.url, method: req.method, headers: req.headers },
+      (up) => {
+        res.writeHead(up.statusCode, up.headers);
+        if ((up.headers["content-type"] || "").startsWith("text/event-stream")) {
+          res.flushHeaders();
+          const held = [];
+          up.on("data", (chunk) => held.push(chunk));
+          up.on("end", () => res.end(Buffer.concat(held)));
+        } else {
+          up.pipe(res);
+        }
+      },
+    );
+    upstream.on("error", () => res.destroy());
+    res.on("close", () => upstream.destroy());
+    req.pipe(upstream);
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  server.url = `http://127.0.0.1:${server.address().port}`;
+  return server;
+}
