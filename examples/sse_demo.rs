@@ -13,7 +13,10 @@
 //!   answers `201 {"id": "<cursor>"}`, or a 4xx with `{"error": "..."}`.
 //!
 //! `PORT` (environment) or `--port N` changes the port (default 8888). The server binds
-//! 127.0.0.1 only.
+//! 127.0.0.1 only. `--store` chooses the log: `sqlite:PATH` (the default,
+//! `sqlite:./tidings-data/events.db`: events survive restarts, so the page catches up exactly),
+//! `memory` (lost on restart: the page shows a gap), or `redis://HOST:PORT/` (several demo
+//! processes share one log).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -27,7 +30,9 @@ use axum::routing::{get, post};
 use tidings::http::HttpError;
 use tidings::longpoll::LongPoll;
 use tidings::sse::Sse;
-use tidings::{Connection, Disconnect, EventType, Hub, Lifecycle, MemoryStore, NewEvent, Topic};
+use tidings::redis::{RedisOptions, RedisStore};
+use tidings::sqlite::SqliteStore;
+use tidings::{Connection, Disconnect, EventType, Hub, Lifecycle, MemoryStore, NewEvent, Retention, Topic};
 
 const PAGE: &str = include_str!("assets/sse_demo.html");
 
@@ -58,22 +63,56 @@ impl Lifecycle for Console {
     }
 }
 
-fn port() -> u16 {
+/// The value of `--name VALUE` or `--name=VALUE`.
+fn arg(name: &str) -> Option<String> {
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        let value = match arg.strip_prefix("--port=") {
-            Some(v) => Some(v.to_owned()),
-            None if arg == "--port" => args.next(),
-            None => None,
-        };
-        if let Some(v) = value {
-            return v.parse().unwrap_or_else(|_| panic!("--port takes a number, got {v:?}"));
+        if let Some(v) = arg.strip_prefix(&format!("{name}=")) {
+            return Some(v.to_owned());
+        }
+        if arg == name {
+            return args.next();
         }
     }
+    None
+}
+
+fn fail(message: String) -> ! {
+    eprintln!("{message}");
+    std::process::exit(2)
+}
+
+fn port() -> u16 {
+    if let Some(v) = arg("--port") {
+        return v.parse().unwrap_or_else(|_| fail(format!("--port takes a number, got {v:?}")));
+    }
     match std::env::var("PORT") {
-        Ok(v) => v.parse().unwrap_or_else(|_| panic!("PORT must be a number, got {v:?}")),
+        Ok(v) => v.parse().unwrap_or_else(|_| fail(format!("PORT must be a number, got {v:?}"))),
         Err(_) => 8888,
     }
+}
+
+/// Opens the store `--store` names; returns it with a description for the console.
+async fn store() -> (std::sync::Arc<dyn tidings::Store>, String) {
+    let spec = arg("--store").unwrap_or_else(|| "sqlite:./tidings-data/events.db".to_owned());
+    let retention = Retention::default().max_events(10_000);
+    if spec == "memory" {
+        return (std::sync::Arc::new(MemoryStore::with_retention(retention)), "memory (lost on restart)".into());
+    }
+    if let Some(path) = spec.strip_prefix("sqlite:") {
+        let store = SqliteStore::open(path, retention)
+            .await
+            .unwrap_or_else(|e| fail(format!("cannot open the SQLite store at {path}: {e}")));
+        let shown = std::fs::canonicalize(path).map_or_else(|_| path.to_owned(), |p| p.display().to_string());
+        return (std::sync::Arc::new(store), format!("sqlite at {shown}"));
+    }
+    if spec.starts_with("redis://") || spec.starts_with("rediss://") || spec.starts_with("redis+unix://") {
+        let store = RedisStore::connect(&spec, RedisOptions::default().retention(retention))
+            .await
+            .unwrap_or_else(|e| fail(format!("cannot connect to Redis at {spec}: {e}")));
+        return (std::sync::Arc::new(store), format!("redis at {spec}"));
+    }
+    fail(format!("--store takes memory, sqlite:PATH or redis://HOST:PORT/, got {spec:?}"))
 }
 
 #[derive(serde::Deserialize)]
@@ -154,7 +193,8 @@ pub(crate) fn app(hub: Hub) -> Router {
 
 #[tokio::main]
 async fn main() {
-    let hub = Hub::builder(MemoryStore::new()).lifecycle(Console).build();
+    let (store, described) = store().await;
+    let hub = Hub::builder_shared(store).lifecycle(Console).build();
     let app = app(hub.clone());
     let addr = SocketAddr::from(([127, 0, 0, 1], port()));
     let listener = match tokio::net::TcpListener::bind(addr).await {
@@ -165,7 +205,7 @@ async fn main() {
         }
     };
     let addr = listener.local_addr().expect("bound address");
-    println!("Server-Sent Events demo: open http://localhost:{}/ (store: memory)", addr.port());
+    println!("Server-Sent Events demo: open http://localhost:{}/ (store: {described})", addr.port());
     tokio::spawn(ticker(hub.clone(), Duration::from_millis(2500)));
 
     let shutdown_hub = hub.clone();

@@ -39,6 +39,18 @@ pub mod longpoll {
     pub use tidings_longpoll::*;
 }
 
+/// The durable SQLite store.
+#[cfg(feature = "sqlite")]
+pub mod sqlite {
+    pub use tidings_sqlite::*;
+}
+
+/// The Redis Streams store, for several nodes sharing one log.
+#[cfg(feature = "redis")]
+pub mod redis {
+    pub use tidings_redis::*;
+}
+
 /// The browser client (`client/tidings.js`), served by the application.
 #[cfg(any(feature = "sse", feature = "longpoll"))]
 pub mod client {

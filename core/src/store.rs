@@ -96,7 +96,7 @@ impl std::error::Error for StoreError {
 /// - **Epoch.** When a store loses its history (a fresh in-memory store, a flushed Redis) it
 ///   changes epoch; every `Bounds` and `Event` carries the epoch it belongs to.
 /// - **Live tail.** `live_tail` yields every event appended after it was opened, per topic in
-///   log order; when it cannot promise that (it fell behind, a connection dropped), it yields
+///   log order (it may also yield some appended shortly before, which the hub skips); when it cannot promise that (it fell behind, a connection dropped), it yields
 ///   [`TailItem::Resync`]. The hub opens one tail per hub and shares it with all subscribers.
 ///
 /// The `tidings-conformance` crate checks all of this for any implementation.

@@ -1,0 +1,152 @@
+//! Helpers for the workspace's own tests: a real `redis-server` on a free loopback port, and
+//! the `sse_demo` example as a child process. Both are killed when dropped.
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (bound, read back, released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// A `redis-server` of our own, without persistence, on 127.0.0.1.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Child,
+    /// Its port.
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl RedisServer {
+    /// Starts one on a free port.
+    ///
+    /// # Panics
+    ///
+    /// Panics, with what to do, if `redis-server` is not installed: Redis tests never skip.
+    pub fn start() -> RedisServer {
+        RedisServer::start_on(free_port())
+    }
+
+    /// Starts one on `port` (to bring a stopped server back at the same address).
+    pub fn start_on(port: u16) -> RedisServer {
+        let dir = std::env::temp_dir().join(format!("tidings-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server ({e}): install it (Debian: apt-get install redis-server) or run ./scripts/test, which does")
+            });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not listen on port {port} within 10 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        RedisServer { child, port, dir }
+    }
+
+    /// `redis://127.0.0.1:PORT/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Runs `redis-cli` against this server and returns its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Kills the server at once (SIGKILL) and waits for it.
+    pub fn kill(mut self) -> u16 {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.port
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The `sse_demo` example as a child process.
+#[derive(Debug)]
+pub struct Demo {
+    child: Child,
+    /// Its port.
+    pub port: u16,
+    /// The first line it printed.
+    pub banner: String,
+}
+
+/// Where cargo put the example binary, next to the running test's directory.
+pub fn demo_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
+    let binary = profile_dir.join("examples").join("sse_demo");
+    assert!(
+        binary.exists(),
+        "{} is missing: build it with `cargo build --example sse_demo` (./scripts/test does)",
+        binary.display()
+    );
+    binary
+}
+
+impl Demo {
+    /// Starts the demo with `args` on `port` (0: any free port) and waits until it listens.
+    pub fn start(port: u16, args: &[&str]) -> Demo {
+        let mut child = Command::new(demo_binary())
+            .args(args)
+            .env("PORT", port.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the demo starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let banner = lines.next().and_then(Result::ok).unwrap_or_default();
+        let port = banner
+            .split("http://localhost:")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("the demo did not say where it listens: {banner:?}"));
+        // Keep draining its console so that it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Demo { child, port, banner }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the demo with SIGKILL, as a crash would, and waits for it.
+    pub fn kill(mut self) -> u16 {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.port
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
