@@ -11,8 +11,8 @@ let browser;
 before(async () => { browser = await launchBrowser(); });
 after(async () => { await browser?.close(); });
 
-async function withDemo(fn, port = 0) {
-  const demo = await startDemo(port);
+async function withDemo(fn, store) {
+  const demo = await startDemo(0, store);
   try {
     return await fn(demo);
   } finally {
@@ -60,7 +60,7 @@ test("leaving the page and coming back shows exactly what was missed", () => wit
   assert.ok(ticks.every((k, i) => i === 0 || k > ticks[i - 1]), `ticks in order: ${ticks}`);
 }));
 
-test("a killed server is reported, and a restarted one is rejoined with a gap notice", () => withDemo(async (demo) => {
+test("a killed server is reported; restarted, it is rejoined and the page catches up exactly", () => withDemo(async (demo) => {
   const page = await browser.newPage();
   await page.goto(demo.url + "/");
   await waitForText(page, "#status", "Server connected :)");
@@ -68,7 +68,38 @@ test("a killed server is reported, and a restarted one is rejoined with a gap no
   await waitForItems(page, ["before the crash"]);
   await stopDemo(demo, "SIGKILL");
   await waitForText(page, "#status", "Server unavailable :(");
-  const again = await startDemo(demo.port);
+  // Same port, same SQLite file: the log survived the crash.
+  const again = await startDemo(demo.port, demo.store);
+  try {
+    // Published after the restart, before the page is back: the page must get them on return.
+    const missed = ["while you were away 1", "while you were away 2"];
+    for (const m of missed) await publish(again.url, m);
+    await waitForText(page, "#status", "Server connected :)");
+    await waitForItems(page, missed);
+    await publish(again.url, "after the return");
+    await waitForItems(page, ["after the return"]);
+    const list = await listed(page);
+    assert.ok(!list.includes("GAP"), "no gap: nothing was lost");
+    for (const item of ["before the crash", ...missed, "after the return"]) {
+      assert.equal(list.filter((t) => t === item).length, 1, `${item} exactly once`);
+    }
+    const ticks = tickNumbers(list);
+    assert.ok(ticks.every((k, i) => i === 0 || k > ticks[i - 1]), `ticks in order: ${ticks}`);
+  } finally {
+    await stopDemo(again);
+    await page.close();
+  }
+}));
+
+test("with the memory store, a restarted server is rejoined with a gap notice", () => withDemo(async (demo) => {
+  const page = await browser.newPage();
+  await page.goto(demo.url + "/");
+  await waitForText(page, "#status", "Server connected :)");
+  await publish(demo.url, "before the crash");
+  await waitForItems(page, ["before the crash"]);
+  await stopDemo(demo, "SIGKILL");
+  await waitForText(page, "#status", "Server unavailable :(");
+  const again = await startDemo(demo.port, "memory");
   try {
     await waitForText(page, "#status", "Server connected :)");
     // The in-memory log died with the process: the page says so rather than losing silently.
@@ -82,7 +113,7 @@ test("a killed server is reported, and a restarted one is rejoined with a gap no
     await stopDemo(again);
     await page.close();
   }
-}));
+}, "memory"));
 
 test("without EventSource the same events arrive by long-polling", () => withDemo(async (demo) => {
   const context = await browser.newContext();

@@ -5,15 +5,23 @@
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { chromium } from "playwright-core";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 export const demoBinary = process.env.TIDINGS_DEMO_BIN || path.join(root, "target/debug/examples/sse_demo");
 
-/** Starts the demo on `port` (0: any free port). Resolves once it listens. */
-export function startDemo(port = 0, extraArgs = []) {
+/** A fresh SQLite file for one test's demo server. */
+export function freshStore() {
+  const dir = mkdtempSync(path.join(tmpdir(), "tidings-browser-"));
+  return "sqlite:" + path.join(dir, "events.db");
+}
+
+/** Starts the demo on `port` (0: any free port) with `store`. Resolves once it listens. */
+export function startDemo(port = 0, store = freshStore()) {
   return new Promise((resolve, reject) => {
-    const child = spawn(demoBinary, extraArgs, {
+    const child = spawn(demoBinary, ["--store", store], {
       env: { ...process.env, PORT: String(port) },
       stdio: ["ignore", "pipe", "pipe"],
     });
@@ -25,6 +33,7 @@ export function startDemo(port = 0, extraArgs = []) {
       if (m && !child.port) {
         child.port = Number(m[1]);
         child.url = `http://127.0.0.1:${child.port}`;
+        child.store = store;
         clearTimeout(timer);
         resolve(child);
       }
