@@ -19,6 +19,7 @@ pub struct RedisServer {
     /// Its port.
     pub port: u16,
     dir: PathBuf,
+    keep_dir: bool,
 }
 
 impl RedisServer {
@@ -33,10 +34,26 @@ impl RedisServer {
 
     /// Starts one on `port` (to bring a stopped server back at the same address).
     pub fn start_on(port: u16) -> RedisServer {
+        RedisServer::launch(port, false)
+    }
+
+    /// Starts one on `port` that keeps its data in an append-only file (fsync on every write)
+    /// in a directory of its own: killed and started again on the same port, it still has it.
+    pub fn start_persistent_on(port: u16) -> RedisServer {
+        RedisServer::launch(port, true)
+    }
+
+    fn launch(port: u16, persistent: bool) -> RedisServer {
         let dir = std::env::temp_dir().join(format!("tidings-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let aof: &[&str] = if persistent {
+            &["--appendonly", "yes", "--appendfsync", "always"]
+        } else {
+            &["--appendonly", "no"]
+        };
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(aof)
             .arg("--dir")
             .arg(&dir)
             .stdout(Stdio::null())
@@ -50,7 +67,7 @@ impl RedisServer {
             assert!(Instant::now() < deadline, "redis-server did not listen on port {port} within 10 s");
             std::thread::sleep(Duration::from_millis(10));
         }
-        RedisServer { child, port, dir }
+        RedisServer { child, port, dir, keep_dir: false }
     }
 
     /// `redis://127.0.0.1:PORT/`.
@@ -68,10 +85,12 @@ impl RedisServer {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Kills the server at once (SIGKILL) and waits for it.
+    /// Kills the server at once (SIGKILL) and waits for it; its data directory stays, so a
+    /// persistent server can be started again on the same port.
     pub fn kill(mut self) -> u16 {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.keep_dir = true;
         self.port
     }
 }
@@ -80,7 +99,9 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.keep_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
