@@ -171,3 +171,80 @@ impl Drop for Demo {
         let _ = self.child.wait();
     }
 }
+
+pub use stores::{RedisStores, SqliteStores};
+
+mod stores {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use async_trait::async_trait;
+    use tidings_conformance::StoreFactory;
+    use tidings_core::{Retention, Store};
+    use tidings_redis::{RedisOptions, RedisStore};
+    use tidings_sqlite::SqliteStore;
+
+    use super::RedisServer;
+
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+
+    /// Fresh SQLite logs, each a real file in a new directory under the system's temporary
+    /// directory (removed when the factory is dropped).
+    #[derive(Debug)]
+    pub struct SqliteStores {
+        dir: std::path::PathBuf,
+    }
+
+    impl Default for SqliteStores {
+        fn default() -> Self {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let dir = std::env::temp_dir().join(format!("tidings-sqlite-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            SqliteStores { dir }
+        }
+    }
+
+    impl Drop for SqliteStores {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    #[async_trait]
+    impl StoreFactory for SqliteStores {
+        fn name(&self) -> &'static str {
+            "sqlite"
+        }
+
+        async fn open(&self, retention: Retention) -> Arc<dyn Store> {
+            let file = self.dir.join(format!("log-{}.db", NEXT.fetch_add(1, Ordering::Relaxed)));
+            Arc::new(SqliteStore::open(file, retention).await.expect("sqlite opens"))
+        }
+    }
+
+    /// Fresh Redis logs (distinct key prefixes, hence distinct epochs) in a redis-server of the
+    /// factory's own, stopped when the factory is dropped.
+    #[derive(Debug)]
+    pub struct RedisStores {
+        server: RedisServer,
+    }
+
+    impl Default for RedisStores {
+        fn default() -> Self {
+            RedisStores { server: RedisServer::start() }
+        }
+    }
+
+    #[async_trait]
+    impl StoreFactory for RedisStores {
+        fn name(&self) -> &'static str {
+            "redis"
+        }
+
+        async fn open(&self, retention: Retention) -> Arc<dyn Store> {
+            let prefix = format!("t{}", NEXT.fetch_add(1, Ordering::Relaxed));
+            let options = RedisOptions::default().prefix(prefix).retention(retention);
+            Arc::new(RedisStore::connect(&self.server.url(), options).await.expect("redis connects"))
+        }
+    }
+}

@@ -206,12 +206,17 @@ impl LongPoll {
         }
     }
 
-    /// Waits for the first delivery (up to `timeout`), then takes what is ready, within bounds.
+    /// Takes what is ready (or waits up to `timeout` for the first delivery), within bounds.
     async fn collect(&self, mut sub: Subscription, timeout: Duration) -> Batch {
         let mut batch = Batch::empty(&sub);
-        let first = match tokio::time::timeout(timeout, sub.next()).await {
-            Err(_) => return batch,
-            Ok(d) => d,
+        // What is already there (a replay from the store, however slow the store) does not count
+        // against the timeout; only waiting for new events does.
+        let first = match sub.next_ready().await {
+            Some(delivery) => Some(delivery),
+            None => match tokio::time::timeout(timeout, sub.next()).await {
+                Err(_) => return batch,
+                Ok(delivery) => delivery,
+            },
         };
         let mut next = first;
         loop {

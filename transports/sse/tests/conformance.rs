@@ -1,6 +1,16 @@
 //! The SSE transport runs the whole transport conformance suite, through a real HTTP server on
-//! loopback and an SSE parser that is not ours.
+//! loopback and an SSE parser that is not ours, over each store.
 
 mod common;
 
-tidings_conformance::transport_suite!(common::SseAdapter);
+mod memory {
+    tidings_conformance::transport_suite!(super::common::SseAdapter);
+}
+
+mod sqlite {
+    tidings_conformance::transport_suite!(super::common::SseAdapter, store: tidings_test_support::SqliteStores::default());
+}
+
+mod redis {
+    tidings_conformance::transport_suite!(super::common::SseAdapter, store: tidings_test_support::RedisStores::default());
+}

@@ -1,0 +1,58 @@
+//! A small long-polling and publishing client for the process-level tests.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+/// One long-poll batch: `(data of each event, cursor after the batch, gap topics)`.
+pub struct Batch {
+    pub data: Vec<String>,
+    pub cursor: String,
+    pub gap: Option<Vec<String>>,
+}
+
+pub async fn poll(http: &reqwest::Client, base: &str, topic: &str, cursor: Option<&str>, timeout: u32) -> Batch {
+    let mut url = format!("{base}/poll?topic={topic}&timeout={timeout}");
+    if let Some(c) = cursor {
+        url.push_str(&format!("&cursor={c}"));
+    }
+    let response = http.get(url).timeout(Duration::from_secs(60)).send().await.expect("poll answered");
+    assert_eq!(response.status(), 200);
+    let json: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    Batch {
+        data: json["events"].as_array().unwrap().iter().map(|e| e["data"].as_str().unwrap().to_owned()).collect(),
+        cursor: json["cursor"].as_str().unwrap().to_owned(),
+        gap: json["gap"]["topics"].as_array().map(|t| t.iter().map(|t| t.as_str().unwrap().to_owned()).collect()),
+    }
+}
+
+/// Publishes; `Some(id)` when the server answered 201, `None` when it could not be reached.
+pub async fn publish(http: &reqwest::Client, base: &str, topic: &str, data: &str) -> Option<String> {
+    let body = serde_json::json!({ "topic": topic, "data": data }).to_string();
+    let response = http
+        .post(format!("{base}/publish"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .ok()?;
+    if response.status() != 201 {
+        return None;
+    }
+    let json: serde_json::Value = serde_json::from_str(&response.text().await.ok()?).ok()?;
+    json["id"].as_str().map(str::to_owned)
+}
+
+/// Reads everything after `cursor` with immediate polls; returns the data and the new cursor.
+pub async fn drain(http: &reqwest::Client, base: &str, topic: &str, mut cursor: String) -> (Vec<String>, String) {
+    let mut all = Vec::new();
+    loop {
+        let batch = poll(http, base, topic, Some(&cursor), 0).await;
+        assert!(batch.gap.is_none(), "unexpected gap after {} events", all.len());
+        cursor = batch.cursor;
+        if batch.data.is_empty() {
+            return (all, cursor);
+        }
+        all.extend(batch.data);
+    }
+}
