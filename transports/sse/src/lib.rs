@@ -31,6 +31,7 @@
 
 mod frame;
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -39,7 +40,7 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, StatusCode, header};
 use tidings_core::{Delivery, Hub, SubscribeRequest, Subscription, Topic};
 use tidings_http::{HttpCredentials, HttpError, SubscribeParams};
@@ -145,12 +146,7 @@ impl Sse {
     fn stream(&self, subscription: Subscription) -> Response {
         let start = (!subscription.starts_with_gap()).then(|| subscription.cursor());
         let preamble = frame::preamble(self.retry.as_millis(), start.as_ref());
-        let state = StreamState {
-            subscription,
-            heartbeat: self.heartbeat,
-            queued: Some(preamble),
-            done: false,
-        };
+        let state = StreamState::new(subscription, self.heartbeat, preamble);
         let body = Body::from_stream(futures_util::stream::unfold(state, StreamState::step));
         let mut response = (StatusCode::OK, body).into_response();
         let headers = response.headers_mut();
@@ -161,40 +157,97 @@ impl Sse {
     }
 }
 
+/// Frames smaller than this are copied into one write buffer with their neighbours; larger
+/// ones go out as the shared bytes themselves.
+const COALESCE_BELOW: usize = 16 * 1024;
+/// A write buffer is sent once it holds this much.
+const WRITE_BUFFER: usize = 64 * 1024;
+
 struct StreamState {
     subscription: Subscription,
     heartbeat: Duration,
-    /// Bytes to send before asking the subscription for more (the second half of a frame).
-    queued: Option<Bytes>,
+    /// Chunks ready to send, in order.
+    queued: VecDeque<Bytes>,
+    /// Small frames being gathered into one chunk.
+    gathered: BytesMut,
     done: bool,
 }
 
 impl StreamState {
+    fn new(subscription: Subscription, heartbeat: Duration, preamble: Bytes) -> StreamState {
+        let mut gathered = BytesMut::with_capacity(WRITE_BUFFER);
+        gathered.extend_from_slice(&preamble);
+        StreamState { subscription, heartbeat, queued: VecDeque::new(), gathered, done: false }
+    }
+
     async fn step(mut self) -> Option<(Result<Bytes, Infallible>, StreamState)> {
-        if let Some(bytes) = self.queued.take() {
-            return Some((Ok(bytes), self));
-        }
-        if self.done {
-            return None;
-        }
-        let delivery = match tokio::time::timeout(self.heartbeat, self.subscription.next()).await {
-            Err(_idle) => return Some((Ok(Bytes::from_static(frame::HEARTBEAT)), self)),
-            Ok(None) => return None,
-            Ok(Some(delivery)) => delivery,
-        };
-        let bytes = match delivery {
-            Delivery::Event(event) => {
-                // The shared frame goes out as is; only the id line is this subscriber's own.
-                self.queued = Some(frame::frame_end(&self.subscription.cursor()));
-                event.encoded::<SseFrame>()
+        loop {
+            if let Some(chunk) = self.queued.pop_front() {
+                return Some((Ok(chunk), self));
             }
-            Delivery::Gap(gap) => frame::gap_frame(&gap, &self.subscription.cursor()),
+            if !self.gathered.is_empty() {
+                let chunk = self.gathered.split().freeze();
+                return Some((Ok(chunk), self));
+            }
+            if self.done {
+                return None;
+            }
+            // A burst (a replay, a busy topic) is gathered without arming a timer per event.
+            let mut ready = false;
+            while self.gathered.len() < WRITE_BUFFER && self.queued.is_empty() && !self.done {
+                match self.subscription.next_ready().await {
+                    Some(delivery) => {
+                        ready = true;
+                        self.push(delivery);
+                    }
+                    None => break,
+                }
+            }
+            if ready {
+                continue;
+            }
+            // Nothing ready: wait, and send a heartbeat after each idle interval.
+            match tokio::time::timeout(self.heartbeat, self.subscription.next()).await {
+                Err(_idle) => return Some((Ok(Bytes::from_static(frame::HEARTBEAT)), self)),
+                Ok(None) => self.done = true,
+                Ok(Some(delivery)) => self.push(delivery),
+            }
+        }
+    }
+
+    fn push(&mut self, delivery: Delivery) {
+        match delivery {
+            Delivery::Event(event) => {
+                // The shared frame as is; only the id line is this subscriber's own.
+                let frame = event.encoded::<SseFrame>();
+                if frame.len() < COALESCE_BELOW {
+                    self.gathered.extend_from_slice(&frame);
+                } else {
+                    self.flush_into_queue();
+                    self.queued.push_back(frame);
+                }
+                // What is gathered always goes out after what is queued.
+                self.gathered.extend_from_slice(&frame::frame_end(&self.subscription.cursor()));
+            }
+            Delivery::Gap(gap) => {
+                self.flush_into_queue();
+                self.queued.push_back(frame::gap_frame(&gap, &self.subscription.cursor()));
+            }
             Delivery::Closing(closing) => {
                 self.done = true;
-                Bytes::from(format!("retry: {}\n\n", closing.reconnect_after.as_millis()))
+                self.flush_into_queue();
+                self.queued.push_back(Bytes::from(format!(
+                    "retry: {}\n\n",
+                    closing.reconnect_after.as_millis()
+                )));
             }
-            _ => return Some((Ok(Bytes::new()), self)),
-        };
-        Some((Ok(bytes), self))
+            _ => {}
+        }
+    }
+
+    fn flush_into_queue(&mut self) {
+        if !self.gathered.is_empty() {
+            self.queued.push_back(self.gathered.split().freeze());
+        }
     }
 }
