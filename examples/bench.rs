@@ -5,7 +5,8 @@
 //! - publish: events appended per second, one publisher, one at a time;
 //! - replay: events per second read back by a reconnecting client, in-process (a `Subscription`
 //!   from a cursor) and over SSE on loopback (an HTTP client reading the stream);
-//! and, on the memory store, fan-out: events per second delivered to N SSE clients at once.
+//!
+//! And, on the memory store, fan-out: events per second delivered to N SSE clients at once.
 //!
 //! `BENCH_EVENTS` (default 20000), `BENCH_BYTES` (payload size, default 256) and `BENCH_CLIENTS`
 //! (default 500) change the sizes. Results go to standard output as a Markdown table.

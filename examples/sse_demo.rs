@@ -205,6 +205,8 @@ async fn main() {
         }
     };
     let addr = listener.local_addr().expect("bound address");
+    // A client whose socket stops draining for 30 s is disconnected (it reconnects and replays).
+    let listener = axum::serve::ListenerExt::tap_io(listener, tidings::http::stall_timeout(Duration::from_secs(30)));
     println!("Server-Sent Events demo: open http://localhost:{}/ (store: {described})", addr.port());
     tokio::spawn(ticker(hub.clone(), Duration::from_millis(2500)));
 

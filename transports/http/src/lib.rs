@@ -24,6 +24,35 @@ use http::request::Parts;
 use http::{HeaderName, StatusCode};
 use tidings_core::{Credentials, Hub, PublishError, Refusal, SubscribeError, Topic};
 
+/// Disconnects a client whose socket stops draining: data the server wrote that stays
+/// unacknowledged (or unsent, because the client's window is full) for `timeout` closes the
+/// connection (`TCP_USER_TIMEOUT`, Linux). The client reconnects and replays from its cursor.
+///
+/// Without it, a stalled client costs bounded memory (see the hub's Backpressure section) but
+/// keeps its connection until the operating system gives up, which can take many minutes.
+/// Apply it to every accepted connection with axum's `tap_io`:
+///
+/// ```no_run
+/// use axum::serve::ListenerExt;
+/// # async fn run(app: axum::Router) {
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8888").await.unwrap()
+///     .tap_io(tidings_http::stall_timeout(std::time::Duration::from_secs(30)));
+/// axum::serve(listener, app).await.unwrap();
+/// # }
+/// ```
+///
+/// On other systems than Linux it does nothing.
+pub fn stall_timeout(timeout: Duration) -> impl FnMut(&mut tokio::net::TcpStream) + Send + 'static {
+    move |stream| {
+        #[cfg(target_os = "linux")]
+        if let Err(err) = socket2::SockRef::from(&*stream).set_tcp_user_timeout(Some(timeout)) {
+            let _ = err; // The connection simply keeps the system's default.
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (stream, timeout);
+    }
+}
+
 /// The header a browser's EventSource sends on reconnection.
 pub const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 

@@ -264,3 +264,71 @@ async fn a_burst_is_gathered_into_few_writes_in_order() {
     assert!(data == expected, "events out of order or missing ({} received)", data.len());
     assert!(chunks < 20, "999 small events took {chunks} chunks");
 }
+
+// ---- Stalled sockets ------------------------------------------------------------------------
+
+/// Opens a stream with a raw TCP client that then never reads.
+async fn stalled_client(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /events?topic=t HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+        .await
+        .unwrap();
+    stream
+}
+
+/// Reports each disconnection on a channel.
+struct Disconnections(tokio::sync::mpsc::UnboundedSender<()>);
+
+impl tidings_core::Lifecycle for Disconnections {
+    fn on_disconnect(&self, _: &tidings_core::Connection, _: &tidings_core::Disconnect) {
+        let _ = self.0.send(());
+    }
+}
+
+async fn stalled_server(
+    guard: Option<Duration>,
+) -> (Hub, std::net::SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    use axum::serve::ListenerExt;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let hub = Hub::builder(MemoryStore::new()).lifecycle(Disconnections(tx)).build();
+    let app = axum::Router::new().route("/events", Sse::new(hub.clone()).method_router());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    match guard {
+        Some(t) => {
+            let listener = listener.tap_io(tidings_http::stall_timeout(t));
+            tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        }
+        None => {
+            tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        }
+    }
+    (hub, addr, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_socket_stops_draining_is_disconnected() {
+    let (guarded, guarded_addr, mut guarded_gone) = stalled_server(Some(Duration::from_secs(1))).await;
+    let (plain, plain_addr, _plain_gone) = stalled_server(None).await;
+    let _a = stalled_client(guarded_addr).await;
+    let _b = stalled_client(plain_addr).await;
+    while guarded.subscriber_count() < 1 || plain.subscriber_count() < 1 {
+        tokio::task::yield_now().await;
+    }
+    // 16 MiB to each: far more than the socket buffers hold.
+    let blob: std::sync::Arc<str> = "z".repeat(256 * 1024).into();
+    for _ in 0..64 {
+        guarded.publish(NewEvent::new(topic("t"), blob.clone())).await.unwrap();
+        plain.publish(NewEvent::new(topic("t"), blob.clone())).await.unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(30), guarded_gone.recv())
+        .await
+        .expect("the stalled client was never disconnected");
+    assert_eq!(guarded.subscriber_count(), 0);
+    // The same stall without the guard keeps its connection: the guard made the difference.
+    assert_eq!(plain.subscriber_count(), 1);
+}
