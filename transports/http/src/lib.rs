@@ -16,13 +16,19 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::future::Future;
+
 use axum::Json;
-use axum::extract::ConnectInfo;
+use axum::extract::{ConnectInfo, Request};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get};
 use http::header::HeaderMap;
 use http::request::Parts;
 use http::{HeaderName, StatusCode};
-use tidings_core::{Credentials, Hub, PublishError, Refusal, SubscribeError, Topic};
+use tidings_core::{
+    Credentials, Hub, PublishError, Refusal, SubscribeError, SubscribeRequest, Subscription, Topic,
+};
+use tower_http::cors::CorsLayer;
 
 /// Disconnects a client whose socket stops draining: data the server wrote that stays
 /// unacknowledged (or unsent, because the client's window is full) for `timeout` closes the
@@ -96,6 +102,39 @@ impl SubscribeParams {
             .filter(|c| !c.is_empty());
         let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
         Ok(SubscribeParams { topics, cursor, query, peer })
+    }
+}
+
+/// Opens the subscription a request asks for: its topics (or `default_topics` when it names
+/// none), its cursor, its peer, and its headers and query as credentials for the hook.
+pub async fn subscribe(
+    hub: &Hub,
+    parts: &Parts,
+    params: &SubscribeParams,
+    default_topics: &[Topic],
+    transport: &'static str,
+) -> Result<Subscription, HttpError> {
+    let topics = if params.topics.is_empty() { default_topics.to_vec() } else { params.topics.clone() };
+    let credentials = HttpCredentials::new(&parts.headers, &params.query);
+    let request = SubscribeRequest::new(topics)
+        .cursor(params.cursor.as_deref())
+        .transport(transport)
+        .peer(params.peer)
+        .credentials(&credentials);
+    hub.subscribe(request).await.map_err(|err| HttpError::refused(err, hub))
+}
+
+/// A `GET` route answered by `handle`, behind `cors` when one is given.
+pub fn get_route<S, F, Fut>(cors: Option<CorsLayer>, handle: F) -> MethodRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    F: Fn(Request) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response> + Send + 'static,
+{
+    let route = get(move |request: Request| handle(request));
+    match cors {
+        Some(cors) => route.layer(cors),
+        None => route,
     }
 }
 

@@ -41,11 +41,11 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get};
+use axum::routing::MethodRouter;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderValue, StatusCode, header};
-use tidings_core::{Delivery, Event, Hub, SubscribeRequest, Subscription, Topic, WireFormat};
-use tidings_http::{HttpCredentials, HttpError, SubscribeParams};
+use tidings_core::{Delivery, Event, Hub, Subscription, Topic, WireFormat};
+use tidings_http::{HttpError, SubscribeParams};
 use tower_http::cors::CorsLayer;
 
 /// The transport's name, as lifecycle and authorization hooks see it.
@@ -146,14 +146,10 @@ impl LongPoll {
     /// A `GET` handler, to mount with [`Router::route`].
     pub fn method_router<S: Clone + Send + Sync + 'static>(self) -> MethodRouter<S> {
         let cors = self.cors.clone();
-        let route = get(move |request: Request| {
-            let poll = self.clone();
-            async move { poll.handle(request).await }
-        });
-        match cors {
-            Some(cors) => route.layer(cors),
-            None => route,
-        }
+        tidings_http::get_route(cors, move |request: Request| {
+            let endpoint = self.clone();
+            async move { endpoint.handle(request).await }
+        })
     }
 
     /// A router that answers polls at `/` (a tower `Service`).
@@ -172,18 +168,11 @@ impl LongPoll {
             Ok(t) => t,
             Err(err) => return err.into_response(),
         };
-        let topics =
-            if params.topics.is_empty() { self.default_topics.clone() } else { params.topics.clone() };
-        let credentials = HttpCredentials::new(&parts.headers, &params.query);
-        let request = SubscribeRequest::new(topics)
-            .cursor(params.cursor.as_deref())
-            .transport(TRANSPORT)
-            .peer(params.peer)
-            .credentials(&credentials);
-        let subscription = match self.hub.subscribe(request).await {
-            Ok(s) => s,
-            Err(err) => return HttpError::refused(err, &self.hub).into_response(),
-        };
+        let subscription =
+            match tidings_http::subscribe(&self.hub, &parts, &params, &self.default_topics, TRANSPORT).await {
+                Ok(s) => s,
+                Err(err) => return err.into_response(),
+            };
         let batch = if params.cursor.is_none() {
             Batch::empty(&subscription)
         } else {

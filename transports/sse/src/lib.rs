@@ -39,11 +39,11 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get};
+use axum::routing::MethodRouter;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, StatusCode, header};
-use tidings_core::{Delivery, Hub, SubscribeRequest, Subscription, Topic};
-use tidings_http::{HttpCredentials, HttpError, SubscribeParams};
+use tidings_core::{Delivery, Hub, Subscription, Topic};
+use tidings_http::SubscribeParams;
 use tower_http::cors::CorsLayer;
 
 pub use frame::SseFrame;
@@ -106,14 +106,10 @@ impl Sse {
     /// A `GET` handler, to mount with [`Router::route`].
     pub fn method_router<S: Clone + Send + Sync + 'static>(self) -> MethodRouter<S> {
         let cors = self.cors.clone();
-        let route = get(move |request: Request| {
-            let sse = self.clone();
-            async move { sse.handle(request).await }
-        });
-        match cors {
-            Some(cors) => route.layer(cors),
-            None => route,
-        }
+        tidings_http::get_route(cors, move |request: Request| {
+            let endpoint = self.clone();
+            async move { endpoint.handle(request).await }
+        })
     }
 
     /// A router that streams at `/`, for [`Router::nest`], or to serve as a tower `Service`
@@ -129,17 +125,9 @@ impl Sse {
             Ok(params) => params,
             Err(err) => return err.into_response(),
         };
-        let topics =
-            if params.topics.is_empty() { self.default_topics.clone() } else { params.topics.clone() };
-        let credentials = HttpCredentials::new(&parts.headers, &params.query);
-        let request = SubscribeRequest::new(topics)
-            .cursor(params.cursor.as_deref())
-            .transport(TRANSPORT)
-            .peer(params.peer)
-            .credentials(&credentials);
-        match self.hub.subscribe(request).await {
+        match tidings_http::subscribe(&self.hub, &parts, &params, &self.default_topics, TRANSPORT).await {
             Ok(subscription) => self.stream(subscription),
-            Err(err) => HttpError::refused(err, &self.hub).into_response(),
+            Err(err) => err.into_response(),
         }
     }
 

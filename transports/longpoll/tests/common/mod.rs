@@ -15,14 +15,7 @@ use tidings_conformance::{
 use tidings_core::Hub;
 use tidings_longpoll::LongPoll;
 
-pub async fn serve(app: axum::Router) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
-    });
-    (addr, task)
-}
+pub use tidings_test_support::serve;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LongPollAdapter;

@@ -19,17 +19,7 @@ use tidings_sse::Sse;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-/// Serves a hub at `/events` on a fresh loopback port; returns the address.
-pub async fn serve(app: axum::Router) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .await
-            .unwrap();
-    });
-    (addr, task)
-}
+pub use tidings_test_support::serve;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SseAdapter;
