@@ -189,3 +189,28 @@ test("behind a proxy that buffers the stream, the client falls back to long-poll
     proxy.close();
   }
 }));
+
+test("the cursor carries over from Server-Sent Events to long-polling", () => withDemo(async (demo) => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(demo.url + "/");
+  await waitForText(page, "#status", "Server connected :)");
+  assert.match(await page.textContent("#transport"), /Server-Sent Events/);
+  await publish(demo.url, "seen over SSE");
+  await waitForItems(page, ["seen over SSE"]);
+  await page.goto("about:blank");
+  const missed = ["missed A", "missed B"];
+  for (const m of missed) await publish(demo.url, m);
+  // Back on the page, without EventSource this time: long-polling resumes from the cursor that
+  // the stream left in sessionStorage.
+  await context.addInitScript(() => { delete window.EventSource; });
+  await page.goBack();
+  await waitForText(page, "#transport", "long-polling");
+  await waitForItems(page, missed);
+  const list = await listed(page);
+  for (const item of ["seen over SSE", ...missed]) {
+    assert.equal(list.filter((t) => t === item).length, 1, `${item} exactly once`);
+  }
+  assert.ok(!list.includes("GAP"));
+  await context.close();
+}));
