@@ -361,6 +361,7 @@ async fn run_tail(
     let mut conn: Option<MultiplexedConnection> = None;
     let mut epoch: Option<Vec<u8>> = None;
     let mut backoff = Duration::from_millis(100);
+    let mut reconnecting = false;
     loop {
         let connection = match &mut conn {
             Some(c) => c,
@@ -372,8 +373,11 @@ async fn run_tail(
                 match opened {
                     Ok(c) => {
                         backoff = Duration::from_millis(100);
-                        // Anything may have happened while we were away.
-                        let _ = tail.send(TailItem::Resync);
+                        if reconnecting {
+                            // Anything may have happened while we were away.
+                            let _ = tail.send(TailItem::Resync);
+                        }
+                        reconnecting = true;
                         conn.insert(c)
                     }
                     Err(e) => {
