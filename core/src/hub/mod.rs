@@ -129,6 +129,8 @@ pub(crate) struct HubInner {
     pub(crate) lifecycle: Arc<dyn Lifecycle>,
     pub(crate) next_connection: AtomicU64,
     pub(crate) lagged: AtomicU64,
+    /// Subscriptions open now (decremented before `on_disconnect` runs).
+    pub(crate) open: AtomicU64,
     pub(crate) gaps: AtomicU64,
     /// `true` once the hub shuts down.
     pub(crate) shutdown: watch::Sender<bool>,
@@ -162,7 +164,7 @@ impl fmt::Debug for Hub {
         f.debug_struct("Hub")
             .field("store", &self.inner.store)
             .field("config", &self.inner.config)
-            .field("subscribers", &self.inner.ring.receiver_count())
+            .field("subscribers", &self.inner.open.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
@@ -272,6 +274,7 @@ impl HubBuilder {
                 lifecycle: self.lifecycle,
                 next_connection: AtomicU64::new(1),
                 lagged: AtomicU64::new(0),
+                open: AtomicU64::new(0),
                 gaps: AtomicU64::new(0),
                 shutdown,
                 tail_ready,
@@ -461,9 +464,9 @@ impl Hub {
         Subscription::open(self.inner.clone(), request).await
     }
 
-    /// The number of open subscriptions.
+    /// The number of open subscriptions (already one less when `on_disconnect` runs).
     pub fn subscriber_count(&self) -> usize {
-        self.inner.ring.receiver_count()
+        self.inner.open.load(Ordering::Relaxed) as usize
     }
 
     /// Asks every subscription to close (each yields [`Delivery::Closing`] with a jittered
@@ -486,7 +489,7 @@ impl Hub {
     /// Counters since the hub was built.
     pub fn stats(&self) -> HubStats {
         HubStats {
-            subscribers: self.inner.ring.receiver_count(),
+            subscribers: self.inner.open.load(Ordering::Relaxed) as usize,
             connections: self.inner.next_connection.load(Ordering::Relaxed) - 1,
             lagged: self.inner.lagged.load(Ordering::Relaxed),
             gaps: self.inner.gaps.load(Ordering::Relaxed),

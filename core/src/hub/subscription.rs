@@ -246,6 +246,7 @@ impl Subscription {
             cursor: request.cursor.map(|c| c.chars().take(crate::cursor::MAX_CURSOR_LEN).collect()),
             peer: request.peer,
         };
+        hub.open.fetch_add(1, Ordering::Relaxed);
         hub.lifecycle.on_connect(&connection);
         Ok(Subscription {
             epoch: epoch.unwrap_or(Epoch::from_raw(0)),
@@ -467,6 +468,7 @@ pub(super) fn reconnect_delay(hub: &HubInner) -> Duration {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        self.hub.open.fetch_sub(1, Ordering::Relaxed);
         let disconnect = Disconnect { delivered: self.delivered, duration: self.opened.elapsed() };
         self.hub.lifecycle.on_disconnect(&self.connection, &disconnect);
     }
