@@ -64,3 +64,14 @@ pub trait Lifecycle: Send + Sync + 'static {
 pub struct NoLifecycle;
 
 impl Lifecycle for NoLifecycle {}
+
+/// Hooks shared with the rest of the application (to read counters they keep, say).
+impl<T: Lifecycle + ?Sized> Lifecycle for std::sync::Arc<T> {
+    fn on_connect(&self, connection: &Connection) {
+        (**self).on_connect(connection);
+    }
+
+    fn on_disconnect(&self, connection: &Connection, disconnect: &Disconnect) {
+        (**self).on_disconnect(connection, disconnect);
+    }
+}

@@ -29,6 +29,10 @@ use crate::lifecycle::{Connection, Disconnect};
 use crate::store::{Page, StoreError};
 use crate::topic::Topic;
 
+/// How long a subscription waits for the hub to open the store's live tail (only ever at the
+/// very start of a hub's life, or while its store is unreachable then).
+const TAIL_WAIT: Duration = Duration::from_secs(10);
+
 /// What to subscribe to, and who asks.
 #[must_use]
 pub struct SubscribeRequest<'a> {
@@ -199,6 +203,9 @@ impl Subscription {
         tokio::select! {
             _ = ready.wait_for(|&r| r) => {}
             _ = shutdown.wait_for(|&s| s) => return Err(SubscribeError::ShuttingDown),
+            _ = tokio::time::sleep(TAIL_WAIT) => {
+                return Err(SubscribeError::Store(StoreError::new("the store's live tail did not open")));
+            }
         }
         let ring = hub.ring.subscribe();
 

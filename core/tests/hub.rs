@@ -1,0 +1,114 @@
+//! Hub behaviour that the transport suite does not reach: sharing, hooks, limits, a store whose
+//! tail never opens.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tidings_core::{
+    Bounds, Connection, Delivery, Disconnect, Event, Hub, Lifecycle, LiveTail, MemoryStore,
+    NewEvent, Page, PublishError, Store, StoreError, SubscribeError, SubscribeRequest, Topic,
+};
+
+fn topic() -> Topic {
+    Topic::new("t")
+}
+
+#[tokio::test]
+async fn every_subscriber_receives_the_same_shared_event() {
+    let hub = Hub::new(MemoryStore::new());
+    let mut subs = Vec::new();
+    for _ in 0..10 {
+        subs.push(hub.subscribe(SubscribeRequest::new(vec![topic()])).await.unwrap());
+    }
+    hub.publish(NewEvent::new(topic(), "x")).await.unwrap();
+    let mut shared = Vec::new();
+    for sub in &mut subs {
+        let Some(Delivery::Event(e)) = sub.next().await else { panic!("no event") };
+        shared.push(e);
+    }
+    assert!(shared.iter().all(|e| Arc::ptr_eq(e, &shared[0])), "one allocation for all subscribers");
+}
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<String>>);
+
+impl Lifecycle for Recorder {
+    fn on_connect(&self, c: &Connection) {
+        self.0.lock().unwrap().push(format!("connect {} {} {:?} {:?}", c.id, c.transport, c.topics, c.cursor));
+    }
+    fn on_disconnect(&self, c: &Connection, d: &Disconnect) {
+        self.0.lock().unwrap().push(format!("disconnect {} after {}", c.id, d.delivered));
+    }
+}
+
+#[tokio::test]
+async fn lifecycle_hooks_see_each_connection_come_and_go() {
+    let recorder = Arc::new(Recorder::default());
+    let hub = Hub::builder(MemoryStore::new()).lifecycle(recorder.clone()).build();
+    let mut sub = hub
+        .subscribe(SubscribeRequest::new(vec![topic()]).transport("sse").cursor(Some("garbage")))
+        .await
+        .unwrap();
+    hub.publish(NewEvent::new(topic(), "x")).await.unwrap();
+    assert!(matches!(sub.next().await, Some(Delivery::Gap(_))));
+    assert!(matches!(sub.next().await, Some(Delivery::Event(_))));
+    assert_eq!(hub.subscriber_count(), 1);
+    drop(sub);
+    assert_eq!(hub.subscriber_count(), 0);
+    assert_eq!(
+        *recorder.0.lock().unwrap(),
+        ["connect 1 sse [\"t\"] Some(\"garbage\")", "disconnect 1 after 1"]
+    );
+}
+
+#[tokio::test]
+async fn oversized_payloads_are_refused_and_not_stored() {
+    let hub = Hub::builder(MemoryStore::new()).max_data_len(8).build();
+    let err = hub.publish(NewEvent::new(topic(), "123456789")).await.unwrap_err();
+    assert!(matches!(err, PublishError::TooLarge { len: 9, limit: 8 }), "{err}");
+    assert_eq!(hub.store().bounds(&topic()).await.unwrap().last, 0);
+    hub.publish(NewEvent::new(topic(), "12345678")).await.unwrap();
+}
+
+#[tokio::test]
+async fn duplicate_topics_count_once_and_limits_apply() {
+    let hub = Hub::builder(MemoryStore::new()).max_topics(2).build();
+    let sub = hub.subscribe(SubscribeRequest::new(vec![topic(), topic(), Topic::new("u")])).await.unwrap();
+    assert_eq!(sub.topics().count(), 2);
+    let err = hub
+        .subscribe(SubscribeRequest::new(vec![topic(), Topic::new("u"), Topic::new("v")]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SubscribeError::TooManyTopics { limit: 2 }));
+    assert!(matches!(hub.subscribe(SubscribeRequest::new(vec![])).await, Err(SubscribeError::NoTopics)));
+}
+
+/// A store whose live tail can never be opened.
+#[derive(Debug)]
+struct NoTail(MemoryStore);
+
+#[async_trait]
+impl Store for NoTail {
+    async fn append(&self, event: NewEvent) -> Result<Event, StoreError> {
+        self.0.append(event).await
+    }
+    async fn bounds(&self, topic: &Topic) -> Result<Bounds, StoreError> {
+        self.0.bounds(topic).await
+    }
+    async fn read_after(&self, topic: &Topic, after: u64, limit: usize) -> Result<Page, StoreError> {
+        self.0.read_after(topic, after, limit).await
+    }
+    async fn live_tail(&self) -> Result<LiveTail, StoreError> {
+        Err(StoreError::new("tail unavailable"))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn subscribing_fails_clearly_when_the_live_tail_never_opens() {
+    let hub = Hub::new(NoTail(MemoryStore::new()));
+    let started = tokio::time::Instant::now();
+    let err = hub.subscribe(SubscribeRequest::new(vec![topic()])).await.unwrap_err();
+    assert!(matches!(err, SubscribeError::Store(_)), "{err}");
+    assert_eq!(started.elapsed(), Duration::from_secs(10));
+}
