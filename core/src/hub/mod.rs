@@ -224,7 +224,17 @@ impl HubBuilder {
     }
 
     /// The most topics one subscription may name (default 64).
+    ///
+    /// # Panics
+    ///
+    /// Panics if `max` is larger than [`MAX_CURSOR_POSITIONS`](crate::cursor::MAX_CURSOR_POSITIONS)
+    /// (one cursor must hold every topic of a subscription).
     pub fn max_topics(mut self, max: usize) -> Self {
+        assert!(
+            max <= crate::cursor::MAX_CURSOR_POSITIONS,
+            "a cursor holds at most {} topics",
+            crate::cursor::MAX_CURSOR_POSITIONS
+        );
         self.config.max_topics = max;
         self
     }

@@ -71,19 +71,18 @@ pub struct JsonEvent;
 
 impl WireFormat for JsonEvent {
     fn encode(event: &Event) -> Bytes {
-        let mut out = BytesMut::with_capacity(event.data.len() + event.topic.as_str().len() + 40).writer();
-        let topic = serde_json::to_string(event.topic.as_str()).unwrap_or_default();
-        let kind = event.event_type.as_ref().map_or("null".to_owned(), |t| {
-            serde_json::to_string(t.as_str()).unwrap_or_default()
-        });
-        let _ = std::io::Write::write_all(&mut out, b"\"topic\":");
-        let _ = std::io::Write::write_all(&mut out, topic.as_bytes());
-        let _ = std::io::Write::write_all(&mut out, b",\"event\":");
-        let _ = std::io::Write::write_all(&mut out, kind.as_bytes());
-        let _ = std::io::Write::write_all(&mut out, b",\"data\":");
-        let _ = serde_json::to_writer(&mut out, &*event.data);
-        let _ = std::io::Write::write_all(&mut out, b"}");
-        out.into_inner().freeze()
+        // Strings cannot fail to serialise.
+        let json = |s: &str| serde_json::to_string(s).unwrap_or_default();
+        let kind = event.event_type.as_ref().map_or_else(|| "null".to_owned(), |t| json(t.as_str()));
+        let mut out = String::with_capacity(event.data.len() + event.topic.as_str().len() + 40);
+        out.push_str("\"topic\":");
+        out.push_str(&json(event.topic.as_str()));
+        out.push_str(",\"event\":");
+        out.push_str(&kind);
+        out.push_str(",\"data\":");
+        out.push_str(&json(&event.data));
+        out.push('}');
+        Bytes::from(out)
     }
 }
 
