@@ -377,42 +377,52 @@ macro_rules! transport_suite {
         $crate::transport_suite!($adapter, store: $crate::MemoryStores);
     };
     ($adapter:expr, store: $stores:expr) => {
-        $crate::__transport_tests!($adapter, $stores;
-            first_event_is_delivered,
-            multi_line_data_arrives_byte_exact,
-            cr_and_crlf_line_endings_arrive_as_promised,
-            unicode_data_arrives_byte_exact,
-            empty_data_arrives_as_empty,
-            one_mebibyte_data_arrives_byte_exact,
-            event_types_arrive,
-            events_arrive_in_log_order,
-            concurrent_publishers_keep_per_publisher_order,
-            all_clients_see_the_same_order,
-            no_cursor_starts_at_the_end,
-            starting_cursor_is_valid_before_any_event,
-            replay_resumes_after_cursor,
-            replay_while_publishers_run_has_no_loss_no_repeat,
-            two_hundred_reconnects_lose_and_repeat_nothing,
-            multi_topic_subscription_receives_every_topic,
-            multi_topic_cursor_resumes_each_topic,
-            unsubscribed_topics_never_arrive,
-            retention_loss_yields_gap_then_what_remains,
-            other_epoch_cursor_yields_gap,
-            malformed_cursor_yields_gap_not_error,
-            truncated_cursor_yields_gap,
-            forged_cursor_yields_gap,
-            oversized_cursor_yields_gap,
-            idle_stream_gets_heartbeats,
-            lagging_client_catches_up_from_store,
-            fan_out_reaches_a_thousand_clients,
-            stalled_client_slows_nobody_and_memory_stays_bounded,
-            unauthenticated_request_is_refused_with_401,
-            forbidden_topic_is_refused_with_403_before_streaming,
-            cursor_cannot_leak_a_forbidden_topic,
-            invalid_topic_names_are_refused_with_400,
-            too_many_topics_are_refused_with_400,
-            shutdown_tells_clients_to_come_back_with_jitter,
-        );
+        $crate::__transport_scenarios!($crate::__transport_tests; $adapter, $stores);
+    };
+}
+
+/// The one list of transport scenarios, each with the capability it needs: calls `$callback!`
+/// with the given arguments, then `; name: needs,` pairs. Implementation detail.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __transport_scenarios {
+    ($($callback:tt)::+ ; $($args:tt)*) => {
+        $($callback)::+! { $($args)* ;
+            first_event_is_delivered: nothing,
+            multi_line_data_arrives_byte_exact: nothing,
+            cr_and_crlf_line_endings_arrive_as_promised: nothing,
+            unicode_data_arrives_byte_exact: nothing,
+            empty_data_arrives_as_empty: nothing,
+            one_mebibyte_data_arrives_byte_exact: nothing,
+            event_types_arrive: nothing,
+            events_arrive_in_log_order: nothing,
+            concurrent_publishers_keep_per_publisher_order: nothing,
+            all_clients_see_the_same_order: nothing,
+            no_cursor_starts_at_the_end: nothing,
+            starting_cursor_is_valid_before_any_event: replay,
+            replay_resumes_after_cursor: replay,
+            replay_while_publishers_run_has_no_loss_no_repeat: replay,
+            two_hundred_reconnects_lose_and_repeat_nothing: replay,
+            multi_topic_subscription_receives_every_topic: nothing,
+            multi_topic_cursor_resumes_each_topic: replay,
+            unsubscribed_topics_never_arrive: nothing,
+            retention_loss_yields_gap_then_what_remains: replay,
+            other_epoch_cursor_yields_gap: replay,
+            malformed_cursor_yields_gap_not_error: replay,
+            truncated_cursor_yields_gap: replay,
+            forged_cursor_yields_gap: replay,
+            oversized_cursor_yields_gap: replay,
+            idle_stream_gets_heartbeats: heartbeats,
+            lagging_client_catches_up_from_store: persistent,
+            fan_out_reaches_a_thousand_clients: many_clients,
+            stalled_client_slows_nobody_and_memory_stays_bounded: nothing,
+            unauthenticated_request_is_refused_with_401: nothing,
+            forbidden_topic_is_refused_with_403_before_streaming: nothing,
+            cursor_cannot_leak_a_forbidden_topic: replay,
+            invalid_topic_names_are_refused_with_400: nothing,
+            too_many_topics_are_refused_with_400: nothing,
+            shutdown_tells_clients_to_come_back_with_jitter: closing,
+        }
     };
 }
 
@@ -420,7 +430,7 @@ macro_rules! transport_suite {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __transport_tests {
-    ($adapter:expr, $stores:expr; $($name:ident,)+) => {
+    ($adapter:expr, $stores:expr; $($name:ident: $needs:ident,)+) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
@@ -435,7 +445,17 @@ macro_rules! __transport_tests {
 #[macro_export]
 macro_rules! store_suite {
     ($stores:expr) => {
-        $crate::__store_tests!($stores;
+        $crate::__store_scenarios!($crate::__store_tests; $stores);
+    };
+}
+
+/// The one list of store scenarios: calls `$callback!` with the given arguments, then
+/// `; name,` entries. Implementation detail.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __store_scenarios {
+    ($($callback:tt)::+ ; $($args:tt)*) => {
+        $($callback)::+! { $($args)* ;
             append_assigns_consecutive_positions_per_topic,
             read_after_returns_what_follows_in_order,
             read_after_respects_the_limit,
@@ -448,7 +468,7 @@ macro_rules! store_suite {
             fresh_stores_have_distinct_epochs,
             concurrent_appends_get_unique_positions,
             live_tail_yields_appends_in_order,
-        );
+        }
     };
 }
 

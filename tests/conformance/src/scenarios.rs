@@ -48,8 +48,8 @@ fn many_clients(c: &Capabilities) -> Option<&'static str> {
     (!c.many_clients).then_some("many clients")
 }
 
-macro_rules! scenarios {
-    ($($name:ident: $needs:ident,)+) => {
+macro_rules! define_all {
+    (; $($name:ident: $needs:ident,)+) => {
         /// Every transport scenario, in report order.
         pub const ALL: &[Scenario] = &[
             $(Scenario { name: stringify!($name), needs: $needs, run: |s| Box::pin($name(s)) },)+
@@ -57,42 +57,9 @@ macro_rules! scenarios {
     };
 }
 
-scenarios! {
-    first_event_is_delivered: nothing,
-    multi_line_data_arrives_byte_exact: nothing,
-    cr_and_crlf_line_endings_arrive_as_promised: nothing,
-    unicode_data_arrives_byte_exact: nothing,
-    empty_data_arrives_as_empty: nothing,
-    one_mebibyte_data_arrives_byte_exact: nothing,
-    event_types_arrive: nothing,
-    events_arrive_in_log_order: nothing,
-    concurrent_publishers_keep_per_publisher_order: nothing,
-    all_clients_see_the_same_order: nothing,
-    no_cursor_starts_at_the_end: nothing,
-    starting_cursor_is_valid_before_any_event: replay,
-    replay_resumes_after_cursor: replay,
-    replay_while_publishers_run_has_no_loss_no_repeat: replay,
-    two_hundred_reconnects_lose_and_repeat_nothing: replay,
-    multi_topic_subscription_receives_every_topic: nothing,
-    multi_topic_cursor_resumes_each_topic: replay,
-    unsubscribed_topics_never_arrive: nothing,
-    retention_loss_yields_gap_then_what_remains: replay,
-    other_epoch_cursor_yields_gap: replay,
-    malformed_cursor_yields_gap_not_error: replay,
-    truncated_cursor_yields_gap: replay,
-    forged_cursor_yields_gap: replay,
-    oversized_cursor_yields_gap: replay,
-    idle_stream_gets_heartbeats: heartbeats,
-    lagging_client_catches_up_from_store: persistent,
-    fan_out_reaches_a_thousand_clients: many_clients,
-    stalled_client_slows_nobody_and_memory_stays_bounded: nothing,
-    unauthenticated_request_is_refused_with_401: nothing,
-    forbidden_topic_is_refused_with_403_before_streaming: nothing,
-    cursor_cannot_leak_a_forbidden_topic: replay,
-    invalid_topic_names_are_refused_with_400: nothing,
-    too_many_topics_are_refused_with_400: nothing,
-    shutdown_tells_clients_to_come_back_with_jitter: closing,
-}
+pub(crate) use define_all;
+
+crate::__transport_scenarios!(crate::scenarios::define_all;);
 
 // ---------------------------------------------------------------------------------------------
 // Helpers

@@ -12,27 +12,16 @@ use crate::{Failure, Outcome, StoreFactory, Verdict, ensure};
 
 type Run = fn(Arc<dyn StoreFactory>) -> Pin<Box<dyn Future<Output = Outcome> + Send>>;
 
-macro_rules! store_scenarios {
-    ($($name:ident,)+) => {
+macro_rules! define_all {
+    (; $($name:ident,)+) => {
         /// Every store scenario, in report order.
         pub const ALL: &[(&str, Run)] = &[$((stringify!($name), |f| Box::pin($name(f))),)+];
     };
 }
 
-store_scenarios! {
-    append_assigns_consecutive_positions_per_topic,
-    read_after_returns_what_follows_in_order,
-    read_after_respects_the_limit,
-    read_past_the_end_is_empty,
-    unknown_topic_has_empty_bounds,
-    retention_by_count_drops_oldest,
-    retention_by_age_drops_expired,
-    data_round_trips_byte_exact,
-    events_carry_the_store_epoch,
-    fresh_stores_have_distinct_epochs,
-    concurrent_appends_get_unique_positions,
-    live_tail_yields_appends_in_order,
-}
+pub(crate) use define_all;
+
+crate::__store_scenarios!(crate::stores::define_all;);
 
 /// Runs one store scenario, reports it, and panics if it failed.
 pub async fn check(stores: Arc<dyn StoreFactory>, name: &str, report_dir: &str) {
