@@ -81,9 +81,7 @@ impl SubscribeParams {
     /// Reads the request. The cursor comes from the `Last-Event-ID` header or, failing that,
     /// from the query parameter `cursor_param`. An invalid topic is an error (a 400).
     pub fn from_parts(parts: &Parts, cursor_param: &str) -> Result<SubscribeParams, HttpError> {
-        let query: Vec<(String, String)> = form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
+        let query = parse_query(parts.uri.query().unwrap_or(""))?;
         let mut topics = Vec::new();
         for (key, value) in &query {
             if key == "topic" {
@@ -136,6 +134,24 @@ where
         Some(cors) => route.layer(cors),
         None => route,
     }
+}
+
+/// Decodes `application/x-www-form-urlencoded` pairs, refusing (rather than mangling) any that
+/// is not valid UTF-8 once decoded.
+fn parse_query(raw: &str) -> Result<Vec<(String, String)>, HttpError> {
+    let decode = |part: &str| {
+        let spaced = part.replace('+', " ");
+        percent_encoding::percent_decode_str(&spaced).decode_utf8().map(|s| s.into_owned()).map_err(|_| {
+            HttpError::bad_request(format!("query parameter {:?} is not valid UTF-8", truncate(part)))
+        })
+    };
+    raw.split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((decode(key)?, decode(value)?))
+        })
+        .collect()
 }
 
 fn truncate(s: &str) -> String {
@@ -272,6 +288,14 @@ mod tests {
     fn unreadable_header_is_a_garbage_cursor_not_an_error() {
         let p = SubscribeParams::from_parts(&parts("/?topic=a", Some(b"\xff\xfe")), "lastEventId").unwrap();
         assert!(tidings_core::Cursor::parse(p.cursor.as_deref().unwrap()).is_err());
+    }
+
+    #[test]
+    fn query_is_decoded_strictly() {
+        let p = SubscribeParams::from_parts(&parts("/?topic=a+b&topic=%F0%9F%A6%80&x", None), "c").unwrap();
+        assert_eq!(p.topics, [Topic::new("a b"), Topic::new("🦀")]);
+        let err = SubscribeParams::from_parts(&parts("/?topic=%FF", None), "c").unwrap_err();
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
     }
 
     #[test]
