@@ -14,11 +14,15 @@
 //! # #[tokio::main] async fn main() {
 //! let hub = Hub::new(MemoryStore::new());
 //! let app = axum::Router::new().route("/events", Sse::new(hub.clone()).method_router());
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8888").await.unwrap();
-//! tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 //!
 //! // Anywhere in the app:
-//! hub.publish(NewEvent::new(Topic::new("news"), "hello")).await.unwrap();
+//! let publisher = hub.clone();
+//! tokio::spawn(async move {
+//!     publisher.publish(NewEvent::new(Topic::new("news"), "hello")).await.unwrap();
+//! });
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8888").await.unwrap();
+//! axum::serve(listener, app).await.unwrap();
 //! # }
 //! ```
 //!
