@@ -214,3 +214,24 @@ test("the cursor carries over from Server-Sent Events to long-polling", () => wi
   assert.ok(!list.includes("GAP"));
   await context.close();
 }));
+
+test("the client names each event's topic, over both transports", () => withDemo(async (demo) => {
+  for (const transport of ["sse", "poll"]) {
+    const page = await browser.newPage();
+    await page.goto(demo.url + "/");
+    await page.evaluate(async (via) => {
+      const { connect } = await import("/tidings.js");
+      window.received = [];
+      const feed = connect({ topics: ["alpha", "beta/β"], transport: via, share: false, storageKey: "t-" + via });
+      feed.addEventListener("event", (e) => window.received.push([e.detail.topic, e.detail.data]));
+      await new Promise((resolve) => feed.addEventListener("state", (e) => e.detail.state === "open" && resolve()));
+    }, transport);
+    await publish(demo.url, "to alpha", "alpha");
+    await publish(demo.url, "to beta", "beta/β");
+    await publish(demo.url, "alpha again", "alpha");
+    await page.waitForFunction(() => window.received.length >= 3, null, { timeout: 20000 });
+    const received = await page.evaluate(() => window.received);
+    assert.deepEqual(received, [["alpha", "to alpha"], ["beta/β", "to beta"], ["alpha", "alpha again"]], transport);
+    await page.close();
+  }
+}));
