@@ -74,7 +74,8 @@ const jitter = (ms) => ms / 2 + Math.random() * ms;
  * - storageKey: where the cursor is kept in sessionStorage (default from the topics)
  * - openTimeout: ms to wait for an opened SSE stream to deliver its first bytes before
  *   deciding a proxy buffers it (default 5000); sseFailures: failed SSE opens before
- *   falling back (default 2); pollTimeout: seconds a poll may wait (default 25)
+ *   falling back (default 2); pollTimeout: seconds a poll may wait (default 25);
+ *   upgradeAfter: ms on long-polling before the stream is tried again (default 300000)
  */
 export function connect(options) {
   return new Feed(options);
@@ -87,7 +88,7 @@ export class Feed extends EventTarget {
     if (!topics.length) throw new Error("tidings: connect() needs at least one topic");
     this.options = {
       sse: "/events", poll: "/poll", eventTypes: [], transport: "auto", share: true,
-      openTimeout: 5000, sseFailures: 2, pollTimeout: 25, ...options, topics,
+      openTimeout: 5000, sseFailures: 2, pollTimeout: 25, upgradeAfter: 300000, ...options, topics,
     };
     this.topics = topics;
     this.keys = new Map(topics.map((t) => [topicKey(t), t]));
@@ -237,11 +238,16 @@ export class Feed extends EventTarget {
 
   async _run() {
     const wantSse = this.options.transport !== "poll" && typeof EventSource !== "undefined";
-    if (wantSse && this.options.transport !== "poll") {
-      const fellBack = await this._runSse();
-      if (this.closed || !fellBack) return;
+    // After a fallback, try the stream again every `upgradeAfter` ms (the proxy may be gone);
+    // the cursor goes along both ways, and de-duplication absorbs any overlap.
+    const upgradeAfter = wantSse && this.options.transport === "auto" ? this.options.upgradeAfter : Infinity;
+    while (!this.closed) {
+      if (wantSse) {
+        const fellBack = await this._runSse();
+        if (this.closed || !fellBack) return;
+      }
+      if ((await this._runPoll(upgradeAfter)) === "stopped") return;
     }
-    await this._runPoll();
   }
 
   /** Runs SSE until closed (returns false) or until it should fall back (returns true). */
@@ -348,11 +354,17 @@ export class Feed extends EventTarget {
     return body;
   }
 
-  async _runPoll() {
+  /** Polls until closed or refused ("stopped"), or until `until` ms have passed ("upgrade"). */
+  async _runPoll(until) {
     let failures = 0;
+    const started = Date.now();
     while (!this.closed) {
+      if (Date.now() - started >= until) return "upgrade";
       try {
-        const batch = await this._pollOnce(this.cursor ? this.options.pollTimeout : 0);
+        // A poll never outlasts the moment the stream is due to be tried again.
+        const remaining = Math.ceil((until - (Date.now() - started)) / 1000);
+        const wait = this.cursor ? Math.max(0, Math.min(this.options.pollTimeout, remaining)) : 0;
+        const batch = await this._pollOnce(wait);
         if (batch) {
           failures = 0;
           this._setState("open", "poll");
@@ -366,11 +378,12 @@ export class Feed extends EventTarget {
         }
         this._setState("unavailable", "poll");
         this._emit("error", { status: error.status, message: error.message });
-        return;
+        return "stopped";
       }
       failures += 1;
       this._setState("unavailable", "poll");
       await sleep(jitter(Math.min(30000, 500 * 2 ** Math.min(failures, 6))));
     }
+    return "stopped";
   }
 }

@@ -117,7 +117,7 @@ export async function bufferingProxy(targetPort) {
       { host: "127.0.0.1", port: targetPort, path: req.url, method: req.method, headers: req.headers },
       (up) => {
         res.writeHead(up.statusCode, up.headers);
-        if ((up.headers["content-type"] || "").startsWith("text/event-stream")) {
+        if (server.buffering && (up.headers["content-type"] || "").startsWith("text/event-stream")) {
           res.flushHeaders();
           const held = [];
           up.on("data", (chunk) => held.push(chunk));
@@ -131,6 +131,7 @@ export async function bufferingProxy(targetPort) {
     res.on("close", () => upstream.destroy());
     req.pipe(upstream);
   });
+  server.buffering = true;
   await new Promise((r) => server.listen(0, "127.0.0.1", r));
   server.url = `http://127.0.0.1:${server.address().port}`;
   return server;
