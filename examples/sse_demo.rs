@@ -54,8 +54,9 @@ impl Lifecycle for Console {
     }
 
     fn on_disconnect(&self, c: &Connection, d: &Disconnect) {
+        let plural = if d.delivered == 1 { "" } else { "s" };
         println!(
-            "Client {} went away after {} events ({:.1} s)",
+            "Client {} went away after {} event{plural} ({:.1} s)",
             c.id,
             d.delivered,
             d.duration.as_secs_f64()
