@@ -300,12 +300,15 @@ impl RedisStore {
         Ok(RedisStore { inner, tail, _stop_tail: stop })
     }
 
-    fn cutoff(&self) -> String {
-        self.inner
-            .options
-            .retention
-            .max_age_per_topic()
-            .map_or(String::new(), |age| now_ms().saturating_sub(age.as_millis() as u64).to_string())
+    /// The oldest `at` (ms) an age limit keeps, if there is one.
+    fn cutoff(&self) -> Option<u64> {
+        let age = self.inner.options.retention.max_age_per_topic()?;
+        Some(now_ms().saturating_sub(age.as_millis() as u64))
+    }
+
+    /// The cutoff as a script argument ("" for none).
+    fn cutoff_arg(&self) -> String {
+        self.cutoff().map_or(String::new(), |c| c.to_string())
     }
 
     async fn read(&self, topic: &Topic, after: u64, limit: usize) -> Result<Page, StoreError> {
@@ -318,7 +321,7 @@ impl RedisStore {
             .key(keys.stream(topic))
             .arg(Epoch::random().raw())
             .arg(topic.as_str())
-            .arg(self.cutoff())
+            .arg(self.cutoff_arg())
             .arg(after)
             .arg(limit)
             .invoke_async(&mut self.inner.conn.clone())
@@ -330,7 +333,7 @@ impl RedisStore {
         let stored_first = id_seq(&parts[2]).unwrap_or(last + 1);
         let keep = self.inner.options.retention.max_events_per_topic() as u64;
         let mut first = stored_first.max((last + 1).saturating_sub(keep)).max(1);
-        let cutoff = self.inner.options.retention.max_age_per_topic().map(|age| now_ms().saturating_sub(age.as_millis() as u64));
+        let cutoff = self.cutoff();
         let mut events = Vec::new();
         for raw in array(&parts[3]).ok_or_else(|| bad("entries"))? {
             let entry = Entry::parse(raw).ok_or_else(|| bad("entry"))?;
@@ -478,7 +481,7 @@ impl Store for RedisStore {
             .key(&keys.counter)
             .arg(Epoch::random().raw())
             .arg(new.topic.as_str())
-            .arg(self.cutoff())
+            .arg(self.cutoff_arg())
             .arg(new.event_type.as_ref().map_or("", EventType::as_str))
             .arg(&*new.data)
             .arg(now_ms())

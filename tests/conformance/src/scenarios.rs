@@ -168,6 +168,21 @@ async fn publish_all(hub: &Hub, t: &str, data: &[String]) -> Outcome {
     Ok(())
 }
 
+/// Publishes "0", "1", … to topic `t` in the background, yielding every `yield_every` events so
+/// that readers and reconnections interleave with it.
+fn publish_numbers(hub: &Hub, total: usize, yield_every: usize) -> tokio::task::JoinHandle<Outcome> {
+    let hub = hub.clone();
+    tokio::spawn(async move {
+        for n in 0..total {
+            publish(&hub, "t", &n.to_string()).await?;
+            if n % yield_every == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        Ok(())
+    })
+}
+
 /// Connects, publishes `data` to topic `t`, checks the client receives it as `expected`.
 async fn round_trip(s: &Suite, data: &str, expected: &str) -> Outcome {
     let env = start(s).await;
@@ -357,14 +372,7 @@ pub async fn replay_while_publishers_run_has_no_loss_no_repeat(s: Suite) -> Outc
     let env = start(&s).await;
     let total = 600;
     let mut client = connect(&env, ConnectRequest::topics(&["t"])).await?;
-    let hub = env.hub.clone();
-    let publisher = tokio::spawn(async move {
-        for n in 0..total {
-            publish(&hub, "t", &format!("{n}")).await?;
-            tokio::task::yield_now().await;
-        }
-        Ok::<(), Failure>(())
-    });
+    let publisher = publish_numbers(&env.hub, total, 1);
     let mut expected = 0;
     let mut round = 0;
     while expected < total {
@@ -387,16 +395,7 @@ pub async fn two_hundred_reconnects_lose_and_repeat_nothing(s: Suite) -> Outcome
     let env = start(&s).await;
     let total = 800;
     let mut client = connect(&env, ConnectRequest::topics(&["t"])).await?;
-    let hub = env.hub.clone();
-    let publisher = tokio::spawn(async move {
-        for n in 0..total {
-            publish(&hub, "t", &format!("{n}")).await?;
-            if n % 4 == 0 {
-                tokio::task::yield_now().await;
-            }
-        }
-        Ok::<(), Failure>(())
-    });
+    let publisher = publish_numbers(&env.hub, total, 4);
     let mut expected = 0;
     for cycle in 0..200 {
         // Receive 0 to 3 events, then drop the connection.

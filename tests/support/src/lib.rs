@@ -41,12 +41,7 @@ impl RedisServer {
     ///
     /// Panics, with what to do, if `redis-server` is not installed: Redis tests never skip.
     pub fn start() -> RedisServer {
-        RedisServer::start_on(free_port())
-    }
-
-    /// Starts one on `port` (to bring a stopped server back at the same address).
-    pub fn start_on(port: u16) -> RedisServer {
-        RedisServer::launch(port, false)
+        RedisServer::launch(free_port(), false)
     }
 
     /// Starts one on `port` that keeps its data in an append-only file (fsync on every write)

@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -250,8 +249,4 @@ impl TestClient for SseClient {
     fn cursor(&self) -> Option<String> {
         self.cursor.clone()
     }
-}
-
-pub fn shared<T>(t: T) -> Arc<T> {
-    Arc::new(t)
 }
