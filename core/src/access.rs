@@ -53,6 +53,19 @@ pub struct AccessRequest<'a> {
     pub credentials: &'a dyn Credentials,
 }
 
+impl<'a> AccessRequest<'a> {
+    /// The question for `topics` asked over `transport` (for transports that call
+    /// [`Hub::check_access`](crate::Hub::check_access) themselves).
+    pub fn new(
+        transport: &'static str,
+        topics: &'a [Topic],
+        peer: Option<SocketAddr>,
+        credentials: &'a dyn Credentials,
+    ) -> AccessRequest<'a> {
+        AccessRequest { transport, topics, peer, credentials }
+    }
+}
+
 impl fmt::Debug for AccessRequest<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AccessRequest")
@@ -104,6 +117,15 @@ impl std::error::Error for Refusal {}
 pub trait Authorize: Send + Sync + 'static {
     /// `Ok(())` lets the subscription open; a [`Refusal`] closes it with a 401 or 403.
     async fn authorize(&self, request: &AccessRequest<'_>) -> Result<(), Refusal>;
+
+    /// Who the (authorized) request speaks for, if the application knows: a user or device
+    /// id. It becomes [`Connection::recipient`](crate::Connection::recipient), which lets
+    /// presence-aware delivery (Web Push only to recipients with no live connection) tell
+    /// who is online. Default: nobody in particular (`None`).
+    fn identify(&self, request: &AccessRequest<'_>) -> Option<String> {
+        let _ = request;
+        None
+    }
 }
 
 /// Lets every request read every topic (the default).
@@ -119,6 +141,52 @@ impl Authorize for AllowAll {
 
 /// An [`Authorize`] hook made of a synchronous closure; see [`authorize_fn`].
 pub struct AuthorizeFn<F>(F);
+
+/// An [`Authorize`] hook that also names the recipient of each request; see
+/// [`AuthorizeFn::identify_with`].
+pub struct IdentifyingAuthorize<A, I> {
+    authorize: A,
+    identify: I,
+}
+
+impl<A, I> fmt::Debug for IdentifyingAuthorize<A, I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("IdentifyingAuthorize")
+    }
+}
+
+impl<F> AuthorizeFn<F> {
+    /// Adds an [`Authorize::identify`] closure, such as one that reads a user id from a
+    /// verified cookie.
+    ///
+    /// ```
+    /// use tidings_core::authorize_fn;
+    /// let hook = authorize_fn(|_| Ok(()))
+    ///     .identify_with(|req| req.credentials.cookie("uid").map(str::to_owned));
+    /// # let _ = hook;
+    /// ```
+    pub fn identify_with<I>(self, identify: I) -> IdentifyingAuthorize<AuthorizeFn<F>, I>
+    where
+        I: Fn(&AccessRequest<'_>) -> Option<String> + Send + Sync + 'static,
+    {
+        IdentifyingAuthorize { authorize: self, identify }
+    }
+}
+
+#[async_trait]
+impl<A, I> Authorize for IdentifyingAuthorize<A, I>
+where
+    A: Authorize,
+    I: Fn(&AccessRequest<'_>) -> Option<String> + Send + Sync + 'static,
+{
+    async fn authorize(&self, request: &AccessRequest<'_>) -> Result<(), Refusal> {
+        self.authorize.authorize(request).await
+    }
+
+    fn identify(&self, request: &AccessRequest<'_>) -> Option<String> {
+        (self.identify)(request)
+    }
+}
 
 impl<F> fmt::Debug for AuthorizeFn<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

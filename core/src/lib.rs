@@ -37,7 +37,8 @@ pub mod store;
 pub mod topic;
 
 pub use access::{
-    AccessRequest, AllowAll, Authorize, AuthorizeFn, Credentials, NoCredentials, Refusal,
+    AccessRequest, AllowAll, Authorize, AuthorizeFn, Credentials, IdentifyingAuthorize, NoCredentials,
+    Refusal,
     authorize_fn,
 };
 pub use cursor::{Cursor, CursorError, Epoch};

@@ -19,6 +19,9 @@ pub struct Connection {
     pub cursor: Option<String>,
     /// The peer's address, when the transport knows it.
     pub peer: Option<SocketAddr>,
+    /// Who the connection speaks for, as [`Authorize::identify`](crate::Authorize::identify)
+    /// named it (or the server-side subscriber that opened it), if anyone.
+    pub recipient: Option<String>,
 }
 
 /// How a subscription ended.
@@ -73,5 +76,18 @@ impl<T: Lifecycle + ?Sized> Lifecycle for std::sync::Arc<T> {
 
     fn on_disconnect(&self, connection: &Connection, disconnect: &Disconnect) {
         (**self).on_disconnect(connection, disconnect);
+    }
+}
+
+/// Two sets of hooks, called in order (to add presence tracking beside an app's own logging).
+impl<A: Lifecycle, B: Lifecycle> Lifecycle for (A, B) {
+    fn on_connect(&self, connection: &Connection) {
+        self.0.on_connect(connection);
+        self.1.on_connect(connection);
+    }
+
+    fn on_disconnect(&self, connection: &Connection, disconnect: &Disconnect) {
+        self.0.on_disconnect(connection, disconnect);
+        self.1.on_disconnect(connection, disconnect);
     }
 }

@@ -100,7 +100,7 @@ use tokio_stream::StreamExt;
 
 pub use subscription::{Closing, Delivery, Gap, SubscribeRequest, Subscription};
 
-use crate::access::{AllowAll, Authorize, Refusal};
+use crate::access::{AccessRequest, AllowAll, Authorize, Refusal};
 use crate::event::{Event, NewEvent, SharedEvent};
 use crate::lifecycle::{Lifecycle, NoLifecycle};
 use crate::store::{Store, StoreError, TailItem};
@@ -472,6 +472,14 @@ impl Hub {
         request: SubscribeRequest<'_>,
     ) -> Result<Subscription, SubscribeError> {
         Subscription::open(self.inner.clone(), request).await
+    }
+
+    /// Runs the authorization hook for `request` without opening anything, and names its
+    /// recipient ([`Authorize::identify`]). For transports that register a subscriber now and
+    /// read for it later (Web Push); see [`SubscribeRequest::preauthorized`].
+    pub async fn check_access(&self, request: &AccessRequest<'_>) -> Result<Option<String>, Refusal> {
+        self.inner.authorize.authorize(request).await?;
+        Ok(self.inner.authorize.identify(request))
     }
 
     /// The number of open subscriptions (already one less when `on_disconnect` runs).

@@ -41,6 +41,8 @@ pub struct SubscribeRequest<'a> {
     transport: &'static str,
     peer: Option<SocketAddr>,
     credentials: &'a dyn Credentials,
+    /// `Some(recipient)`: access was checked by the caller; skip the authorization hook.
+    preauthorized: Option<Option<String>>,
 }
 
 impl fmt::Debug for SubscribeRequest<'_> {
@@ -63,6 +65,7 @@ impl<'a> SubscribeRequest<'a> {
             transport: "local",
             peer: None,
             credentials: &NoCredentials,
+            preauthorized: None,
         }
     }
 
@@ -87,6 +90,18 @@ impl<'a> SubscribeRequest<'a> {
     /// The request's credentials, for the authorization hook (default: none).
     pub fn credentials(mut self, credentials: &'a dyn Credentials) -> Self {
         self.credentials = credentials;
+        self
+    }
+
+    /// Marks the request as already authorized, for `recipient`: the hub does not run its
+    /// [`Authorize`](crate::Authorize) hook again (default: it does).
+    ///
+    /// For server-side subscribers whose access was checked when they registered, with
+    /// [`Hub::check_access`]: a Web Push subscription is authorized once, when the browser
+    /// registers it, and then read by the server with no request behind it. Never use it for
+    /// a request that comes from the network.
+    pub fn preauthorized(mut self, recipient: Option<String>) -> Self {
+        self.preauthorized = Some(recipient);
         self
     }
 }
@@ -189,13 +204,19 @@ impl Subscription {
         if *hub.shutdown.borrow() {
             return Err(SubscribeError::ShuttingDown);
         }
-        let access = AccessRequest {
-            transport: request.transport,
-            topics: &topics,
-            peer: request.peer,
-            credentials: request.credentials,
+        let recipient = match request.preauthorized {
+            Some(recipient) => recipient,
+            None => {
+                let access = AccessRequest {
+                    transport: request.transport,
+                    topics: &topics,
+                    peer: request.peer,
+                    credentials: request.credentials,
+                };
+                hub.authorize.authorize(&access).await.map_err(SubscribeError::Refused)?;
+                hub.authorize.identify(&access)
+            }
         };
-        hub.authorize.authorize(&access).await.map_err(SubscribeError::Refused)?;
 
         // Join the live ring before reading anything, so nothing falls between history and live.
         let mut ready = hub.tail_ready.clone();
@@ -252,6 +273,7 @@ impl Subscription {
             topics,
             cursor: request.cursor.map(|c| c.chars().take(crate::cursor::MAX_CURSOR_LEN).collect()),
             peer: request.peer,
+            recipient,
         };
         hub.open.fetch_add(1, Ordering::Relaxed);
         hub.lifecycle.on_connect(&connection);

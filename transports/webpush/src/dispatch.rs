@@ -1,0 +1,691 @@
+//! The dispatcher: one hub subscription per push subscription, pushing what it yields.
+//!
+//! # How a push subscription is served
+//!
+//! Each registered push subscription is one more subscriber of the hub, opened from the cursor
+//! its registry keeps (`preauthorized`: access was checked when it registered). A task reads
+//! it in order; for each event it sends one push, waits for the push service's answer, and
+//! then saves the subscription's cursor. So:
+//!
+//! - **Order.** Per push subscription, one message is in flight at a time: the push service
+//!   receives events in log order per topic.
+//! - **Restart.** After a restart the dispatcher resumes every subscription from its saved
+//!   cursor: events published while the server was down, or while the push service answered
+//!   5xx, are still pushed (from a durable store). A crash between the push service's 201 and
+//!   the saved cursor repeats at most the one message in flight per subscription; the payload
+//!   carries the event's id, so the service worker drops an id it has already shown.
+//! - **Gap.** When retention passed the saved cursor, the subscription gets one push saying so
+//!   (`{"id":…,"gap":{"topics":[…]}}`), then what remains.
+//! - **Isolation.** Sends are bounded ([`WebPushBuilder::max_in_flight`], default 64) and each
+//!   subscription waits only for its own push service: a slow or dead push service never
+//!   blocks publishing, other subscriptions, or the SSE and long-poll clients (a subscription
+//!   that falls behind the hub's ring catches up from the store, like any subscriber).
+//!
+//! # What each answer does
+//!
+//! | push service answers | the dispatcher |
+//! |---|---|
+//! | 201, 202 | saves the cursor, goes on |
+//! | 404, 410 | deletes the subscription |
+//! | 413 | sends the truncated form (no `data`) instead, once |
+//! | 429 | waits `Retry-After` (or the backoff), retries while the TTL lasts |
+//! | 5xx, network error | retries with jittered exponential backoff while the TTL lasts |
+//! | 400, 401, 403, other | logs the service's message, does not retry, goes on |
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tidings_core::{
+    AccessRequest, Credentials, Delivery, Event, Hub, Refusal, SubscribeError, SubscribeRequest, Topic,
+};
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
+
+use crate::endpoint::{EndpointError, EndpointPolicy};
+use crate::keys::VapidKeys;
+use crate::message::{Payload, event_payload, gap_payload, truncated_payload};
+use crate::options::PushOptions;
+use crate::presence::Presence;
+use crate::registry::{PushRegistry, Registration, RegistryError};
+use crate::sender::{PushSender, SendOutcome, SenderError};
+use crate::subscription::{PushSubscription, SubscriptionError};
+use crate::vapid::{Contact, ContactError};
+
+/// The transport name push subscriptions have in lifecycle hooks and authorization requests.
+pub const TRANSPORT: &str = "webpush";
+
+/// Whom a topic's events are pushed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum DeliveryPolicy {
+    /// Every push subscription of the topic (the default).
+    #[default]
+    Always,
+    /// Only subscriptions whose recipient has no live SSE or long-poll connection at that
+    /// moment (see [`Presence`]); subscriptions without a recipient always get the push.
+    WhenOffline,
+}
+
+type OptionsFn = dyn Fn(&Event, &PushOptions) -> PushOptions + Send + Sync;
+
+struct Config {
+    defaults: PushOptions,
+    options_for: Option<Arc<OptionsFn>>,
+    topic_options: HashMap<Topic, PushOptions>,
+    policies: HashMap<Topic, DeliveryPolicy>,
+    default_policy: DeliveryPolicy,
+    retry_initial: Duration,
+    retry_max: Duration,
+    max_topics: usize,
+}
+
+/// Counters of a [`WebPush`], from [`WebPush::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct PushStats {
+    /// Push subscriptions being served now.
+    pub subscriptions: usize,
+    /// Messages the push services accepted (201/202).
+    pub delivered: u64,
+    /// Of those, messages sent in the truncated form.
+    pub truncated: u64,
+    /// Gap notices accepted.
+    pub gaps: u64,
+    /// Subscriptions deleted because the push service answered 404 or 410.
+    pub gone: u64,
+    /// Messages refused for good (400, 401, 403, …, or an endpoint the policy refuses).
+    pub rejected: u64,
+    /// Messages given up because their TTL ran out while retrying.
+    pub expired: u64,
+    /// Retries after 429, 5xx or a network error.
+    pub retries: u64,
+    /// Events not pushed because their recipient was online ([`DeliveryPolicy::WhenOffline`]).
+    pub skipped_online: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    delivered: AtomicU64,
+    truncated: AtomicU64,
+    gaps: AtomicU64,
+    gone: AtomicU64,
+    rejected: AtomicU64,
+    expired: AtomicU64,
+    retries: AtomicU64,
+    skipped_online: AtomicU64,
+}
+
+struct Worker {
+    generation: u64,
+    cancel: watch::Sender<bool>,
+}
+
+struct Inner {
+    hub: Hub,
+    registry: Arc<dyn PushRegistry>,
+    sender: PushSender,
+    config: Config,
+    presence: Option<Presence>,
+    in_flight: Semaphore,
+    workers: Mutex<HashMap<String, Worker>>,
+    generation: AtomicU64,
+    counters: Counters,
+}
+
+/// The Web Push transport: registers browsers' push subscriptions and pushes them the hub's
+/// events. Cheap to clone. See the [module documentation](self) for the delivery contract.
+#[derive(Clone)]
+pub struct WebPush {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for WebPush {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebPush").field("sender", &self.inner.sender).field("stats", &self.stats()).finish()
+    }
+}
+
+/// Builds a [`WebPush`]. Every setter states its default.
+#[must_use]
+pub struct WebPushBuilder {
+    hub: Hub,
+    registry: Arc<dyn PushRegistry>,
+    keys: VapidKeys,
+    contact: Contact,
+    policy: EndpointPolicy,
+    roots: Vec<String>,
+    config: Config,
+    presence: Option<Presence>,
+    max_in_flight: usize,
+}
+
+impl fmt::Debug for WebPushBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebPushBuilder").field("keys", &self.keys).field("policy", &self.policy).finish_non_exhaustive()
+    }
+}
+
+/// Why [`WebPushBuilder::start`] failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The HTTP client could not be built.
+    Sender(SenderError),
+    /// The registry could not be read.
+    Registry(RegistryError),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Sender(e) => write!(f, "web push: {e}"),
+            StartError::Registry(e) => write!(f, "web push registry: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl WebPushBuilder {
+    /// The endpoint policy (default: public `https` endpoints only).
+    pub fn endpoint_policy(mut self, policy: EndpointPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Trusts this root certificate (PEM) besides the system's, for a private or test push
+    /// service (default: the system's only).
+    pub fn add_root_certificate(mut self, pem: impl Into<String>) -> Self {
+        self.roots.push(pem.into());
+        self
+    }
+
+    /// The default options of every message (default: TTL 1 day, normal urgency, no topic).
+    pub fn default_options(mut self, options: PushOptions) -> Self {
+        self.config.defaults = options;
+        self
+    }
+
+    /// The options of one topic's messages (default: [`WebPushBuilder::default_options`]).
+    pub fn topic_options(mut self, topic: Topic, options: PushOptions) -> Self {
+        self.config.topic_options.insert(topic, options);
+        self
+    }
+
+    /// Decides the options of each event, given the topic's options (default: the topic's
+    /// options as they are). For a TTL, urgency or push topic per event.
+    pub fn options_for(mut self, f: impl Fn(&Event, &PushOptions) -> PushOptions + Send + Sync + 'static) -> Self {
+        self.config.options_for = Some(Arc::new(f));
+        self
+    }
+
+    /// Whom one topic's events are pushed to (default: [`WebPushBuilder::default_policy`]).
+    pub fn topic_policy(mut self, topic: Topic, policy: DeliveryPolicy) -> Self {
+        self.config.policies.insert(topic, policy);
+        self
+    }
+
+    /// Whom events are pushed to when their topic has no policy of its own (default
+    /// [`DeliveryPolicy::Always`]).
+    pub fn default_policy(mut self, policy: DeliveryPolicy) -> Self {
+        self.config.default_policy = policy;
+        self
+    }
+
+    /// The presence tracker that [`DeliveryPolicy::WhenOffline`] asks (default: none, so
+    /// every recipient counts as offline). Give the same tracker to the hub's lifecycle.
+    pub fn presence(mut self, presence: Presence) -> Self {
+        self.presence = Some(presence);
+        self
+    }
+
+    /// Sends in flight at once, across all subscriptions (default 64).
+    ///
+    /// # Panics
+    ///
+    /// Panics if `max` is 0.
+    pub fn max_in_flight(mut self, max: usize) -> Self {
+        assert!(max > 0, "at least one send must be allowed");
+        self.max_in_flight = max;
+        self
+    }
+
+    /// The first retry delay after a 5xx or network error, doubled (with jitter) up to `max`
+    /// (default 1 s up to 5 min).
+    pub fn retry_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.config.retry_initial = initial;
+        self.config.retry_max = max.max(initial);
+        self
+    }
+
+    /// The most topics one push subscription may name (default 64).
+    pub fn max_topics(mut self, max: usize) -> Self {
+        self.config.max_topics = max;
+        self
+    }
+
+    /// Builds the transport, reads the registry and resumes every subscription in it from its
+    /// saved cursor.
+    pub async fn start(self) -> Result<WebPush, StartError> {
+        let sender =
+            PushSender::new(self.keys, self.contact, self.policy, &self.roots).map_err(StartError::Sender)?;
+        let registrations = self.registry.all().await.map_err(StartError::Registry)?;
+        let push = WebPush {
+            inner: Arc::new(Inner {
+                hub: self.hub,
+                registry: self.registry,
+                sender,
+                config: self.config,
+                presence: self.presence,
+                in_flight: Semaphore::new(self.max_in_flight),
+                workers: Mutex::new(HashMap::new()),
+                generation: AtomicU64::new(0),
+                counters: Counters::default(),
+            }),
+        };
+        for registration in registrations {
+            push.spawn(registration);
+        }
+        Ok(push)
+    }
+}
+
+/// Why a registration was refused. Each maps to a status: see [`RegisterError::status`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum RegisterError {
+    /// The subscription JSON or its keys are invalid (400).
+    Subscription(SubscriptionError),
+    /// The endpoint is not allowed (400).
+    Endpoint(EndpointError),
+    /// No topic, too many, or an invalid name (400).
+    Topics(String),
+    /// The authorization hook refused (401 or 403).
+    Refused(Refusal),
+    /// The registry failed (503).
+    Registry(RegistryError),
+}
+
+impl RegisterError {
+    /// The HTTP status that answers it.
+    pub fn status(&self) -> u16 {
+        match self {
+            RegisterError::Refused(Refusal::Unauthenticated(_)) => 401,
+            RegisterError::Refused(_) => 403,
+            RegisterError::Registry(_) => 503,
+            _ => 400,
+        }
+    }
+}
+
+impl fmt::Display for RegisterError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RegisterError::Subscription(e) => fmt::Display::fmt(e, f),
+            RegisterError::Endpoint(e) => fmt::Display::fmt(e, f),
+            RegisterError::Topics(e) => f.write_str(e),
+            RegisterError::Refused(e) => fmt::Display::fmt(e, f),
+            RegisterError::Registry(e) => write!(f, "registry unavailable: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for RegisterError {}
+
+/// What a browser asks for when it registers.
+#[non_exhaustive]
+pub struct RegisterRequest<'a> {
+    /// Its subscription.
+    pub subscription: PushSubscription,
+    /// The topic names it wants, untrusted.
+    pub topics: Vec<String>,
+    /// Where to start: a cursor it received over SSE or long-polling (untrusted; a bad one is
+    /// a gap notice), or none to start at the end of the log.
+    pub cursor: Option<String>,
+    /// The peer's address, for the authorization hook.
+    pub peer: Option<SocketAddr>,
+    /// The request's credentials, for the authorization hook.
+    pub credentials: &'a dyn Credentials,
+}
+
+impl fmt::Debug for RegisterRequest<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegisterRequest")
+            .field("subscription", &self.subscription)
+            .field("topics", &self.topics)
+            .field("cursor", &self.cursor)
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> RegisterRequest<'a> {
+    /// A request for `topics`.
+    pub fn new(subscription: PushSubscription, topics: Vec<String>, credentials: &'a dyn Credentials) -> Self {
+        RegisterRequest { subscription, topics, cursor: None, peer: None, credentials }
+    }
+
+    /// Sets the starting cursor.
+    #[must_use]
+    pub fn cursor(mut self, cursor: Option<String>) -> Self {
+        self.cursor = cursor;
+        self
+    }
+
+    /// Sets the peer's address.
+    #[must_use]
+    pub fn peer(mut self, peer: Option<SocketAddr>) -> Self {
+        self.peer = peer;
+        self
+    }
+}
+
+enum Step {
+    Done,
+    Gone,
+    Cancelled,
+}
+
+impl WebPush {
+    /// A builder for the Web Push transport over `hub`, keeping subscriptions in `registry`,
+    /// signing with `keys` for `contact` (a `mailto:` or `https:` URL the push services can
+    /// reach the operator at: there is no default).
+    pub fn builder(
+        hub: Hub,
+        registry: impl PushRegistry,
+        keys: VapidKeys,
+        contact: &str,
+    ) -> Result<WebPushBuilder, ContactError> {
+        Ok(WebPushBuilder {
+            hub,
+            registry: Arc::new(registry),
+            keys,
+            contact: Contact::parse(contact)?,
+            policy: EndpointPolicy::default(),
+            roots: Vec::new(),
+            config: Config {
+                defaults: PushOptions::default(),
+                options_for: None,
+                topic_options: HashMap::new(),
+                policies: HashMap::new(),
+                default_policy: DeliveryPolicy::Always,
+                retry_initial: Duration::from_secs(1),
+                retry_max: Duration::from_secs(300),
+                max_topics: 64,
+            },
+            presence: None,
+            max_in_flight: 64,
+        })
+    }
+
+    /// The VAPID public key, for the browser's `pushManager.subscribe`.
+    pub fn public_key(&self) -> &str {
+        self.inner.sender.keys().public_key_base64()
+    }
+
+    /// The hub.
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    /// Validates and authorizes a browser's registration, stores it, and starts pushing to it.
+    /// Registering an endpoint again replaces its topics and starting point.
+    pub async fn register(&self, request: RegisterRequest<'_>) -> Result<(), RegisterError> {
+        let mut topics: Vec<Topic> = Vec::with_capacity(request.topics.len());
+        for name in &request.topics {
+            let topic = Topic::parse(name).map_err(|e| RegisterError::Topics(format!("invalid topic: {e}")))?;
+            if !topics.contains(&topic) {
+                topics.push(topic);
+            }
+        }
+        if topics.is_empty() {
+            return Err(RegisterError::Topics("no topic given".into()));
+        }
+        let limit = self.inner.config.max_topics;
+        if topics.len() > limit {
+            return Err(RegisterError::Topics(format!("too many topics, the limit is {limit}")));
+        }
+        self.inner.sender.policy().check(request.subscription.endpoint()).await.map_err(RegisterError::Endpoint)?;
+        let access = AccessRequest::new(TRANSPORT, &topics, request.peer, request.credentials);
+        let recipient = self.inner.hub.check_access(&access).await.map_err(RegisterError::Refused)?;
+        let registration = Registration::new(request.subscription, topics)
+            .recipient(recipient)
+            .cursor(request.cursor.filter(|c| c.len() <= tidings_core::cursor::MAX_CURSOR_LEN));
+        self.inner.registry.put(&registration).await.map_err(RegisterError::Registry)?;
+        self.spawn(registration);
+        Ok(())
+    }
+
+    /// Stops pushing to `endpoint` and deletes it; `Ok(false)` if it was not registered.
+    pub async fn unregister(&self, endpoint: &str) -> Result<bool, RegistryError> {
+        if let Some(worker) = self.workers().remove(endpoint) {
+            worker.cancel.send_replace(true);
+        }
+        self.inner.registry.remove(endpoint).await
+    }
+
+    /// Stops every push task (what is in flight is not waited for; its cursor is not saved, so
+    /// a restart sends it again).
+    pub fn shutdown(&self) {
+        for (_, worker) in self.workers().drain() {
+            worker.cancel.send_replace(true);
+        }
+    }
+
+    /// Counters since the transport started.
+    pub fn stats(&self) -> PushStats {
+        let c = &self.inner.counters;
+        PushStats {
+            subscriptions: self.workers().len(),
+            delivered: c.delivered.load(Ordering::Relaxed),
+            truncated: c.truncated.load(Ordering::Relaxed),
+            gaps: c.gaps.load(Ordering::Relaxed),
+            gone: c.gone.load(Ordering::Relaxed),
+            rejected: c.rejected.load(Ordering::Relaxed),
+            expired: c.expired.load(Ordering::Relaxed),
+            retries: c.retries.load(Ordering::Relaxed),
+            skipped_online: c.skipped_online.load(Ordering::Relaxed),
+        }
+    }
+
+    fn workers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Worker>> {
+        self.inner.workers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn spawn(&self, registration: Registration) {
+        let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed);
+        let (cancel, cancelled) = watch::channel(false);
+        if let Some(old) = self.workers().insert(registration.endpoint().to_owned(), Worker { generation, cancel }) {
+            old.cancel.send_replace(true);
+        }
+        let push = self.clone();
+        tokio::spawn(async move {
+            let endpoint = registration.endpoint().to_owned();
+            push.serve(registration, cancelled).await;
+            let mut workers = push.workers();
+            if workers.get(&endpoint).is_some_and(|w| w.generation == generation) {
+                workers.remove(&endpoint);
+            }
+        });
+    }
+
+    /// Serves one push subscription until it is cancelled, gone, or the hub closes.
+    async fn serve(&self, registration: Registration, mut cancelled: watch::Receiver<bool>) {
+        let inner = &self.inner;
+        let endpoint = registration.endpoint().to_owned();
+        let mut retry = Duration::from_millis(200);
+        let mut sub = loop {
+            let request = SubscribeRequest::new(registration.topics.clone())
+                .cursor(registration.cursor.as_deref())
+                .transport(TRANSPORT)
+                .preauthorized(registration.recipient.clone());
+            match inner.hub.subscribe(request).await {
+                Ok(sub) => break sub,
+                Err(SubscribeError::ShuttingDown) => return,
+                Err(err) => {
+                    tracing::warn!(%err, "push subscription cannot open; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(retry) => {}
+                        _ = cancelled.wait_for(|&c| c) => return,
+                    }
+                    retry = (retry * 2).min(Duration::from_secs(10));
+                }
+            }
+        };
+        if registration.cursor.is_none() {
+            // Where it starts is where a restart resumes.
+            self.save_cursor(&endpoint, &sub.cursor().to_string()).await;
+        }
+        loop {
+            let delivery = tokio::select! {
+                biased;
+                _ = cancelled.wait_for(|&c| c) => return,
+                delivery = sub.next() => delivery,
+            };
+            let step = match delivery {
+                None | Some(Delivery::Closing(_)) => return,
+                Some(Delivery::Event(shared)) => {
+                    let event = shared.event();
+                    if self.recipient_is_online(event, registration.recipient.as_deref()) {
+                        inner.counters.skipped_online.fetch_add(1, Ordering::Relaxed);
+                        Step::Done
+                    } else {
+                        let options = self.options(event);
+                        self.push(&registration.subscription, event_payload(event), Some(event), &options, &mut cancelled)
+                            .await
+                    }
+                }
+                Some(Delivery::Gap(gap)) => {
+                    let payload = gap_payload(&gap.topics, &sub.cursor());
+                    let step = self
+                        .push(&registration.subscription, payload, None, &inner.config.defaults, &mut cancelled)
+                        .await;
+                    if matches!(step, Step::Done) {
+                        inner.counters.gaps.fetch_add(1, Ordering::Relaxed);
+                    }
+                    step
+                }
+                Some(_) => continue,
+            };
+            match step {
+                Step::Done => self.save_cursor(&endpoint, &sub.cursor().to_string()).await,
+                Step::Cancelled => return,
+                Step::Gone => {
+                    inner.counters.gone.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!("push subscription is gone; deleting it");
+                    if let Err(err) = inner.registry.remove(&endpoint).await {
+                        tracing::warn!(%err, "cannot delete a gone push subscription");
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn save_cursor(&self, endpoint: &str, cursor: &str) {
+        if let Err(err) = self.inner.registry.save_cursor(endpoint, cursor).await {
+            // The next save will carry it; a restart before then repeats what was sent since.
+            tracing::warn!(%err, "cannot save a push subscription's cursor");
+        }
+    }
+
+    fn recipient_is_online(&self, event: &Event, recipient: Option<&str>) -> bool {
+        let config = &self.inner.config;
+        let policy = config.policies.get(&event.topic).copied().unwrap_or(config.default_policy);
+        match (policy, recipient, &self.inner.presence) {
+            (DeliveryPolicy::WhenOffline, Some(who), Some(presence)) => presence.is_online(who),
+            _ => false,
+        }
+    }
+
+    fn options(&self, event: &Event) -> PushOptions {
+        let config = &self.inner.config;
+        let base = config.topic_options.get(&event.topic).unwrap_or(&config.defaults);
+        match &config.options_for {
+            Some(f) => f(event, base),
+            None => base.clone(),
+        }
+    }
+
+    /// Sends one payload, retrying as the answer says, until it is settled or cancelled.
+    async fn push(
+        &self,
+        subscription: &PushSubscription,
+        mut payload: Payload,
+        event: Option<&Event>,
+        options: &PushOptions,
+        cancelled: &mut watch::Receiver<bool>,
+    ) -> Step {
+        let inner = &self.inner;
+        let counters = &inner.counters;
+        let deadline = Instant::now() + options.ttl;
+        let mut backoff = inner.config.retry_initial;
+        loop {
+            let outcome = {
+                let Ok(_permit) = inner.in_flight.acquire().await else { return Step::Cancelled };
+                tokio::select! {
+                    outcome = inner.sender.send(subscription, &payload.json, options) => outcome,
+                    _ = cancelled.wait_for(|&c| c) => return Step::Cancelled,
+                }
+            };
+            let wait = match outcome {
+                SendOutcome::Delivered => {
+                    counters.delivered.fetch_add(1, Ordering::Relaxed);
+                    if payload.truncated {
+                        counters.truncated.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Step::Done;
+                }
+                SendOutcome::Gone(_) => return Step::Gone,
+                SendOutcome::TooLarge => match event {
+                    Some(event) if !payload.truncated => {
+                        payload = truncated_payload(event);
+                        continue;
+                    }
+                    _ => {
+                        counters.rejected.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!("push service refused even the truncated message as too large (413)");
+                        return Step::Done;
+                    }
+                },
+                SendOutcome::Rejected(status, text) => {
+                    counters.rejected.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(status, message = %text, "push service refused the message; not retrying");
+                    return Step::Done;
+                }
+                SendOutcome::Refused(err) => {
+                    counters.rejected.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%err, "push endpoint refused by the endpoint policy");
+                    return Step::Done;
+                }
+                SendOutcome::RateLimited(after) => after.unwrap_or(backoff),
+                SendOutcome::Unavailable(err) => {
+                    tracing::debug!(%err, "push service unavailable; retrying");
+                    let wait = jitter(backoff);
+                    backoff = (backoff * 2).min(inner.config.retry_max);
+                    wait
+                }
+            };
+            if Instant::now() + wait >= deadline {
+                counters.expired.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("push message expired (its TTL ran out while retrying)");
+                return Step::Done;
+            }
+            counters.retries.fetch_add(1, Ordering::Relaxed);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = cancelled.wait_for(|&c| c) => return Step::Cancelled,
+            }
+        }
+    }
+}
+
+/// `d` scaled by a random factor in [0.5, 1.5).
+fn jitter(d: Duration) -> Duration {
+    let r = tidings_core::Epoch::random().raw() % 1000;
+    d.mul_f64(0.5 + r as f64 / 1000.0)
+}

@@ -1,0 +1,108 @@
+//! Axum routes for the browser's side of Web Push (feature `axum`, on by default).
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /push/vapid-public-key` | the VAPID public key, base64url text |
+//! | `POST /push/subscriptions` | body: `PushSubscription.toJSON()` plus `"topics": [...]` (and optionally `"cursor"`); 201, or a 4xx `{"error": …}` |
+//! | `DELETE /push/subscriptions` | body: `{"endpoint": …}`; 204, or 404 |
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use tidings_http::{HttpCredentials, HttpError};
+
+use crate::dispatch::{RegisterRequest, WebPush};
+use crate::subscription::{KeysJson, PushSubscription};
+
+/// The largest registration body accepted (16 KiB); larger is a 413.
+pub const MAX_BODY: usize = 16 * 1024;
+
+#[derive(Deserialize)]
+struct RegisterBody {
+    endpoint: String,
+    keys: KeysJson,
+    #[serde(default)]
+    topics: Vec<String>,
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct UnregisterBody {
+    endpoint: String,
+}
+
+fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
+    HttpError::new(status, message).into_response()
+}
+
+impl WebPush {
+    /// The routes above, under `/push`; merge them into the application's router.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/push/vapid-public-key", get(public_key))
+            .route("/push/subscriptions", axum::routing::post(register).delete(unregister))
+            .layer(DefaultBodyLimit::max(MAX_BODY))
+            .with_state(self.clone())
+    }
+}
+
+async fn public_key(State(push): State<WebPush>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], push.public_key().to_owned()).into_response()
+}
+
+async fn register(State(push): State<WebPush>, request: axum::extract::Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(body) => body,
+        Err(_) => {
+            return json_error(StatusCode::PAYLOAD_TOO_LARGE, format!("registration body is over {MAX_BODY} bytes"));
+        }
+    };
+    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    let (uri, headers): (&Uri, &HeaderMap) = (&parts.uri, &parts.headers);
+    let body: RegisterBody = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(err) => return json_error(StatusCode::BAD_REQUEST, format!("push subscription is not valid json: {err}")),
+    };
+    let subscription = match PushSubscription::new(&body.endpoint, &body.keys.p256dh, &body.keys.auth) {
+        Ok(s) => s,
+        Err(err) => return json_error(StatusCode::BAD_REQUEST, err.to_string()),
+    };
+    let query: Vec<(String, String)> = uri
+        .query()
+        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let credentials = HttpCredentials::new(headers, &query);
+    let request = RegisterRequest::new(subscription, body.topics, &credentials)
+        .cursor(body.cursor)
+        .peer(peer);
+    match push.register(request).await {
+        Ok(()) => (StatusCode::CREATED, axum::Json(serde_json::json!({ "registered": true }))).into_response(),
+        Err(err) => {
+            let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST);
+            json_error(status, err.to_string())
+        }
+    }
+}
+
+async fn unregister(State(push): State<WebPush>, body: Result<Bytes, axum::extract::rejection::BytesRejection>) -> Response {
+    let Ok(body) = body else {
+        return json_error(StatusCode::PAYLOAD_TOO_LARGE, format!("body is over {MAX_BODY} bytes"));
+    };
+    let body: UnregisterBody = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(err) => return json_error(StatusCode::BAD_REQUEST, format!("expected {{\"endpoint\": …}}: {err}")),
+    };
+    match push.unregister(&body.endpoint).await {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => json_error(StatusCode::NOT_FOUND, "no such push subscription"),
+        Err(err) => json_error(StatusCode::SERVICE_UNAVAILABLE, format!("registry unavailable: {err}")),
+    }
+}

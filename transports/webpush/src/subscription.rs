@@ -1,0 +1,185 @@
+//! A browser's push subscription (what `PushSubscription.toJSON()` gives), validated.
+
+use std::fmt;
+
+use base64ct::{Base64UrlUnpadded, Encoding};
+use reqwest::Url;
+use serde::Deserialize;
+
+/// The longest endpoint URL accepted, in bytes.
+pub const MAX_ENDPOINT_LEN: usize = 2048;
+
+/// A validated push subscription: where to send, and the keys to encrypt for.
+///
+/// ```
+/// use tidings_webpush::PushSubscription;
+/// let json = r#"{"endpoint":"https://push.example.net/send/abc","expirationTime":null,
+///   "keys":{"p256dh":"BLn9b-VR0ca83knDNZ32dCHGyjJp-1riX9ZTN40MqV8K_LpQmLqxC_DoHvqvFXO_nGdAB4W9dogZb_sM-uV4JbY",
+///           "auth":"_ordMnz7uTCmrpBTeUV4Bw"}}"#;
+/// let sub = PushSubscription::from_json(json).unwrap();
+/// assert_eq!(sub.endpoint().host_str(), Some("push.example.net"));
+/// assert!(PushSubscription::from_json(r#"{"endpoint":"x"}"#).is_err());
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct PushSubscription {
+    endpoint: Url,
+    p256dh: p256::PublicKey,
+    auth: [u8; 16],
+}
+
+/// Why a push subscription was refused (a 400 with this text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SubscriptionError {
+    /// The JSON does not have the shape of `PushSubscription.toJSON()`.
+    Json(String),
+    /// The endpoint is not an absolute URL, or is too long.
+    Endpoint(String),
+    /// `keys.p256dh` is not a P-256 public key in base64url.
+    P256dh,
+    /// `keys.auth` is not 16 bytes in base64url.
+    Auth,
+}
+
+impl fmt::Display for SubscriptionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SubscriptionError::Json(e) => write!(f, "push subscription is not valid json: {e}"),
+            SubscriptionError::Endpoint(e) => write!(f, "push endpoint is not a valid url: {e}"),
+            SubscriptionError::P256dh => {
+                f.write_str("keys.p256dh is not a p-256 public key (65 bytes, base64url)")
+            }
+            SubscriptionError::Auth => f.write_str("keys.auth is not a 16-byte secret (base64url)"),
+        }
+    }
+}
+
+impl std::error::Error for SubscriptionError {}
+
+/// The JSON form, as browsers produce it.
+#[derive(Debug, Deserialize)]
+pub(crate) struct SubscriptionJson {
+    pub(crate) endpoint: String,
+    pub(crate) keys: KeysJson,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct KeysJson {
+    pub(crate) p256dh: String,
+    pub(crate) auth: String,
+}
+
+fn decode_b64(text: &str) -> Option<Vec<u8>> {
+    // Browsers send unpadded base64url; accept padding too.
+    Base64UrlUnpadded::decode_vec(text.trim_end_matches('=')).ok()
+}
+
+impl PushSubscription {
+    /// Validates a subscription from its parts.
+    pub fn new(endpoint: &str, p256dh: &str, auth: &str) -> Result<PushSubscription, SubscriptionError> {
+        if endpoint.len() > MAX_ENDPOINT_LEN {
+            return Err(SubscriptionError::Endpoint(format!("longer than {MAX_ENDPOINT_LEN} bytes")));
+        }
+        let endpoint = Url::parse(endpoint).map_err(|e| SubscriptionError::Endpoint(e.to_string()))?;
+        if endpoint.host_str().is_none() || endpoint.cannot_be_a_base() {
+            return Err(SubscriptionError::Endpoint("no host".into()));
+        }
+        let key = decode_b64(p256dh).ok_or(SubscriptionError::P256dh)?;
+        if key.len() != 65 {
+            return Err(SubscriptionError::P256dh);
+        }
+        let p256dh = p256::PublicKey::from_sec1_bytes(&key).map_err(|_| SubscriptionError::P256dh)?;
+        let auth: [u8; 16] = decode_b64(auth)
+            .and_then(|a| a.try_into().ok())
+            .ok_or(SubscriptionError::Auth)?;
+        Ok(PushSubscription { endpoint, p256dh, auth })
+    }
+
+    /// Parses the JSON of `PushSubscription.toJSON()` (extra fields are ignored).
+    pub fn from_json(json: &str) -> Result<PushSubscription, SubscriptionError> {
+        let parsed: SubscriptionJson =
+            serde_json::from_str(json).map_err(|e| SubscriptionError::Json(e.to_string()))?;
+        PushSubscription::from_parsed(&parsed)
+    }
+
+    pub(crate) fn from_parsed(json: &SubscriptionJson) -> Result<PushSubscription, SubscriptionError> {
+        PushSubscription::new(&json.endpoint, &json.keys.p256dh, &json.keys.auth)
+    }
+
+    /// The push service's URL for this subscription.
+    pub fn endpoint(&self) -> &Url {
+        &self.endpoint
+    }
+
+    /// The user agent's public key, unpadded base64url.
+    pub fn p256dh_base64(&self) -> String {
+        use p256::elliptic_curve::sec1::ToEncodedPoint;
+        Base64UrlUnpadded::encode_string(self.p256dh.to_encoded_point(false).as_bytes())
+    }
+
+    /// The authentication secret, unpadded base64url.
+    pub fn auth_base64(&self) -> String {
+        Base64UrlUnpadded::encode_string(&self.auth)
+    }
+
+    /// The subscription as `PushSubscription.toJSON()` writes it.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "endpoint": self.endpoint.as_str(),
+            "keys": { "p256dh": self.p256dh_base64(), "auth": self.auth_base64() },
+        })
+    }
+
+    pub(crate) fn p256dh(&self) -> &p256::PublicKey {
+        &self.p256dh
+    }
+
+    pub(crate) fn auth(&self) -> &[u8; 16] {
+        &self.auth
+    }
+}
+
+impl fmt::Debug for PushSubscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The endpoint is a capability URL; show its origin only.
+        f.debug_struct("PushSubscription")
+            .field("origin", &self.endpoint.origin().ascii_serialization())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P256DH: &str =
+        "BLn9b-VR0ca83knDNZ32dCHGyjJp-1riX9ZTN40MqV8K_LpQmLqxC_DoHvqvFXO_nGdAB4W9dogZb_sM-uV4JbY";
+    const AUTH: &str = "_ordMnz7uTCmrpBTeUV4Bw";
+
+    #[test]
+    fn malformed_subscriptions_are_errors_not_panics() {
+        let e = "https://push.example.net/x";
+        assert!(PushSubscription::new(e, P256DH, AUTH).is_ok());
+        assert!(PushSubscription::new(&format!("{AUTH}=="), P256DH, AUTH).is_err());
+        assert_eq!(PushSubscription::new(e, "AAAA", AUTH), Err(SubscriptionError::P256dh));
+        // 65 bytes, but not a point on the curve.
+        let off_curve = Base64UrlUnpadded::encode_string(&[4u8; 65]);
+        assert_eq!(PushSubscription::new(e, &off_curve, AUTH), Err(SubscriptionError::P256dh));
+        assert_eq!(PushSubscription::new(e, P256DH, "AAAA"), Err(SubscriptionError::Auth));
+        assert_eq!(PushSubscription::new(e, P256DH, "!!"), Err(SubscriptionError::Auth));
+        assert!(PushSubscription::new(&format!("https://x/{}", "a".repeat(MAX_ENDPOINT_LEN)), P256DH, AUTH).is_err());
+        assert!(PushSubscription::new("mailto:a@b", P256DH, AUTH).is_err());
+        for json in ["", "null", "[]", "{}", r#"{"endpoint":1}"#, r#"{"endpoint":"https://a/","keys":{}}"#] {
+            assert!(matches!(PushSubscription::from_json(json), Err(SubscriptionError::Json(_))), "{json}");
+        }
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let sub = PushSubscription::new("https://push.example.net/x", P256DH, AUTH).unwrap();
+        let back = PushSubscription::from_json(&sub.to_json().to_string()).unwrap();
+        assert_eq!(back, sub);
+        assert_eq!(back.auth_base64(), AUTH);
+        assert_eq!(back.p256dh_base64(), P256DH);
+    }
+}
