@@ -9,6 +9,9 @@
 //! - `GET /poll?topic=A&cursor=C`: the same events by long-polling.
 //! - `GET /tidings.js`: the browser client the page uses (SSE, falling back to long-polling).
 //! - `GET /stats`: the hub's counters as JSON (open subscriptions, connections, lags, gaps).
+//! - `GET /push/vapid-public-key`, `POST /push/subscriptions`, `DELETE /push/subscriptions`:
+//!   Web Push (the page's "Enable notifications" button); `GET /tidings-sw.js`: the service
+//!   worker that shows pushed events.
 //! - `POST /publish` with `{"topic": "...", "event": "optional-type", "data": "..."}`:
 //!   answers `201 {"id": "<cursor>"}`, or a 4xx with `{"error": "..."}`.
 //!
@@ -17,6 +20,14 @@
 //! `sqlite:./tidings-data/events.db`: events survive restarts, so the page catches up exactly),
 //! `memory` (lost on restart: the page shows a gap), or `redis://HOST:PORT/` (several demo
 //! processes share one log).
+//!
+//! Web Push: the VAPID key is created on first start as `vapid.key` next to the data (the
+//! SQLite file's directory, else `./tidings-data/`) and reused; push subscriptions and their
+//! cursors are kept in `push.db` there. `TIDINGS_PUSH_ALLOW_HOSTS` (comma-separated
+//! `host:port`, empty by default) lets push endpoints on those hosts through the endpoint
+//! policy (public `https` only otherwise); `TIDINGS_PUSH_CA_FILE` adds a root certificate (PEM)
+//! for a private push service; `TIDINGS_PUSH_CONTACT` sets the VAPID contact (default
+//! `mailto:tidings-demo@example.com`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -32,6 +43,7 @@ use tidings::longpoll::LongPoll;
 use tidings::sse::Sse;
 use tidings::redis::{RedisOptions, RedisStore};
 use tidings::sqlite::SqliteStore;
+use tidings::webpush::{EndpointPolicy, SqlitePushRegistry, VapidKeys, WebPush};
 use tidings::{Connection, Disconnect, EventType, Hub, Lifecycle, MemoryStore, NewEvent, Retention, Topic};
 
 const PAGE: &str = include_str!("assets/sse_demo.html");
@@ -93,9 +105,45 @@ fn port() -> u16 {
     }
 }
 
+fn store_spec() -> String {
+    arg("--store").unwrap_or_else(|| "sqlite:./tidings-data/events.db".to_owned())
+}
+
+/// Where the demo keeps its files besides the log: the SQLite file's directory, else
+/// `./tidings-data`.
+fn data_dir() -> std::path::PathBuf {
+    let spec = store_spec();
+    spec.strip_prefix("sqlite:")
+        .and_then(|p| std::path::Path::new(p).parent().map(std::path::Path::to_path_buf))
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or_else(|| "./tidings-data".into())
+}
+
+/// Starts Web Push: key, registry and policy as the module documentation says.
+async fn web_push(hub: Hub) -> WebPush {
+    let dir = data_dir();
+    let keys = VapidKeys::load_or_generate(dir.join("vapid.key"))
+        .unwrap_or_else(|e| fail(format!("cannot load or create the VAPID key in {}: {e}", dir.display())));
+    let registry = SqlitePushRegistry::open(dir.join("push.db"))
+        .await
+        .unwrap_or_else(|e| fail(format!("cannot open the push registry in {}: {e}", dir.display())));
+    let allow = std::env::var("TIDINGS_PUSH_ALLOW_HOSTS").unwrap_or_default();
+    let policy = EndpointPolicy::from_list(&allow)
+        .unwrap_or_else(|e| fail(format!("TIDINGS_PUSH_ALLOW_HOSTS: {e}")));
+    let contact = std::env::var("TIDINGS_PUSH_CONTACT").unwrap_or_else(|_| "mailto:tidings-demo@example.com".into());
+    let mut builder = WebPush::builder(hub, registry, keys, &contact)
+        .unwrap_or_else(|e| fail(format!("TIDINGS_PUSH_CONTACT: {e}")))
+        .endpoint_policy(policy);
+    if let Ok(path) = std::env::var("TIDINGS_PUSH_CA_FILE") {
+        let pem = std::fs::read_to_string(&path).unwrap_or_else(|e| fail(format!("TIDINGS_PUSH_CA_FILE {path}: {e}")));
+        builder = builder.add_root_certificate(pem);
+    }
+    builder.start().await.unwrap_or_else(|e| fail(format!("cannot start Web Push: {e}")))
+}
+
 /// Opens the store `--store` names; returns it with a description for the console.
 async fn store() -> (std::sync::Arc<dyn tidings::Store>, String) {
-    let spec = arg("--store").unwrap_or_else(|| "sqlite:./tidings-data/events.db".to_owned());
+    let spec = store_spec();
     let retention = Retention::default().max_events(10_000);
     if spec == "memory" {
         return (std::sync::Arc::new(MemoryStore::with_retention(retention)), "memory (lost on restart)".into());
@@ -180,23 +228,26 @@ pub(crate) async fn ticker(hub: Hub, period: Duration) {
     }
 }
 
-/// The demo's routes over `hub`.
-pub(crate) fn app(hub: Hub) -> Router {
+/// The demo's routes over `hub`, with Web Push's.
+pub(crate) fn app(hub: Hub, push: &WebPush) -> Router {
     Router::new()
         .route("/", get(|| async { Html(PAGE) }))
         .route("/events", Sse::new(hub.clone()).default_topics(vec![Topic::new("demo")]).method_router())
         .route("/poll", LongPoll::new(hub.clone()).default_topics(vec![Topic::new("demo")]).method_router())
         .route("/tidings.js", tidings::client::route())
+        .route("/tidings-sw.js", tidings::client::service_worker_route())
         .route("/stats", get(stats))
         .route("/publish", post(publish).layer(DefaultBodyLimit::max(8 << 20)))
         .with_state(hub)
+        .merge(push.router())
 }
 
 #[tokio::main]
 async fn main() {
     let (store, described) = store().await;
     let hub = Hub::builder_shared(store).lifecycle(Console).build();
-    let app = app(hub.clone());
+    let push = web_push(hub.clone()).await;
+    let app = app(hub.clone(), &push);
     let addr = SocketAddr::from(([127, 0, 0, 1], port()));
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
@@ -209,6 +260,12 @@ async fn main() {
     // A client whose socket stops draining for 30 s is disconnected (it reconnects and replays).
     let listener = axum::serve::ListenerExt::tap_io(listener, tidings::http::stall_timeout(Duration::from_secs(30)));
     println!("Server-Sent Events demo: open http://localhost:{}/ (store: {described})", addr.port());
+    println!(
+        "Web Push: VAPID key {} in {}, {} push subscription(s)",
+        push.public_key(),
+        data_dir().display(),
+        push.stats().subscriptions
+    );
     tokio::spawn(ticker(hub.clone(), Duration::from_millis(2500)));
 
     let shutdown_hub = hub.clone();
@@ -216,6 +273,7 @@ async fn main() {
         .with_graceful_shutdown(async move {
             let _ = tokio::signal::ctrl_c().await;
             println!("Shutting down: clients are told to come back in 1 to 5 s");
+            push.shutdown();
             shutdown_hub.shutdown();
         })
         .await

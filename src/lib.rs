@@ -55,6 +55,12 @@ pub mod redis {
     pub use tidings_redis::*;
 }
 
+/// The Web Push transport (feature `webpush`): `tidings_webpush` re-exported.
+#[cfg(feature = "webpush")]
+pub mod webpush {
+    pub use tidings_webpush::*;
+}
+
 /// The browser client (`client/tidings.js`), served by the application.
 #[cfg(any(feature = "sse", feature = "longpoll"))]
 pub mod client {
@@ -65,22 +71,32 @@ pub mod client {
     /// The client's source: an ES module with no dependency and no build step.
     pub const SCRIPT: &str = include_str!("../client/tidings.js");
 
+    /// The service worker for Web Push (`client/tidings-sw.js`): shows each pushed event as a
+    /// notification, once per id, and fetches events too large for a push from the long-poll
+    /// endpoint (`?poll=/path` on its URL; default `/poll`).
+    pub const SERVICE_WORKER: &str = include_str!("../client/tidings-sw.js");
+
+    /// A `GET` route that serves [`SERVICE_WORKER`]; mount it at `/tidings-sw.js` (a service
+    /// worker controls the pages under the path it is served from).
+    pub fn service_worker_route<S: Clone + Send + Sync + 'static>() -> MethodRouter<S> {
+        get(|| async { script(SERVICE_WORKER) })
+    }
+
+    fn script(source: &'static str) -> axum::response::Response {
+        let mut response = source.into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/javascript; charset=utf-8"));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        response
+    }
+
     /// A `GET` route that serves [`SCRIPT`] as JavaScript; mount it at `/tidings.js`:
     ///
     /// ```no_run
     /// let app: axum::Router = axum::Router::new().route("/tidings.js", tidings::client::route());
     /// ```
     pub fn route<S: Clone + Send + Sync + 'static>() -> MethodRouter<S> {
-        get(|| async {
-            let mut response = SCRIPT.into_response();
-            let headers = response.headers_mut();
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/javascript; charset=utf-8"),
-            );
-            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            response
-        })
+        get(|| async { script(SCRIPT) })
     }
 }
 

@@ -19,10 +19,10 @@ export function freshStore() {
 }
 
 /** Starts the demo on `port` (0: any free port) with `store`. Resolves once it listens. */
-export function startDemo(port = 0, store = freshStore()) {
+export function startDemo(port = 0, store = freshStore(), env = {}) {
   return new Promise((resolve, reject) => {
     const child = spawn(demoBinary, ["--store", store], {
-      env: { ...process.env, PORT: String(port) },
+      env: { ...process.env, ...env, PORT: String(port) },
       stdio: ["ignore", "pipe", "pipe"],
     });
     let out = "";
@@ -135,4 +135,29 @@ export async function bufferingProxy(targetPort) {
   await new Promise((r) => server.listen(0, "127.0.0.1", r));
   server.url = `http://127.0.0.1:${server.address().port}`;
   return server;
+}
+
+export const pushServiceBinary = process.env.TIDINGS_PUSH_SERVICE_BIN || path.join(root, "target/debug/examples/push_service");
+
+/**
+ * Starts the local Web Push service (examples/push_service.rs: TLS, VAPID verified, payloads
+ * decrypted). Resolves with {child, origin, hostPort, control, cert}.
+ */
+export function startPushService() {
+  const cert = path.join(mkdtempSync(path.join(tmpdir(), "tidings-push-")), "ca.pem");
+  return new Promise((resolve, reject) => {
+    const child = spawn(pushServiceBinary, ["--cert", cert], { stdio: ["ignore", "pipe", "inherit"] });
+    let out = "";
+    const timer = setTimeout(() => reject(new Error("push service did not start: " + out)), 20000);
+    child.stdout.on("data", (chunk) => {
+      out += chunk;
+      const m = out.match(/push service (https:\/\/(127\.0\.0\.1:\d+)) control (http:\/\/\S+)/);
+      if (m && !child.origin) {
+        clearTimeout(timer);
+        Object.assign(child, { origin: m[1], hostPort: m[2], control: m[3], cert });
+        resolve(child);
+      }
+    });
+    child.on("exit", (code) => { if (!child.origin) reject(new Error(`push service exited ${code}: ${out}`)); });
+  });
 }
