@@ -246,8 +246,6 @@ pub(crate) fn app(hub: Hub, push: &WebPush) -> Router {
 async fn main() {
     let (store, described) = store().await;
     let hub = Hub::builder_shared(store).lifecycle(Console).build();
-    let push = web_push(hub.clone()).await;
-    let app = app(hub.clone(), &push);
     let addr = SocketAddr::from(([127, 0, 0, 1], port()));
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
@@ -260,6 +258,9 @@ async fn main() {
     // A client whose socket stops draining for 30 s is disconnected (it reconnects and replays).
     let listener = axum::serve::ListenerExt::tap_io(listener, tidings::http::stall_timeout(Duration::from_secs(30)));
     println!("Server-Sent Events demo: open http://localhost:{}/ (store: {described})", addr.port());
+    // After the banner: resumed push subscriptions print their lifecycle lines.
+    let push = web_push(hub.clone()).await;
+    let app = app(hub.clone(), &push);
     println!(
         "Web Push: VAPID key {} in {}, {} push subscription(s)",
         push.public_key(),

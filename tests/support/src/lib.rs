@@ -138,8 +138,14 @@ pub fn demo_binary() -> PathBuf {
 impl Demo {
     /// Starts the demo with `args` on `port` (0: any free port) and waits until it listens.
     pub fn start(port: u16, args: &[&str]) -> Demo {
+        Demo::start_with_env(port, args, &[])
+    }
+
+    /// [`Demo::start`] with extra environment variables.
+    pub fn start_with_env(port: u16, args: &[&str], env: &[(&str, &str)]) -> Demo {
         let mut child = Command::new(demo_binary())
             .args(args)
+            .envs(env.iter().copied())
             .env("PORT", port.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -452,12 +452,29 @@ impl WebPush {
         self.inner.sender.policy().check(request.subscription.endpoint()).await.map_err(RegisterError::Endpoint)?;
         let access = AccessRequest::new(TRANSPORT, &topics, request.peer, request.credentials);
         let recipient = self.inner.hub.check_access(&access).await.map_err(RegisterError::Refused)?;
-        let registration = Registration::new(request.subscription, topics)
-            .recipient(recipient)
-            .cursor(request.cursor.filter(|c| c.len() <= tidings_core::cursor::MAX_CURSOR_LEN));
+        let cursor = match request.cursor.filter(|c| c.len() <= tidings_core::cursor::MAX_CURSOR_LEN) {
+            Some(cursor) => cursor,
+            // Start at the end of the log, saved with the registration: everything published
+            // after the 201 is pushed, even across a crash right after it.
+            None => self.end_of_log(&topics).await?,
+        };
+        let registration = Registration::new(request.subscription, topics).recipient(recipient).cursor(Some(cursor));
         self.inner.registry.put(&registration).await.map_err(RegisterError::Registry)?;
         self.spawn(registration);
         Ok(())
+    }
+
+    async fn end_of_log(&self, topics: &[Topic]) -> Result<String, RegisterError> {
+        let store = self.inner.hub.store();
+        let mut cursor: Option<tidings_core::Cursor> = None;
+        for topic in topics {
+            let bounds = store
+                .bounds(topic)
+                .await
+                .map_err(|e| RegisterError::Registry(RegistryError::with_source("store unavailable", e)))?;
+            cursor.get_or_insert_with(|| tidings_core::Cursor::new(bounds.epoch)).set(topic, bounds.last);
+        }
+        Ok(cursor.map(|c| c.to_string()).unwrap_or_default())
     }
 
     /// Stops pushing to `endpoint` and deletes it; `Ok(false)` if it was not registered.
