@@ -482,6 +482,11 @@ impl Hub {
         Ok(self.inner.authorize.identify(request))
     }
 
+    /// The most topics one subscription may name ([`HubBuilder::max_topics`]).
+    pub fn max_topics(&self) -> usize {
+        self.inner.config.max_topics
+    }
+
     /// The number of open subscriptions (already one less when `on_disconnect` runs).
     pub fn subscriber_count(&self) -> usize {
         self.inner.open.load(Ordering::Relaxed) as usize

@@ -44,6 +44,13 @@ fn closing(c: &Capabilities) -> Option<&'static str> {
 fn persistent(c: &Capabilities) -> Option<&'static str> {
     (!c.persistent).then_some("persistent connection")
 }
+fn large_payloads(c: &Capabilities) -> Option<&'static str> {
+    (!c.large_payloads).then_some("large payloads")
+}
+// The lag is made of 256 KiB events, which must arrive whole.
+fn persistent_with_large_payloads(c: &Capabilities) -> Option<&'static str> {
+    persistent(c).or_else(|| large_payloads(c))
+}
 fn many_clients(c: &Capabilities) -> Option<&'static str> {
     (!c.many_clients).then_some("many clients")
 }

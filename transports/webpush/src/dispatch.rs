@@ -80,7 +80,6 @@ struct Config {
     default_policy: DeliveryPolicy,
     retry_initial: Duration,
     retry_max: Duration,
-    max_topics: usize,
 }
 
 /// Counters of a [`WebPush`], from [`WebPush::stats`].
@@ -262,12 +261,6 @@ impl WebPushBuilder {
         self
     }
 
-    /// The most topics one push subscription may name (default 64).
-    pub fn max_topics(mut self, max: usize) -> Self {
-        self.config.max_topics = max;
-        self
-    }
-
     /// Builds the transport, reads the registry and resumes every subscription in it from its
     /// saved cursor.
     pub async fn start(self) -> Result<WebPush, StartError> {
@@ -415,7 +408,6 @@ impl WebPush {
                 default_policy: DeliveryPolicy::Always,
                 retry_initial: Duration::from_secs(1),
                 retry_max: Duration::from_secs(300),
-                max_topics: 64,
             },
             presence: None,
             max_in_flight: 64,
@@ -445,14 +437,17 @@ impl WebPush {
         if topics.is_empty() {
             return Err(RegisterError::Topics("no topic given".into()));
         }
-        let limit = self.inner.config.max_topics;
+        let limit = self.inner.hub.max_topics();
         if topics.len() > limit {
             return Err(RegisterError::Topics(format!("too many topics, the limit is {limit}")));
         }
         self.inner.sender.policy().check(request.subscription.endpoint()).await.map_err(RegisterError::Endpoint)?;
         let access = AccessRequest::new(TRANSPORT, &topics, request.peer, request.credentials);
         let recipient = self.inner.hub.check_access(&access).await.map_err(RegisterError::Refused)?;
-        let cursor = match request.cursor.filter(|c| c.len() <= tidings_core::cursor::MAX_CURSOR_LEN) {
+        let cursor = match request.cursor {
+            // Kept as a token that never parses: the subscription starts with a gap notice,
+            // as it would over SSE, without storing what the client sent.
+            Some(cursor) if cursor.len() > tidings_core::cursor::MAX_CURSOR_LEN => "~oversized".to_owned(),
             Some(cursor) => cursor,
             // Start at the end of the log, saved with the registration: everything published
             // after the 201 is pushed, even across a crash right after it.
@@ -543,6 +538,11 @@ impl WebPush {
             match inner.hub.subscribe(request).await {
                 Ok(sub) => break sub,
                 Err(SubscribeError::ShuttingDown) => return,
+                Err(err @ (SubscribeError::NoTopics | SubscribeError::TooManyTopics { .. } | SubscribeError::Refused(_))) => {
+                    // Registered under other rules than the hub's now: it can never open.
+                    tracing::error!(%err, "push subscription cannot open; not retrying");
+                    return;
+                }
                 Err(err) => {
                     tracing::warn!(%err, "push subscription cannot open; retrying");
                     tokio::select! {
@@ -572,7 +572,8 @@ impl WebPush {
                         Step::Done
                     } else {
                         let options = self.options(event);
-                        self.push(&registration.subscription, event_payload(event), Some(event), &options, &mut cancelled)
+                        let cursor = sub.cursor().to_string();
+                        self.push(&registration.subscription, event_payload(event, &cursor), Some((event, &cursor)), &options, &mut cancelled)
                             .await
                     }
                 }
@@ -633,7 +634,7 @@ impl WebPush {
         &self,
         subscription: &PushSubscription,
         mut payload: Payload,
-        event: Option<&Event>,
+        event: Option<(&Event, &str)>,
         options: &PushOptions,
         cancelled: &mut watch::Receiver<bool>,
     ) -> Step {
@@ -659,8 +660,8 @@ impl WebPush {
                 }
                 SendOutcome::Gone(_) => return Step::Gone,
                 SendOutcome::TooLarge => match event {
-                    Some(event) if !payload.truncated => {
-                        payload = truncated_payload(event);
+                    Some((event, cursor)) if !payload.truncated => {
+                        payload = truncated_payload(event, cursor);
                         continue;
                     }
                     _ => {

@@ -1,13 +1,15 @@
 //! What a push carries: the event as compact JSON, or a truncated form, or a gap notice.
 //!
 //! ```text
-//! {"id":"<event id>","topic":"news","event":null,"data":"…"}
-//! {"id":"<event id>","topic":"news","event":null,"truncated":true,"after":"<cursor before it>"}
-//! {"id":"<cursor after the gap>","gap":{"topics":["news"]}}
+//! {"id":"<event id>","cursor":"<subscription cursor>","topic":"news","event":null,"data":"…"}
+//! {"id":"<event id>","cursor":"…","topic":"news","event":null,"truncated":true,"after":"<cursor before it>"}
+//! {"id":"<cursor after the gap>","cursor":"<the same>","gap":{"topics":["news"]}}
 //! ```
 //!
 //! `id` is the event's own cursor ([`Event::cursor`]): the same however often the event is
-//! sent, so a service worker can drop an id it has already shown. An event whose JSON does not
+//! sent, so a service worker can drop an id it has already shown. `cursor` is the push
+//! subscription's cursor after this event (all its topics): a page can resume its SSE or
+//! long-poll feed from it, or register a new push subscription with it. An event whose JSON does not
 //! fit in one encrypted record of 4096 bytes ([`MAX_PLAINTEXT`] bytes of JSON) is never
 //! truncated mid-way: its push carries no `data`, and the worker fetches the event from the
 //! long-poll endpoint with `after` (for example `GET /poll?topic=news&cursor=<after>&timeout=0`,
@@ -26,6 +28,7 @@ pub const MAX_PLAINTEXT: usize = MAX_RECORD - 86 - 1 - 16;
 #[derive(Serialize)]
 struct Full<'a> {
     id: &'a str,
+    cursor: &'a str,
     topic: &'a Topic,
     event: Option<&'a EventType>,
     data: &'a str,
@@ -34,6 +37,7 @@ struct Full<'a> {
 #[derive(Serialize)]
 struct Truncated<'a> {
     id: &'a str,
+    cursor: &'a str,
     topic: &'a Topic,
     event: Option<&'a EventType>,
     truncated: bool,
@@ -43,6 +47,7 @@ struct Truncated<'a> {
 #[derive(Serialize)]
 struct GapNotice<'a> {
     id: &'a str,
+    cursor: &'a str,
     gap: GapTopics<'a>,
 }
 
@@ -60,11 +65,13 @@ pub struct Payload {
     pub truncated: bool,
 }
 
-/// The payload for `event`: the whole event if it fits, else the truncated form.
-pub fn event_payload(event: &Event) -> Payload {
+/// The payload for `event`, pushed to a subscription whose cursor after it is `cursor`: the
+/// whole event if it fits, else the truncated form.
+pub fn event_payload(event: &Event, cursor: &str) -> Payload {
     let id = event.cursor().to_string();
     let full = serde_json::to_vec(&Full {
         id: &id,
+        cursor,
         topic: &event.topic,
         event: event.event_type.as_ref(),
         data: &event.data,
@@ -73,17 +80,18 @@ pub fn event_payload(event: &Event) -> Payload {
     if !full.is_empty() && full.len() <= MAX_PLAINTEXT {
         return Payload { json: full, truncated: false };
     }
-    truncated_payload(event)
+    truncated_payload(event, cursor)
 }
 
 /// The truncated form of `event`'s payload (no data).
-pub fn truncated_payload(event: &Event) -> Payload {
+pub fn truncated_payload(event: &Event, cursor: &str) -> Payload {
     let id = event.cursor().to_string();
     let mut before = Cursor::new(event.epoch);
     before.set(&event.topic, event.seq.saturating_sub(1));
     let after = before.to_string();
     let json = serde_json::to_vec(&Truncated {
         id: &id,
+        cursor,
         topic: &event.topic,
         event: event.event_type.as_ref(),
         truncated: true,
@@ -96,7 +104,7 @@ pub fn truncated_payload(event: &Event) -> Payload {
 /// The payload of a gap notice for `topics`, with the cursor after the gap as its id.
 pub fn gap_payload(topics: &[Topic], cursor: &Cursor) -> Payload {
     let id = cursor.to_string();
-    let json = serde_json::to_vec(&GapNotice { id: &id, gap: GapTopics { topics } }).unwrap_or_default();
+    let json = serde_json::to_vec(&GapNotice { id: &id, cursor: &id, gap: GapTopics { topics } }).unwrap_or_default();
     Payload { json, truncated: false }
 }
 
@@ -117,7 +125,7 @@ mod tests {
 
     #[test]
     fn small_events_carry_their_data() {
-        let p = event_payload(&event("a\nb ✓"));
+        let p = event_payload(&event("a\nb ✓"), "C");
         assert!(!p.truncated);
         let v: serde_json::Value = serde_json::from_slice(&p.json).unwrap();
         assert_eq!(v["data"], "a\nb ✓");
@@ -127,12 +135,12 @@ mod tests {
 
     #[test]
     fn the_largest_event_that_fits_is_whole_and_one_byte_more_is_truncated() {
-        let overhead = event_payload(&event("")).json.len();
+        let overhead = event_payload(&event(""), "C").json.len();
         let fits = "x".repeat(MAX_PLAINTEXT - overhead);
-        let p = event_payload(&event(&fits));
+        let p = event_payload(&event(&fits), "C");
         assert_eq!(p.json.len(), MAX_PLAINTEXT);
         assert!(!p.truncated);
-        let p = event_payload(&event(&format!("{fits}x")));
+        let p = event_payload(&event(&format!("{fits}x")), "C");
         assert!(p.truncated);
         let v: serde_json::Value = serde_json::from_slice(&p.json).unwrap();
         assert_eq!(v["truncated"], true);

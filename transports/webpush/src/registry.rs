@@ -112,6 +112,26 @@ pub trait PushRegistry: Send + Sync + fmt::Debug + 'static {
     async fn all(&self) -> Result<Vec<Registration>, RegistryError>;
 }
 
+/// A registry shared with the rest of the application (to list what is registered, say).
+#[async_trait]
+impl<T: PushRegistry + ?Sized> PushRegistry for std::sync::Arc<T> {
+    async fn put(&self, registration: &Registration) -> Result<(), RegistryError> {
+        (**self).put(registration).await
+    }
+
+    async fn save_cursor(&self, endpoint: &str, cursor: &str) -> Result<(), RegistryError> {
+        (**self).save_cursor(endpoint, cursor).await
+    }
+
+    async fn remove(&self, endpoint: &str) -> Result<bool, RegistryError> {
+        (**self).remove(endpoint).await
+    }
+
+    async fn all(&self) -> Result<Vec<Registration>, RegistryError> {
+        (**self).all().await
+    }
+}
+
 /// Registrations in memory: lost when the process ends (the default).
 #[derive(Debug, Default)]
 pub struct MemoryRegistry {

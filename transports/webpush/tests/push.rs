@@ -109,7 +109,8 @@ async fn events_arrive_decrypted_byte_exact_with_a_verified_vapid_token() {
     let sub = s.subscribed(&["news"]).await;
     let overhead = {
         let probe = s.publish("other", "").await;
-        tidings_webpush::message::event_payload(&tidings_core::Event { topic: Topic::new("news"), ..probe }).json.len()
+        let event = tidings_core::Event { topic: Topic::new("news"), ..probe };
+        tidings_webpush::message::event_payload(&event, &event.cursor().to_string()).json.len()
     };
     let largest = "é".repeat((MAX_PLAINTEXT - overhead) / 2) + &"x".repeat((MAX_PLAINTEXT - overhead) % 2);
     let datas = ["hello", "line one\nline two\r\nthree\r", "Ünïcödé ✓ 🦀 \u{0} \"quoted\"", "", largest.as_str()];
