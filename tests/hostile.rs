@@ -15,7 +15,17 @@ async fn start() -> (std::net::SocketAddr, Hub) {
     let hub = Hub::new(MemoryStore::new());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = sse_demo::app(hub.clone());
+    let push = tidings::webpush::WebPush::builder(
+        hub.clone(),
+        tidings::webpush::MemoryRegistry::new(),
+        tidings::webpush::VapidKeys::generate(),
+        "mailto:test@example.com",
+    )
+    .unwrap()
+    .start()
+    .await
+    .unwrap();
+    let app = sse_demo::app(hub.clone(), &push);
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (addr, hub)
 }
@@ -42,11 +52,27 @@ fn get(path: &str, headers: &str) -> Vec<u8> {
 }
 
 fn post(body: &str) -> Vec<u8> {
+    post_to("/publish", body)
+}
+
+fn post_to(path: &str, body: &str) -> Vec<u8> {
     format!(
-        "POST /publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .into_bytes()
+}
+
+fn subscribe(endpoint: &str) -> Vec<u8> {
+    let body = serde_json::json!({
+        "endpoint": endpoint,
+        "keys": {
+            "p256dh": "BLn9b-VR0ca83knDNZ32dCHGyjJp-1riX9ZTN40MqV8K_LpQmLqxC_DoHvqvFXO_nGdAB4W9dogZb_sM-uV4JbY",
+            "auth": "_ordMnz7uTCmrpBTeUV4Bw"
+        },
+        "topics": ["demo"]
+    });
+    post_to("/push/subscriptions", &body.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,6 +104,16 @@ async fn hostile_requests_get_clear_answers_and_the_server_survives() {
         (post(r#"{"topic":"a\u0000","data":"x"}"#), "400"),
         (post(r#"{"topic":"demo","data":"x","extra":true}"#), "400"),
         (post(r#"{"topic":"demo","data":"\ud800"}"#), "400"),
+        // Push subscriptions: endpoints the server must never call, and malformed JSON.
+        (subscribe("https://127.0.0.1/x"), "loopback"),
+        (subscribe("https://10.0.0.1/x"), "private"),
+        (subscribe("https://169.254.169.254/latest/meta-data"), "cloud metadata"),
+        (subscribe("https://[::1]:8443/x"), "loopback"),
+        (subscribe("http://push.example.net/x"), "must be https"),
+        (subscribe("not a url"), "not a valid url"),
+        (post_to("/push/subscriptions", r#"{"endpoint":"https://push.example.net/x","keys":{"p256dh":"x","auth":"y"}}"#), "p256dh"),
+        (post_to("/push/subscriptions", "[1,2"), "400"),
+        (post_to("/push/subscriptions", &"x".repeat(20_000)), "413"),
     ];
     for (request, expected) in &cases {
         let answer = raw(addr, request).await;

@@ -15,7 +15,17 @@ async fn start() -> (String, Hub) {
     let hub = Hub::new(MemoryStore::new());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let app = sse_demo::app(hub.clone());
+    let push = tidings::webpush::WebPush::builder(
+        hub.clone(),
+        tidings::webpush::MemoryRegistry::new(),
+        tidings::webpush::VapidKeys::generate(),
+        "mailto:test@example.com",
+    )
+    .unwrap()
+    .start()
+    .await
+    .unwrap();
+    let app = sse_demo::app(hub.clone(), &push);
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (base, hub)
 }

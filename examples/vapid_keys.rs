@@ -1,0 +1,11 @@
+//! Run with: `cargo run --example vapid_keys`
+//!
+//! Prints a fresh VAPID key pair for Web Push: the public key is the `applicationServerKey`
+//! browsers subscribe with; keep the private key secret (`VapidKeys::from_private_base64`
+//! loads it, or let `VapidKeys::load_or_generate` keep it in a file).
+
+fn main() {
+    let keys = tidings::webpush::VapidKeys::generate();
+    println!("public key:  {}", keys.public_key_base64());
+    println!("private key: {}", keys.private_key_base64());
+}
