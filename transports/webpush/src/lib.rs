@@ -37,6 +37,7 @@
 //! verifies VAPID and decrypts, for tests and benchmarks).
 
 pub mod dispatch;
+mod encrypt;
 pub mod endpoint;
 #[cfg(feature = "axum")]
 pub mod http;

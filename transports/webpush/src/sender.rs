@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use http::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use http::StatusCode;
-use web_push_native::Auth;
 
 use crate::endpoint::{EndpointError, EndpointPolicy};
 use crate::keys::VapidKeys;
@@ -119,10 +118,9 @@ impl PushSender {
         if let Err(err) = self.policy.check_syntax(endpoint) {
             return SendOutcome::Refused(err);
         }
-        let auth = Auth::clone_from_slice(subscription.auth());
-        let body = match web_push_native::encrypt(plaintext.to_vec(), subscription.p256dh(), &auth) {
+        let body = match crate::encrypt::encrypt(plaintext, subscription.p256dh_bytes(), subscription.auth()) {
             Ok(body) => body,
-            Err(err) => return SendOutcome::Rejected(0, format!("encryption failed: {err}")),
+            Err(_) => return SendOutcome::Rejected(0, "encryption failed".into()),
         };
         debug_assert!(body.len() <= MAX_RECORD);
         let mut request = self

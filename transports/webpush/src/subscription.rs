@@ -23,7 +23,8 @@ pub const MAX_ENDPOINT_LEN: usize = 2048;
 #[derive(Clone, PartialEq, Eq)]
 pub struct PushSubscription {
     endpoint: Url,
-    p256dh: p256::PublicKey,
+    /// The user agent's key, uncompressed (65 bytes), validated as a point on P-256.
+    p256dh_bytes: Box<[u8]>,
     auth: [u8; 16],
 }
 
@@ -88,11 +89,11 @@ impl PushSubscription {
         if key.len() != 65 {
             return Err(SubscriptionError::P256dh);
         }
-        let p256dh = p256::PublicKey::from_sec1_bytes(&key).map_err(|_| SubscriptionError::P256dh)?;
+        p256::PublicKey::from_sec1_bytes(&key).map_err(|_| SubscriptionError::P256dh)?;
         let auth: [u8; 16] = decode_b64(auth)
             .and_then(|a| a.try_into().ok())
             .ok_or(SubscriptionError::Auth)?;
-        Ok(PushSubscription { endpoint, p256dh, auth })
+        Ok(PushSubscription { endpoint, p256dh_bytes: key.into_boxed_slice(), auth })
     }
 
     /// Parses the JSON of `PushSubscription.toJSON()` (extra fields are ignored).
@@ -113,8 +114,7 @@ impl PushSubscription {
 
     /// The user agent's public key, unpadded base64url.
     pub fn p256dh_base64(&self) -> String {
-        use p256::elliptic_curve::sec1::ToEncodedPoint;
-        Base64UrlUnpadded::encode_string(self.p256dh.to_encoded_point(false).as_bytes())
+        Base64UrlUnpadded::encode_string(&self.p256dh_bytes)
     }
 
     /// The authentication secret, unpadded base64url.
@@ -130,8 +130,8 @@ impl PushSubscription {
         })
     }
 
-    pub(crate) fn p256dh(&self) -> &p256::PublicKey {
-        &self.p256dh
+    pub(crate) fn p256dh_bytes(&self) -> &[u8] {
+        &self.p256dh_bytes
     }
 
     pub(crate) fn auth(&self) -> &[u8; 16] {
