@@ -38,8 +38,16 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // `--runtime current` (one thread) or `multi` (tokio's default, one worker per core).
+    let mut runtime = match arg("--runtime", "multi").as_str() {
+        "current" => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    runtime.enable_all().build().expect("a runtime").block_on(run());
+}
+
+async fn run() {
     let control = arg("--control", "");
     let cert = std::fs::read_to_string(arg("--cert", "")).expect("--cert names the push service's certificate");
     let mode = arg("--mode", "sender");
@@ -123,7 +131,7 @@ async fn main() {
     println!(
         "{}",
         serde_json::json!({
-            "sender": format!("tidings ({mode})"), "delivered": delivered, "seconds": secs, "cpu_seconds": cpu,
+            "sender": format!("tidings ({mode}, {} runtime)", arg("--runtime", "multi")), "delivered": delivered, "seconds": secs, "cpu_seconds": cpu,
             "per_second": delivered as f64 / secs, "per_cpu_second": delivered as f64 / cpu.max(0.01),
         })
     );

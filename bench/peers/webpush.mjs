@@ -32,12 +32,12 @@ function run(cmd, args, env = {}) {
   return JSON.parse(out.trim().split("\n").pop());
 }
 const npm = () => run("node", [path.join(here, "webpush-send.mjs"), control, subscriptions, messages, concurrency], { NODE_EXTRA_CA_CERTS: cert });
-const tidings = (mode) => run(path.join(root, "target/release/examples/webpush_bench"),
-  ["--control", control, "--cert", cert, "--mode", mode, "--subscriptions", subscriptions, "--messages", messages, "--concurrency", concurrency]);
+const tidings = (mode, runtime = "multi") => run(path.join(root, "target/release/examples/webpush_bench"),
+  ["--control", control, "--cert", cert, "--mode", mode, "--runtime", runtime, "--subscriptions", subscriptions, "--messages", messages, "--concurrency", concurrency]);
 
 const rows = [];
 for (let round = 1; round <= 2; round++) {
-  for (const r of [npm(), tidings("sender"), tidings("dispatch")]) rows.push({ round, ...r });
+  for (const r of [npm(), tidings("sender"), tidings("sender", "current"), tidings("dispatch")]) rows.push({ round, ...r });
 }
 service.kill("SIGKILL");
 
@@ -49,4 +49,4 @@ for (const r of rows) {
 }
 const best = (name) => Math.max(...rows.filter((r) => r.sender.startsWith(name)).map((r) => r.per_cpu_second));
 const npmBest = best("npm");
-console.log(`\nsends per CPU-second, best round: tidings sender ${(best("tidings (sender)") / npmBest).toFixed(1)}x npm web-push; tidings dispatch ${(best("tidings (dispatch)") / npmBest).toFixed(1)}x`);
+console.log(`\nsends per CPU-second against npm web-push's best round: ${rows.filter((r) => r.sender.startsWith("tidings")).map((r) => `${r.sender} ${(r.per_cpu_second / npmBest).toFixed(1)}x`).join("; ")}`);

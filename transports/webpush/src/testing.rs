@@ -111,6 +111,9 @@ struct Shared {
     expected_key: Mutex<Option<String>>,
     subscribers: Mutex<HashMap<String, Subscriber>>,
     record: bool,
+    /// Tokens whose signature was verified, as real push services cache them (senders reuse
+    /// one token per origin); `aud`, `exp` and the expected key are still checked every time.
+    verified: Mutex<HashMap<String, VerifiedClaims>>,
     accepted: std::sync::atomic::AtomicU64,
     changed: watch::Sender<u64>,
 }
@@ -183,6 +186,7 @@ impl LocalPushService {
             expected_key: Mutex::new(None),
             subscribers: Mutex::new(HashMap::new()),
             record,
+            verified: Mutex::new(HashMap::new()),
             accepted: std::sync::atomic::AtomicU64::new(0),
             changed: watch::channel(0).0,
         });
@@ -378,7 +382,19 @@ fn validate<'h>(
         return Err(refuse(StatusCode::PAYLOAD_TOO_LARGE, "body is over 4096 bytes"));
     }
     let authorization = header("authorization").ok_or_else(|| refuse(StatusCode::UNAUTHORIZED, "no vapid authorization"))?;
-    let vapid = verify(authorization, &shared.origin).map_err(|e| refuse(StatusCode::UNAUTHORIZED, e))?;
+    let cached = shared.verified.lock().unwrap_or_else(|e| e.into_inner()).get(authorization).cloned();
+    let vapid = match cached {
+        Some(claims) if claims.audience == shared.origin && claims.expires > unix_now() => claims,
+        _ => {
+            let claims = verify(authorization, &shared.origin).map_err(|e| refuse(StatusCode::UNAUTHORIZED, e))?;
+            let mut verified = shared.verified.lock().unwrap_or_else(|e| e.into_inner());
+            if verified.len() > 10_000 {
+                verified.clear();
+            }
+            verified.insert(authorization.to_owned(), claims.clone());
+            claims
+        }
+    };
     let expected = shared.expected_key.lock().unwrap_or_else(|e| e.into_inner()).clone();
     if expected.is_some_and(|k| k != vapid.public_key) {
         return Err(refuse(StatusCode::FORBIDDEN, "vapid key does not match the subscription's"));
@@ -387,6 +403,10 @@ fn validate<'h>(
     let payload = web_push_native::decrypt(body.to_vec(), &sub.secret, &auth)
         .map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("body does not decrypt: {e}")))?;
     Ok(ReceivedPush { payload, body_len: body.len(), ttl, urgency, topic, vapid })
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Accepts TCP connections and completes TLS handshakes off the accept loop.
