@@ -2,6 +2,7 @@
 //! a JSON message, or a stream that starts with a gap), nothing panics, nothing is lost, and
 //! the server keeps serving.
 
+mod common;
 #[allow(dead_code)]
 #[path = "../examples/sse_demo.rs"]
 mod sse_demo;
@@ -15,16 +16,7 @@ async fn start() -> (std::net::SocketAddr, Hub) {
     let hub = Hub::new(MemoryStore::new());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let push = tidings::webpush::WebPush::builder(
-        hub.clone(),
-        tidings::webpush::MemoryRegistry::new(),
-        tidings::webpush::VapidKeys::generate(),
-        "mailto:test@example.com",
-    )
-    .unwrap()
-    .start()
-    .await
-    .unwrap();
+    let push = common::memory_web_push(hub.clone()).await;
     let app = sse_demo::app(hub.clone(), &push);
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (addr, hub)

@@ -1,6 +1,7 @@
 //! The reference example's own test: its routes, served on loopback, do what the page and the
 //! README promise.
 
+mod common;
 #[allow(dead_code)]
 #[path = "../examples/sse_demo.rs"]
 mod sse_demo;
@@ -15,16 +16,7 @@ async fn start() -> (String, Hub) {
     let hub = Hub::new(MemoryStore::new());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let push = tidings::webpush::WebPush::builder(
-        hub.clone(),
-        tidings::webpush::MemoryRegistry::new(),
-        tidings::webpush::VapidKeys::generate(),
-        "mailto:test@example.com",
-    )
-    .unwrap()
-    .start()
-    .await
-    .unwrap();
+    let push = common::memory_web_push(hub.clone()).await;
     let app = sse_demo::app(hub.clone(), &push);
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (base, hub)

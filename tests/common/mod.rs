@@ -56,3 +56,18 @@ pub async fn drain(http: &reqwest::Client, base: &str, topic: &str, mut cursor: 
         all.extend(batch.data);
     }
 }
+
+/// A Web Push transport over `hub` with an in-memory registry and a fresh key, for tests that
+/// serve the demo's routes in-process.
+pub async fn memory_web_push(hub: tidings::Hub) -> tidings::webpush::WebPush {
+    tidings::webpush::WebPush::builder(
+        hub,
+        tidings::webpush::MemoryRegistry::new(),
+        tidings::webpush::VapidKeys::generate(),
+        "mailto:test@example.com",
+    )
+    .expect("a valid contact")
+    .start()
+    .await
+    .expect("the transport starts")
+}

@@ -315,8 +315,11 @@ async fn stats(State(shared): State<Arc<Shared>>) -> Response {
     axum::Json(serde_json::json!({ "accepted": n })).into_response()
 }
 
-fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, message.into()).into_response()
+/// A refusal: the status and the text the service answers with.
+type Refused = (StatusCode, String);
+
+fn refuse(status: StatusCode, message: impl Into<String>) -> Refused {
+    (status, message.into())
 }
 
 async fn receive(State(shared): State<Arc<Shared>>, Path(id): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
@@ -330,12 +333,12 @@ fn check_and_record(shared: &Shared, id: &str, headers: &HeaderMap, body: Bytes)
     let mut subs = shared.subscribers.lock().unwrap_or_else(|e| e.into_inner());
     let at = shared.started.elapsed();
     let Some(sub) = subs.get_mut(id) else {
-        return refuse(StatusCode::NOT_FOUND, "no such subscription");
+        return refuse(StatusCode::NOT_FOUND, "no such subscription").into_response();
     };
     let status = match validate(shared, sub, header, &body) {
-        Err(response) => {
-            sub.attempts.push(Attempt { status: response.status().as_u16(), at });
-            return response;
+        Err((status, message)) => {
+            sub.attempts.push(Attempt { status: status.as_u16(), at });
+            return (status, message).into_response();
         }
         Ok(message) => {
             if let Some(reply) = sub.script.pop_front().or(sub.always) {
@@ -363,7 +366,7 @@ fn validate<'h>(
     sub: &Subscriber,
     header: impl Fn(&str) -> Option<&'h str>,
     body: &Bytes,
-) -> Result<ReceivedPush, Response> {
+) -> Result<ReceivedPush, Refused> {
     let ttl = header("ttl")
         .and_then(|t| t.trim().parse::<u64>().ok())
         .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "TTL header is missing or invalid"))?;
