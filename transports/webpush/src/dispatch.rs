@@ -426,7 +426,10 @@ impl WebPush {
 
     /// Validates and authorizes a browser's registration, stores it, and starts pushing to it.
     /// Registering an endpoint again replaces its topics and starting point.
-    pub async fn register(&self, request: RegisterRequest<'_>) -> Result<(), RegisterError> {
+    ///
+    /// Returns the cursor pushing starts from (saved with the registration): the request's,
+    /// or the end of the log now.
+    pub async fn register(&self, request: RegisterRequest<'_>) -> Result<String, RegisterError> {
         let mut topics: Vec<Topic> = Vec::with_capacity(request.topics.len());
         for name in &request.topics {
             let topic = Topic::parse(name).map_err(|e| RegisterError::Topics(format!("invalid topic: {e}")))?;
@@ -455,8 +458,9 @@ impl WebPush {
         };
         let registration = Registration::new(request.subscription, topics).recipient(recipient).cursor(Some(cursor));
         self.inner.registry.put(&registration).await.map_err(RegisterError::Registry)?;
+        let cursor = registration.cursor.clone().unwrap_or_default();
         self.spawn(registration);
-        Ok(())
+        Ok(cursor)
     }
 
     async fn end_of_log(&self, topics: &[Topic]) -> Result<String, RegisterError> {

@@ -3,7 +3,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /push/vapid-public-key` | the VAPID public key, base64url text |
-//! | `POST /push/subscriptions` | body: `PushSubscription.toJSON()` plus `"topics": [...]` (and optionally `"cursor"`); 201, or a 4xx `{"error": …}` |
+//! | `POST /push/subscriptions` | body: `PushSubscription.toJSON()` plus `"topics": [...]` (and optionally `"cursor"`); 201 `{"cursor": …}` (where pushing starts), or a 4xx `{"error": …}` |
 //! | `DELETE /push/subscriptions` | body: `{"endpoint": …}`; 204, or 404 |
 
 use std::net::SocketAddr;
@@ -84,7 +84,7 @@ async fn register(State(push): State<WebPush>, request: axum::extract::Request) 
         .cursor(body.cursor)
         .peer(peer);
     match push.register(request).await {
-        Ok(()) => (StatusCode::CREATED, axum::Json(serde_json::json!({ "registered": true }))).into_response(),
+        Ok(cursor) => (StatusCode::CREATED, axum::Json(serde_json::json!({ "cursor": cursor }))).into_response(),
         Err(err) => {
             let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST);
             json_error(status, err.to_string())

@@ -14,7 +14,7 @@ use tidings_conformance::{
 };
 use tidings_core::{Credentials, Hub};
 use tidings_webpush::testing::LocalPushService;
-use tidings_webpush::{EndpointPolicy, MemoryRegistry, PushRegistry, RegisterRequest, VapidKeys, WebPush};
+use tidings_webpush::{EndpointPolicy, MemoryRegistry, RegisterRequest, VapidKeys, WebPush};
 
 /// Serves a hub through Web Push to a local push service.
 #[derive(Debug, Clone, Copy, Default)]
@@ -32,8 +32,7 @@ impl TransportAdapter for PushAdapter {
 
     async fn serve(&self, hub: Hub, _settings: ServerSettings) -> Box<dyn TestServer> {
         let service = Arc::new(LocalPushService::start().await);
-        let registry = Arc::new(MemoryRegistry::new());
-        let push = WebPush::builder(hub, registry.clone(), VapidKeys::generate(), "mailto:conformance@example.com")
+        let push = WebPush::builder(hub, MemoryRegistry::new(), VapidKeys::generate(), "mailto:conformance@example.com")
             .unwrap()
             .endpoint_policy(EndpointPolicy::default().allow(&service.host_port()).unwrap())
             .add_root_certificate(service.root_certificate_pem())
@@ -41,14 +40,13 @@ impl TransportAdapter for PushAdapter {
             .start()
             .await
             .unwrap();
-        Box::new(PushServer { service, push, registry })
+        Box::new(PushServer { service, push })
     }
 }
 
 struct PushServer {
     service: Arc<LocalPushService>,
     push: WebPush,
-    registry: Arc<MemoryRegistry>,
 }
 
 impl Drop for PushServer {
@@ -76,13 +74,13 @@ impl TestServer for PushServer {
         let credentials = Headers(request.headers.clone());
         let register = RegisterRequest::new(sub.subscription.clone(), request.topics.clone(), &credentials)
             .cursor(request.cursor.clone());
-        self.push
+        // The cursor the registration starts from (saved with the 201).
+        let cursor = self
+            .push
             .register(register)
             .await
             .map_err(|e| Refused { status: e.status(), message: e.to_string() })?;
-        // The cursor the registration starts from (saved with the 201).
-        let all = self.registry.all().await.map_err(|e| Refused { status: 503, message: e.to_string() })?;
-        let cursor = all.iter().find(|r| r.endpoint() == endpoint).and_then(|r| r.cursor.clone());
+        let cursor = Some(cursor);
         Ok(Box::new(PushClient {
             service: self.service.clone(),
             push: self.push.clone(),
