@@ -198,6 +198,12 @@ async fn round_trip(s: &Suite, data: &str, expected: &str) -> Outcome {
     expect_data(&mut client, &[expected.to_owned()]).await
 }
 
+/// Held by the scenarios that move tens of MiB through the server (1 MiB events, a lag made
+/// of 256 KiB events, a thousand clients, the stalled client), so that in one test process
+/// (`cargo test` runs a binary's tests as threads) they never overlap: the memory scenario's
+/// resident-set reading then measures the scenario, not a heavy neighbour.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn rss_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
@@ -241,6 +247,7 @@ pub async fn empty_data_arrives_as_empty(s: Suite) -> Outcome {
 
 /// A 1 MiB payload (multi-byte characters and newlines included) arrives byte-exact.
 pub async fn one_mebibyte_data_arrives_byte_exact(s: Suite) -> Outcome {
+    let _heavy = HEAVY.lock().await;
     let unit = "0123456789abcdef\nüñí🦀\n"; // 16 + 1 + 2+2+2+4 + 1 = 28 bytes
     let mut data = unit.repeat((1 << 20) / unit.len());
     while data.len() < 1 << 20 {
@@ -593,6 +600,7 @@ pub async fn idle_stream_gets_heartbeats(s: Suite) -> Outcome {
 
 /// A client far behind the live ring reads the store, then rejoins live: nothing is lost.
 pub async fn lagging_client_catches_up_from_store(s: Suite) -> Outcome {
+    let _heavy = HEAVY.lock().await;
     let env = start_with(&s, Retention::default(), |b| b.ring_capacity(4).page_size(8)).await;
     let mut client = connect(&env, ConnectRequest::topics(&["t"])).await?;
     // Large events, so that neither socket buffers nor the ring can hold them while the
@@ -609,6 +617,7 @@ pub async fn lagging_client_catches_up_from_store(s: Suite) -> Outcome {
 
 /// 1000 clients of one topic each receive every event.
 pub async fn fan_out_reaches_a_thousand_clients(s: Suite) -> Outcome {
+    let _heavy = HEAVY.lock().await;
     let env = start(&s).await;
     let mut clients = Vec::with_capacity(1000);
     for _ in 0..1000 {
@@ -635,6 +644,7 @@ pub async fn fan_out_reaches_a_thousand_clients(s: Suite) -> Outcome {
 /// pools, another 48 MiB go past the stalled client; a queue per subscriber would grow by as
 /// much, the shared ring by nothing.
 pub async fn stalled_client_slows_nobody_and_memory_stays_bounded(s: Suite) -> Outcome {
+    let _heavy = HEAVY.lock().await;
     let env = start_with(&s, Retention::default().max_events(16), |b| b.ring_capacity(64)).await;
     let mut stalled = connect(&env, ConnectRequest::topics(&["t"])).await?;
     let mut live = connect(&env, ConnectRequest::topics(&["t"])).await?;
