@@ -188,6 +188,36 @@ pub trait WireFormat: 'static {
     fn encode(event: &Event) -> Bytes;
 }
 
+/// The JSON of an event without its per-subscriber parts: `"topic":…,"event":…,"data":…}`
+/// (the opening brace and whatever belongs to one subscriber, such as its cursor, are written
+/// before it). Encoded once per event and shared by the JSON transports: long-poll batches and
+/// Web Push payloads.
+///
+/// ```
+/// use tidings_core::{Epoch, Event, JsonEvent, Topic, WireFormat};
+/// let event = Event { epoch: Epoch::from_raw(1), topic: Topic::new("t"), seq: 1, event_type: None, data: "a\nb".into() };
+/// assert_eq!(&JsonEvent::encode(&event)[..], br#""topic":"t","event":null,"data":"a\nb"}"#);
+/// ```
+#[derive(Debug)]
+pub struct JsonEvent;
+
+impl WireFormat for JsonEvent {
+    fn encode(event: &Event) -> Bytes {
+        // Strings cannot fail to serialise.
+        let json = |s: &str| serde_json::to_string(s).unwrap_or_default();
+        let kind = event.event_type.as_ref().map_or_else(|| "null".to_owned(), |t| json(t.as_str()));
+        let mut out = String::with_capacity(event.data.len() + event.topic.as_str().len() + 40);
+        out.push_str("\"topic\":");
+        out.push_str(&json(event.topic.as_str()));
+        out.push_str(",\"event\":");
+        out.push_str(&kind);
+        out.push_str(",\"data\":");
+        out.push_str(&json(&event.data));
+        out.push('}');
+        Bytes::from(out)
+    }
+}
+
 /// An event shared by every subscriber that receives it, with a cache of its wire encodings.
 ///
 /// The hub wraps each live event once; every subscriber gets the same `Arc<SharedEvent>`, and
@@ -260,6 +290,22 @@ mod tests {
         let b = shared.encoded::<Counting>();
         assert_eq!(CALLS.load(Ordering::SeqCst), 1);
         assert_eq!(a.as_ptr(), b.as_ptr(), "the bytes are shared, not copied");
+    }
+
+    #[test]
+    fn json_event_escapes_everything() {
+        let event = Event {
+            epoch: Epoch::from_raw(1),
+            topic: Topic::new("a\"b"),
+            seq: 1,
+            event_type: Some(EventType::new("t")),
+            data: "line\r\n\"q\"\0🦀".into(),
+        };
+        let json = format!("{{\"id\":\"x\",{}", String::from_utf8(JsonEvent::encode(&event).to_vec()).unwrap());
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["topic"], "a\"b");
+        assert_eq!(v["event"], "t");
+        assert_eq!(v["data"], "line\r\n\"q\"\0🦀");
     }
 
     #[test]

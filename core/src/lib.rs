@@ -37,12 +37,11 @@ pub mod store;
 pub mod topic;
 
 pub use access::{
-    AccessRequest, AllowAll, Authorize, AuthorizeFn, Credentials, IdentifyingAuthorize, NoCredentials,
-    Refusal,
-    authorize_fn,
+    AccessRequest, AllowAll, Authorize, AuthorizeFn, Credentials, IdentifyingAuthorize,
+    NoCredentials, Refusal, authorize_fn,
 };
 pub use cursor::{Cursor, CursorError, Epoch};
-pub use event::{Event, EventType, EventTypeError, NewEvent, SharedEvent, WireFormat};
+pub use event::{Event, EventType, EventTypeError, JsonEvent, NewEvent, SharedEvent, WireFormat};
 pub use hub::{
     Closing, Delivery, Gap, Hub, HubBuilder, HubStats, PublishError, SubscribeError, SubscribeRequest,
     Subscription,

@@ -293,6 +293,14 @@ impl HubBuilder {
     }
 }
 
+impl HubInner {
+    /// The authorization hook's answer, and the recipient it names.
+    pub(crate) async fn check_access(&self, request: &AccessRequest<'_>) -> Result<Option<String>, Refusal> {
+        self.authorize.authorize(request).await?;
+        Ok(self.authorize.identify(request))
+    }
+}
+
 impl Drop for HubInner {
     fn drop(&mut self) {
         // Stops the pump.
@@ -478,8 +486,7 @@ impl Hub {
     /// recipient ([`Authorize::identify`]). For transports that register a subscriber now and
     /// read for it later (Web Push); see [`SubscribeRequest::preauthorized`].
     pub async fn check_access(&self, request: &AccessRequest<'_>) -> Result<Option<String>, Refusal> {
-        self.inner.authorize.authorize(request).await?;
-        Ok(self.inner.authorize.identify(request))
+        self.inner.check_access(request).await
     }
 
     /// The most topics one subscription may name ([`HubBuilder::max_topics`]).

@@ -207,14 +207,8 @@ impl Subscription {
         let recipient = match request.preauthorized {
             Some(recipient) => recipient,
             None => {
-                let access = AccessRequest {
-                    transport: request.transport,
-                    topics: &topics,
-                    peer: request.peer,
-                    credentials: request.credentials,
-                };
-                hub.authorize.authorize(&access).await.map_err(SubscribeError::Refused)?;
-                hub.authorize.identify(&access)
+                let access = AccessRequest::new(request.transport, &topics, request.peer, request.credentials);
+                hub.check_access(&access).await.map_err(SubscribeError::Refused)?
             }
         };
 

@@ -44,7 +44,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderValue, StatusCode, header};
-use tidings_core::{Delivery, Event, Hub, Subscription, Topic, WireFormat};
+use tidings_core::{Delivery, Hub, Subscription, Topic};
 use tidings_http::{HttpError, SubscribeParams};
 use tower_http::cors::CorsLayer;
 
@@ -64,27 +64,9 @@ pub struct LongPoll {
     cors: Option<CorsLayer>,
 }
 
-/// The JSON of an event without its per-subscriber `id`: `"topic":…,"event":…,"data":…}`.
-/// Encoded once per event and shared by every poll that returns it.
-#[derive(Debug)]
-pub struct JsonEvent;
-
-impl WireFormat for JsonEvent {
-    fn encode(event: &Event) -> Bytes {
-        // Strings cannot fail to serialise.
-        let json = |s: &str| serde_json::to_string(s).unwrap_or_default();
-        let kind = event.event_type.as_ref().map_or_else(|| "null".to_owned(), |t| json(t.as_str()));
-        let mut out = String::with_capacity(event.data.len() + event.topic.as_str().len() + 40);
-        out.push_str("\"topic\":");
-        out.push_str(&json(event.topic.as_str()));
-        out.push_str(",\"event\":");
-        out.push_str(&kind);
-        out.push_str(",\"data\":");
-        out.push_str(&json(&event.data));
-        out.push('}');
-        Bytes::from(out)
-    }
-}
+/// The JSON of an event without its per-subscriber `id`, shared with the other JSON
+/// transports (it lives in the core, so each event is encoded once for all of them).
+pub use tidings_core::JsonEvent;
 
 impl LongPoll {
     /// An endpoint over `hub`.
@@ -289,27 +271,5 @@ impl Batch {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         response
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tidings_core::{Epoch, EventType};
-
-    #[test]
-    fn json_event_escapes_everything() {
-        let event = Event {
-            epoch: Epoch::from_raw(1),
-            topic: Topic::new("a\"b"),
-            seq: 1,
-            event_type: Some(EventType::new("t")),
-            data: "line\r\n\"q\"\0🦀".into(),
-        };
-        let json = format!("{{\"id\":\"x\",{}", String::from_utf8(JsonEvent::encode(&event).to_vec()).unwrap());
-        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(v["topic"], "a\"b");
-        assert_eq!(v["event"], "t");
-        assert_eq!(v["data"], "line\r\n\"q\"\0🦀");
     }
 }

@@ -567,6 +567,9 @@ impl WebPush {
                 _ = cancelled.wait_for(|&c| c) => return,
                 delivery = sub.next() => delivery,
             };
+            // Where this subscription stands after the delivery: in the payload, then saved.
+            let cursor = sub.cursor();
+            let token = cursor.to_string();
             let step = match delivery {
                 None | Some(Delivery::Closing(_)) => return,
                 Some(Delivery::Event(shared)) => {
@@ -576,13 +579,13 @@ impl WebPush {
                         Step::Done
                     } else {
                         let options = self.options(event);
-                        let cursor = sub.cursor().to_string();
-                        self.push(&registration.subscription, event_payload(event, &cursor), Some((event, &cursor)), &options, &mut cancelled)
+                        let payload = event_payload(&shared, &token);
+                        self.push(&registration.subscription, payload, Some((event, &token)), &options, &mut cancelled)
                             .await
                     }
                 }
                 Some(Delivery::Gap(gap)) => {
-                    let payload = gap_payload(&gap.topics, &sub.cursor());
+                    let payload = gap_payload(&gap.topics, &cursor);
                     let step = self
                         .push(&registration.subscription, payload, None, &inner.config.defaults, &mut cancelled)
                         .await;
@@ -594,7 +597,7 @@ impl WebPush {
                 Some(_) => continue,
             };
             match step {
-                Step::Done => self.save_cursor(&endpoint, &sub.cursor().to_string()).await,
+                Step::Done => self.save_cursor(&endpoint, &token).await,
                 Step::Cancelled => return,
                 Step::Gone => {
                     inner.counters.gone.fetch_add(1, Ordering::Relaxed);

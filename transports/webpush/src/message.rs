@@ -16,7 +16,7 @@
 //! whose first event has this `id`).
 
 use serde::Serialize;
-use tidings_core::{Cursor, Event, EventType, Topic};
+use tidings_core::{Cursor, Event, EventType, JsonEvent, SharedEvent, Topic};
 
 /// The largest encrypted body a push may have (RFC 8291 §4: one record of 4096 bytes).
 pub const MAX_RECORD: usize = 4096;
@@ -24,15 +24,6 @@ pub const MAX_RECORD: usize = 4096;
 /// The largest plaintext that fits: 4096 less the header (86 bytes: salt, record size, key id
 /// length, 65-byte key), the padding delimiter (1) and the AEAD tag (16).
 pub const MAX_PLAINTEXT: usize = MAX_RECORD - 86 - 1 - 16;
-
-#[derive(Serialize)]
-struct Full<'a> {
-    id: &'a str,
-    cursor: &'a str,
-    topic: &'a Topic,
-    event: Option<&'a EventType>,
-    data: &'a str,
-}
 
 #[derive(Serialize)]
 struct Truncated<'a> {
@@ -66,21 +57,24 @@ pub struct Payload {
 }
 
 /// The payload for `event`, pushed to a subscription whose cursor after it is `cursor`: the
-/// whole event if it fits, else the truncated form.
-pub fn event_payload(event: &Event, cursor: &str) -> Payload {
-    let id = event.cursor().to_string();
-    let full = serde_json::to_vec(&Full {
-        id: &id,
-        cursor,
-        topic: &event.topic,
-        event: event.event_type.as_ref(),
-        data: &event.data,
-    })
-    .unwrap_or_default();
-    if !full.is_empty() && full.len() <= MAX_PLAINTEXT {
-        return Payload { json: full, truncated: false };
+/// whole event if it fits, else the truncated form. The event's JSON is the shared
+/// [`JsonEvent`] encoding, made once per event whatever the number of subscriptions (and
+/// shared with long-polling); only `id` and `cursor` are written per subscription. Cursor
+/// tokens are base64url, so they need no escaping.
+pub fn event_payload(event: &SharedEvent, cursor: &str) -> Payload {
+    let id = event.event().cursor().to_string();
+    let body = event.encoded::<JsonEvent>();
+    let mut json = Vec::with_capacity(21 + id.len() + cursor.len() + body.len());
+    json.extend_from_slice(b"{\"id\":\"");
+    json.extend_from_slice(id.as_bytes());
+    json.extend_from_slice(b"\",\"cursor\":\"");
+    json.extend_from_slice(cursor.as_bytes());
+    json.extend_from_slice(b"\",");
+    json.extend_from_slice(&body);
+    if json.len() <= MAX_PLAINTEXT {
+        return Payload { json, truncated: false };
     }
-    truncated_payload(event, cursor)
+    truncated_payload(event.event(), cursor)
 }
 
 /// The truncated form of `event`'s payload (no data).
@@ -113,14 +107,14 @@ mod tests {
     use super::*;
     use tidings_core::Epoch;
 
-    fn event(data: &str) -> Event {
-        Event {
+    fn event(data: &str) -> SharedEvent {
+        SharedEvent::new(Event {
             epoch: Epoch::from_raw(9),
             topic: Topic::new("news"),
             seq: 7,
             event_type: None,
             data: data.into(),
-        }
+        })
     }
 
     #[test]
@@ -130,7 +124,9 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&p.json).unwrap();
         assert_eq!(v["data"], "a\nb ✓");
         assert_eq!(v["topic"], "news");
-        assert_eq!(v["id"], event("").cursor().to_string());
+        assert_eq!(v["id"], event("").event().cursor().to_string());
+        assert_eq!(v["cursor"], "C");
+        assert!(v["event"].is_null());
     }
 
     #[test]

@@ -59,9 +59,9 @@ impl std::error::Error for SubscriptionError {}
 
 /// The JSON form, as browsers produce it.
 #[derive(Debug, Deserialize)]
-pub(crate) struct SubscriptionJson {
-    pub(crate) endpoint: String,
-    pub(crate) keys: KeysJson,
+struct SubscriptionJson {
+    endpoint: String,
+    keys: KeysJson,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,11 +100,7 @@ impl PushSubscription {
     pub fn from_json(json: &str) -> Result<PushSubscription, SubscriptionError> {
         let parsed: SubscriptionJson =
             serde_json::from_str(json).map_err(|e| SubscriptionError::Json(e.to_string()))?;
-        PushSubscription::from_parsed(&parsed)
-    }
-
-    pub(crate) fn from_parsed(json: &SubscriptionJson) -> Result<PushSubscription, SubscriptionError> {
-        PushSubscription::new(&json.endpoint, &json.keys.p256dh, &json.keys.auth)
+        PushSubscription::new(&parsed.endpoint, &parsed.keys.p256dh, &parsed.keys.auth)
     }
 
     /// The push service's URL for this subscription.

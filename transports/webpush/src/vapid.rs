@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64ct::{Base64UrlUnpadded, Encoding};
+use http::HeaderValue;
 use p256::ecdsa::signature::{Signer, Verifier};
 use p256::ecdsa::{Signature, VerifyingKey};
 use reqwest::Url;
@@ -88,7 +89,8 @@ pub fn audience(endpoint: &Url) -> String {
 pub(crate) struct VapidSigner {
     keys: VapidKeys,
     contact: Contact,
-    cache: Mutex<HashMap<String, (String, SystemTime)>>,
+    /// Per audience: the header (cloning it is a reference-count bump) and when it expires.
+    cache: Mutex<HashMap<String, (HeaderValue, SystemTime)>>,
 }
 
 impl fmt::Debug for VapidSigner {
@@ -107,7 +109,7 @@ impl VapidSigner {
     }
 
     /// The `Authorization` header value for a request to `endpoint`.
-    pub(crate) fn authorization(&self, endpoint: &Url) -> String {
+    pub(crate) fn authorization(&self, endpoint: &Url) -> HeaderValue {
         let aud = audience(endpoint);
         let now = SystemTime::now();
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
@@ -118,7 +120,9 @@ impl VapidSigner {
         }
         let expires = now + TOKEN_LIFETIME;
         let token = sign(&self.keys, &aud, expires, self.contact.as_str());
-        let header = format!("vapid t={token}, k={}", self.keys.public_key_base64());
+        // A JWT and a base64url key: always a valid header value.
+        let header = HeaderValue::try_from(format!("vapid t={token}, k={}", self.keys.public_key_base64()))
+            .expect("base64url text is a valid header value");
         cache.insert(aud, (header.clone(), expires));
         header
     }
@@ -221,15 +225,16 @@ mod tests {
     fn audience_keeps_a_non_default_port() {
         let url = Url::parse("https://127.0.0.1:8443/push/1").unwrap();
         let header = signer().authorization(&url);
-        let claims = verify(&header, "https://127.0.0.1:8443").unwrap();
+        let header = header.to_str().unwrap();
+        let claims = verify(header, "https://127.0.0.1:8443").unwrap();
         assert_eq!(claims.audience, "https://127.0.0.1:8443");
-        assert!(verify(&header, "https://127.0.0.1").is_err());
+        assert!(verify(header, "https://127.0.0.1").is_err());
     }
 
     #[test]
     fn token_expires_within_a_day_and_names_the_contact() {
         let url = Url::parse("https://push.example.net/x").unwrap();
-        let claims = verify(&signer().authorization(&url), "https://push.example.net").unwrap();
+        let claims = verify(signer().authorization(&url).to_str().unwrap(), "https://push.example.net").unwrap();
         let now = unix(SystemTime::now());
         assert!(claims.expires > now + 11 * 3600 && claims.expires <= now + 24 * 3600);
         assert_eq!(claims.subject, "mailto:ops@example.com");
@@ -249,6 +254,7 @@ mod tests {
     fn tampered_or_foreign_tokens_fail_verification() {
         let s = signer();
         let header = s.authorization(&Url::parse("https://a.example/1").unwrap());
+        let header = header.to_str().unwrap();
         let other = signer().keys().public_key_base64().to_owned();
         let (t, _) = header.split_once(", k=").unwrap();
         assert!(verify(&format!("{t}, k={other}"), "https://a.example").unwrap_err().contains("signature"));

@@ -45,19 +45,35 @@ impl Setup {
     }
 
     async fn register(&self, sub: &TestSubscription, topics: &[&str]) -> reqwest::Response {
+        self.register_with(sub, topics, None).await
+    }
+
+    /// Registers `sub` for `topics`, with one extra request header.
+    async fn register_with(
+        &self,
+        sub: &TestSubscription,
+        topics: &[&str],
+        header: Option<(&str, &str)>,
+    ) -> reqwest::Response {
         let mut body = sub.subscription.to_json();
         body["topics"] = serde_json::json!(topics);
-        self.post(body).await
+        self.post_with(body, header).await
     }
 
     async fn post(&self, body: serde_json::Value) -> reqwest::Response {
-        self.http
+        self.post_with(body, None).await
+    }
+
+    async fn post_with(&self, body: serde_json::Value, header: Option<(&str, &str)>) -> reqwest::Response {
+        let mut request = self
+            .http
             .post(format!("{}/push/subscriptions", self.base))
             .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap()
+            .body(body.to_string());
+        if let Some((name, value)) = header {
+            request = request.header(name, value);
+        }
+        request.send().await.unwrap()
     }
 
     /// Registers a new subscription for `topics` and waits until the dispatcher has opened its
@@ -110,7 +126,8 @@ async fn events_arrive_decrypted_byte_exact_with_a_verified_vapid_token() {
     let overhead = {
         let probe = s.publish("other", "").await;
         let event = tidings_core::Event { topic: Topic::new("news"), ..probe };
-        tidings_webpush::message::event_payload(&event, &event.cursor().to_string()).json.len()
+        let cursor = event.cursor().to_string();
+        tidings_webpush::message::event_payload(&tidings_core::SharedEvent::new(event), &cursor).json.len()
     };
     let largest = "é".repeat((MAX_PLAINTEXT - overhead) / 2) + &"x".repeat((MAX_PLAINTEXT - overhead) % 2);
     let datas = ["hello", "line one\nline two\r\nthree\r", "Ünïcödé ✓ 🦀 \u{0} \"quoted\"", "", largest.as_str()];
@@ -344,17 +361,7 @@ async fn when_offline_policy_skips_recipients_with_a_live_connection() {
     let s = Setup::with(|b| b.presence(presence.clone()).topic_policy(Topic::new("dm"), DeliveryPolicy::WhenOffline), hub)
         .await;
     let sub = s.service.subscribe();
-    let mut body = sub.subscription.to_json();
-    body["topics"] = serde_json::json!(["dm", "news"]);
-    let status = s
-        .http
-        .post(format!("{}/push/subscriptions", s.base))
-        .header("x-user", "alice")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap()
-        .status();
+    let status = s.register_with(&sub, &["dm", "news"], Some(("x-user", "alice"))).await.status();
     assert_eq!(status, 201);
     let hub = s.hub.clone();
     wait_for(|| hub.subscriber_count() == 1).await;
@@ -409,16 +416,7 @@ async fn registration_is_authorized_like_a_subscription() {
     let s = Setup::with(|b| b, hub).await;
     let sub = s.service.subscribe();
     assert_eq!(s.register(&sub, &["private/x"]).await.status(), 401);
-    let mut body = sub.subscription.to_json();
-    body["topics"] = serde_json::json!(["private/x"]);
-    let r = s
-        .http
-        .post(format!("{}/push/subscriptions", s.base))
-        .header("authorization", "Bearer nope")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
+    let r = s.register_with(&sub, &["private/x"], Some(("authorization", "Bearer nope"))).await;
     assert_eq!(r.status(), 403);
     assert_eq!(s.push.stats().subscriptions, 0);
     // Nothing of the private topic reaches it.
