@@ -44,21 +44,35 @@ async fn sigkill_while_pushing_loses_nothing_and_repeats_only_what_was_in_flight
 
     let next = Arc::new(AtomicU32::new(0));
     let acked: Arc<Mutex<Vec<(String, u32)>>> = Arc::new(Mutex::new(Vec::new()));
+    // The number of acknowledged publishes, for the rounds to wait on.
+    let (acks, mut acks_seen) = tokio::sync::watch::channel(0usize);
+    let acks = Arc::new(acks);
     for _ in 0..ROUNDS {
         let publisher = {
-            let (http, url, next, acked) = (http.clone(), demo.url(), next.clone(), acked.clone());
+            let (http, url, next, acked, acks) = (http.clone(), demo.url(), next.clone(), acked.clone(), acks.clone());
             tokio::spawn(async move {
                 loop {
                     let n = next.fetch_add(1, Ordering::SeqCst);
                     let topic = if n % 2 == 0 { "a" } else { "b" };
                     match publish(&http, &url, topic, &n.to_string()).await {
-                        Some(_) => acked.lock().unwrap().push((topic.to_owned(), n)),
+                        Some(_) => {
+                            acked.lock().unwrap().push((topic.to_owned(), n));
+                            acks.send_modify(|a| *a += 1);
+                        }
                         None => return,
                     }
                 }
             })
         };
-        let delay = 50 + tidings::Epoch::random().raw() % 300;
+        // Every round publishes something, however loaded the machine: the crash comes after
+        // at least 10 acknowledged publishes of this round, at a random moment 0 to 300 ms
+        // later (the moment is what varies).
+        let target = *acks_seen.borrow() + 10;
+        tokio::time::timeout(Duration::from_secs(60), acks_seen.wait_for(|&a| a >= target))
+            .await
+            .expect("the demo acknowledges publishes")
+            .expect("the publisher is alive");
+        let delay = tidings::Epoch::random().raw() % 300;
         tokio::time::sleep(Duration::from_millis(delay)).await;
         demo.kill();
         publisher.await.unwrap();
