@@ -19,7 +19,8 @@
 //! 127.0.0.1 only. `--store` chooses the log: `sqlite:PATH` (the default,
 //! `sqlite:./tidings-data/events.db`: events survive restarts, so the page catches up exactly),
 //! `memory` (lost on restart: the page shows a gap), or `redis://HOST:PORT/` (several demo
-//! processes share one log).
+//! processes share one log). `--retain N` keeps the last N events per topic (default 10 000);
+//! `--quiet` stops the console lines per client (for benchmarks).
 //!
 //! Web Push: the VAPID key is created on first start as `vapid.key` next to the data (the
 //! SQLite file's directory, else `./tidings-data/`) and reused; push subscriptions and their
@@ -48,12 +49,18 @@ use tidings::{Connection, Disconnect, EventType, Hub, Lifecycle, MemoryStore, Ne
 
 const PAGE: &str = include_str!("assets/sse_demo.html");
 
-/// Prints each client arriving and leaving, as the seed demo's console did.
+/// Prints each client arriving and leaving, as the seed demo's console did (unless `--quiet`:
+/// benchmarks open thousands).
 #[derive(Debug)]
-struct Console;
+struct Console {
+    quiet: bool,
+}
 
 impl Lifecycle for Console {
     fn on_connect(&self, c: &Connection) {
+        if self.quiet {
+            return;
+        }
         let topics: Vec<&str> = c.topics.iter().map(Topic::as_str).collect();
         let peer = c.peer.map_or_else(|| "?".to_owned(), |p| p.to_string());
         match &c.cursor {
@@ -66,6 +73,9 @@ impl Lifecycle for Console {
     }
 
     fn on_disconnect(&self, c: &Connection, d: &Disconnect) {
+        if self.quiet {
+            return;
+        }
         let plural = if d.delivered == 1 { "" } else { "s" };
         println!(
             "Client {} went away after {} event{plural} ({:.1} s)",
@@ -144,7 +154,10 @@ async fn web_push(hub: Hub) -> WebPush {
 /// Opens the store `--store` names; returns it with a description for the console.
 async fn store() -> (std::sync::Arc<dyn tidings::Store>, String) {
     let spec = store_spec();
-    let retention = Retention::default().max_events(10_000);
+    let retain = arg("--retain").map_or(10_000, |v| {
+        v.parse().unwrap_or_else(|_| fail(format!("--retain takes a number of events, got {v:?}")))
+    });
+    let retention = Retention::default().max_events(retain);
     if spec == "memory" {
         return (std::sync::Arc::new(MemoryStore::with_retention(retention)), "memory (lost on restart)".into());
     }
@@ -245,7 +258,7 @@ pub(crate) fn app(hub: Hub, push: &WebPush) -> Router {
 #[tokio::main]
 async fn main() {
     let (store, described) = store().await;
-    let hub = Hub::builder_shared(store).lifecycle(Console).build();
+    let hub = Hub::builder_shared(store).lifecycle(Console { quiet: std::env::args().any(|a| a == "--quiet") }).build();
     let addr = SocketAddr::from(([127, 0, 0, 1], port()));
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,

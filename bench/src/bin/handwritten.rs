@@ -1,0 +1,91 @@
+//! The server a user would write by hand: axum's `Sse` over a `tokio::sync::broadcast`
+//! channel, no ids, no replay. The baseline of `bench/run`.
+//!
+//! ```text
+//! handwritten [--port N] [--variant events|shared]
+//! ```
+//!
+//! - `events` (default): each subscriber turns the published text into an
+//!   `axum::response::sse::Event` (the frame is encoded once per subscriber), as axum's
+//!   documentation shows;
+//! - `shared`: each frame is encoded once, as `Bytes`, and the same bytes go to every
+//!   subscriber.
+//!
+//! `GET /events` streams; `POST /publish` takes `{"topic": ..., "data": ...}` (the topic is
+//! ignored: one channel) and answers 204.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::StreamExt;
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::BroadcastStream;
+
+#[derive(Clone)]
+struct App {
+    shared: bool,
+    text: broadcast::Sender<std::sync::Arc<str>>,
+    frames: broadcast::Sender<Bytes>,
+}
+
+fn arg(name: &str) -> Option<String> {
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == name {
+            return args.next();
+        }
+    }
+    None
+}
+
+async fn events(State(app): State<App>) -> Response {
+    if app.shared {
+        let stream = BroadcastStream::new(app.frames.subscribe()).filter_map(|r| async move { r.ok().map(Ok::<_, Infallible>) });
+        let mut response = Body::from_stream(stream).into_response();
+        response.headers_mut().insert(header::CONTENT_TYPE, "text/event-stream".parse().expect("a header value"));
+        response.headers_mut().insert(header::CACHE_CONTROL, "no-cache".parse().expect("a header value"));
+        response
+    } else {
+        let stream = BroadcastStream::new(app.text.subscribe())
+            .filter_map(|r| async move { r.ok().map(|text| Ok::<_, Infallible>(Event::default().data(&*text))) });
+        Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
+    }
+}
+
+async fn publish(State(app): State<App>, body: Bytes) -> Response {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return (StatusCode::BAD_REQUEST, "invalid JSON").into_response();
+    };
+    let Some(data) = value.get("data").and_then(|d| d.as_str()) else {
+        return (StatusCode::BAD_REQUEST, "no data").into_response();
+    };
+    if app.shared {
+        // Payloads without line breaks (the benchmark's) need one `data:` line.
+        let mut frame = Vec::with_capacity(data.len() + 8);
+        frame.extend_from_slice(b"data: ");
+        frame.extend_from_slice(data.as_bytes());
+        frame.extend_from_slice(b"\n\n");
+        let _ = app.frames.send(Bytes::from(frame));
+    } else {
+        let _ = app.text.send(data.into());
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[tokio::main]
+async fn main() {
+    let port: u16 = arg("--port").map_or(0, |p| p.parse().expect("--port takes a number"));
+    let shared = arg("--variant").is_some_and(|v| v == "shared");
+    let app = App { shared, text: broadcast::channel(4096).0, frames: broadcast::channel(4096).0 };
+    let router = Router::new().route("/events", get(events)).route("/publish", post(publish)).with_state(app);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
+    println!("handwritten listening on http://{}", listener.local_addr().expect("an address"));
+    axum::serve(listener, router).await.expect("serve");
+}

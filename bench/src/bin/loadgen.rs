@@ -1,0 +1,627 @@
+//! The load generator of `bench/run`: opens SSE or long-poll subscriptions to a server on
+//! loopback, publishes numbered events, and reports one JSON line: subscriptions opened,
+//! deliveries, missing / repeated / out-of-order deliveries, latency publish→receipt, the
+//! server's CPU seconds and resident memory (from `/proc`, summed over the given process and
+//! its children), and deliveries per server CPU-second.
+//!
+//! ```text
+//! loadgen fanout   --kind tidings|handwritten|nchan --addr 127.0.0.1:PORT --pid PID
+//!                  --subscribers N --events M [--rate EVENTS_PER_S] [--payload BYTES] [--sources K]
+//! loadgen longpoll --addr ... --pid ... --subscribers N --events M [--rate R]   (tidings)
+//! loadgen replay   --addr ... --pid ... --events M                             (tidings)
+//! ```
+//!
+//! Each event's data is `"<n> <unix time in ns> xxx…"`, padded to `--payload` bytes; clients
+//! read `n` and the time from every `data:` line (SSE) or `data` field (long-poll). Client
+//! connections are spread over `--sources` loopback addresses (127.0.0.1, .2, …) so that their
+//! number can pass one address's port range. Only ever aim it at loopback.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant as TokioInstant;
+
+fn arg(name: &str) -> Option<String> {
+    let mut args = std::env::args().skip(2);
+    while let Some(a) = args.next() {
+        if a == name {
+            return args.next();
+        }
+    }
+    None
+}
+
+fn num(name: &str, default: u64) -> u64 {
+    arg(name).map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("{name} takes a number")))
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Tidings,
+    Handwritten,
+    Nchan,
+}
+
+impl Kind {
+    fn sse_path(self) -> &'static str {
+        match self {
+            Kind::Tidings => "/events?topic=bench",
+            Kind::Handwritten => "/events",
+            Kind::Nchan => "/sub/bench",
+        }
+    }
+}
+
+fn now_ns() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos()
+}
+
+/// The data of event `n`, padded to `payload` bytes.
+fn event_data(n: u64, payload: usize) -> String {
+    let mut data = format!("{n} {} ", now_ns());
+    while data.len() < payload {
+        data.push('x');
+    }
+    data
+}
+
+// ---------------------------------------------------------------------------------------------
+// /proc
+
+fn children(pid: u32) -> Vec<u32> {
+    let mut all = vec![pid];
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            if ppid == Some(pid) {
+                all.push(child);
+            }
+        }
+    }
+    all
+}
+
+/// CPU seconds (user + system) of `pid` and its children.
+fn cpu_seconds(pid: u32) -> f64 {
+    let ticks = children(pid)
+        .iter()
+        .map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let field = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            field(11) + field(12)
+        })
+        .sum::<f64>();
+    ticks / 100.0
+}
+
+/// Resident memory in KiB of `pid` and its children.
+fn rss_kib(pid: u32) -> u64 {
+    children(pid)
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/status"))
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()))
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// Samples the resident memory until two samples 250 ms apart differ by less than 0.5 %
+/// (at most 5 s): the server may still be settling the last connections.
+async fn settled_rss(pid: u32) -> u64 {
+    let mut last = rss_kib(pid);
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = rss_kib(pid);
+        if now.abs_diff(last) * 200 < last.max(1) {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP/1.1, by hand (a client per connection costs nothing but a buffer)
+
+async fn connect(addr: SocketAddr, index: usize, sources: usize) -> std::io::Result<TcpStream> {
+    let ip = Ipv4Addr::new(127, 0, 0, 1 + (index % sources.max(1)) as u8);
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((ip, 0)))?;
+    let stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+struct Head {
+    status: u16,
+    chunked: bool,
+    content_length: Option<usize>,
+}
+
+/// Reads a response head; what follows it stays in `buf`.
+async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Head> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            buf.drain(..end + 4);
+            let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+            let chunked = head.lines().any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"));
+            let content_length = head.lines().find_map(|l| l.strip_prefix("content-length:").and_then(|v| v.trim().parse().ok()));
+            return Ok(Head { status, chunked, content_length });
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed before the response head"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Undoes `Transfer-Encoding: chunked`, incrementally.
+#[derive(Default)]
+struct Dechunk {
+    /// Bytes left in the current chunk's data, then 2 for its CRLF.
+    remaining: usize,
+    in_data: bool,
+    size_line: Vec<u8>,
+}
+
+impl Dechunk {
+    fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
+        while !input.is_empty() {
+            if self.remaining > 0 {
+                let take = self.remaining.min(input.len());
+                if self.in_data {
+                    // The last two bytes of `remaining` are the CRLF after the data.
+                    let data = take.min(self.remaining.saturating_sub(2));
+                    out.extend_from_slice(&input[..data]);
+                }
+                self.remaining -= take;
+                input = &input[take..];
+                continue;
+            }
+            match input.iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    self.size_line.extend_from_slice(&input[..i]);
+                    input = &input[i + 1..];
+                    let line = String::from_utf8_lossy(&self.size_line).trim().to_owned();
+                    self.size_line.clear();
+                    let size = usize::from_str_radix(line.split(';').next().unwrap_or(""), 16).unwrap_or(0);
+                    self.in_data = true;
+                    self.remaining = size + 2;
+                }
+                None => {
+                    self.size_line.extend_from_slice(input);
+                    input = &[];
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What one client saw
+
+#[derive(Default)]
+struct Seen {
+    bits: Vec<u64>,
+    unique: u64,
+    repeated: u64,
+    out_of_order: u64,
+    highest: Option<u64>,
+    latencies_us: Vec<u32>,
+}
+
+impl Seen {
+    fn new(events: u64) -> Seen {
+        Seen { bits: vec![0; (events as usize).div_ceil(64)], ..Seen::default() }
+    }
+
+    /// Records the data of one event; `false` if it is not one of the benchmark's.
+    fn record(&mut self, data: &[u8]) -> bool {
+        let mut parts = data.splitn(3, |&b| b == b' ');
+        let (Some(n), Some(t)) = (parts.next(), parts.next()) else { return false };
+        let (Some(n), Some(t)) = (parse_u(n), parse_u(t)) else { return false };
+        let (word, bit) = ((n / 64) as usize, n % 64);
+        if word >= self.bits.len() {
+            return false;
+        }
+        if self.bits[word] & (1 << bit) != 0 {
+            self.repeated += 1;
+            return true;
+        }
+        self.bits[word] |= 1 << bit;
+        self.unique += 1;
+        if self.highest.is_some_and(|h| n < h) {
+            self.out_of_order += 1;
+        }
+        self.highest = Some(self.highest.map_or(n, |h| h.max(n)));
+        let latency = now_ns().saturating_sub(t as u128) / 1000;
+        self.latencies_us.push(latency.min(u32::MAX as u128) as u32);
+        true
+    }
+}
+
+fn parse_u(bytes: &[u8]) -> Option<u64> {
+    if bytes.is_empty() || bytes.len() > 20 {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for &b in bytes {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+    }
+    Some(v)
+}
+
+struct Shared {
+    opened: AtomicUsize,
+    failed: AtomicUsize,
+    notify: Notify,
+    connecting: Semaphore,
+}
+
+/// One SSE subscriber: reads until it has every event or the deadline passes.
+#[allow(clippy::too_many_arguments)]
+async fn sse_client(
+    addr: SocketAddr,
+    path: String,
+    index: usize,
+    sources: usize,
+    events: u64,
+    last_event_id: Option<String>,
+    shared: Arc<Shared>,
+    deadline: Arc<tokio::sync::watch::Receiver<Option<TokioInstant>>>,
+) -> Seen {
+    let mut seen = Seen::new(events);
+    let permit = shared.connecting.acquire().await.ok();
+    let opened = async {
+        let mut stream = connect(addr, index, sources).await?;
+        let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
+        if let Some(id) = &last_event_id {
+            request.push_str(&format!("Last-Event-ID: {id}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut buf = Vec::new();
+        let head = read_head(&mut stream, &mut buf).await?;
+        Ok::<_, std::io::Error>((stream, buf, head))
+    }
+    .await;
+    drop(permit);
+    let (mut stream, rest, head) = match opened {
+        Ok((s, b, h)) if h.status == 200 => (s, b, h),
+        _ => {
+            shared.failed.fetch_add(1, Ordering::Relaxed);
+            shared.notify.notify_one();
+            return seen;
+        }
+    };
+    shared.opened.fetch_add(1, Ordering::Relaxed);
+    shared.notify.notify_one();
+    let mut dechunk = Dechunk::default();
+    let mut body = Vec::with_capacity(8192);
+    let feed = |input: &[u8], body: &mut Vec<u8>, dechunk: &mut Dechunk| {
+        if head.chunked { dechunk.feed(input, body) } else { body.extend_from_slice(input) }
+    };
+    feed(&rest, &mut body, &mut dechunk);
+    let mut chunk = vec![0u8; 16384];
+    let mut deadline = (*deadline).clone();
+    loop {
+        // Complete lines of the body.
+        let mut start = 0;
+        while let Some(i) = body[start..].iter().position(|&b| b == b'\n') {
+            let line = &body[start..start + i];
+            if let Some(data) = line.strip_prefix(b"data: ") {
+                seen.record(data);
+            }
+            start += i + 1;
+        }
+        body.drain(..start);
+        if seen.unique >= events {
+            return seen;
+        }
+        let until = *deadline.borrow();
+        let read = async {
+            match until {
+                Some(at) => tokio::time::timeout_at(at, stream.read(&mut chunk)).await.ok(),
+                None => Some(stream.read(&mut chunk).await),
+            }
+        };
+        tokio::select! {
+            r = read => match r {
+                Some(Ok(n)) if n > 0 => feed(&chunk[..n], &mut body, &mut dechunk),
+                _ => return seen,
+            },
+            _ = deadline.changed() => {}
+        }
+    }
+}
+
+/// One long-poll client: polls until it has every event or the deadline passes.
+async fn poll_client(
+    addr: SocketAddr,
+    index: usize,
+    sources: usize,
+    events: u64,
+    shared: Arc<Shared>,
+    waiting: Arc<AtomicUsize>,
+    deadline: Arc<tokio::sync::watch::Receiver<Option<TokioInstant>>>,
+) -> Seen {
+    let mut seen = Seen::new(events);
+    let mut permit = shared.connecting.acquire().await.ok();
+    let Ok(mut stream) = connect(addr, index, sources).await else {
+        shared.failed.fetch_add(1, Ordering::Relaxed);
+        shared.notify.notify_one();
+        return seen;
+    };
+    let mut cursor: Option<String> = None;
+    let mut first = true;
+    let mut deadline = (*deadline).clone();
+    loop {
+        let path = match &cursor {
+            None => "/poll?topic=bench".to_owned(),
+            Some(c) => format!("/poll?topic=bench&timeout=60&cursor={c}"),
+        };
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+        if stream.write_all(request.as_bytes()).await.is_err() {
+            return seen;
+        }
+        if cursor.is_some() && first {
+            first = false;
+            drop(permit.take());
+            shared.opened.fetch_add(1, Ordering::Relaxed);
+            waiting.fetch_add(1, Ordering::Relaxed);
+            shared.notify.notify_one();
+        }
+        let answer = async {
+            let mut buf = Vec::new();
+            let head = read_head(&mut stream, &mut buf).await?;
+            let length = head.content_length.unwrap_or(0);
+            while buf.len() < length {
+                let mut chunk = [0u8; 16384];
+                let n = stream.read(&mut chunk).await?;
+                if n == 0 {
+                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed"));
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            Ok::<_, std::io::Error>((head.status, buf))
+        };
+        let until = *deadline.borrow();
+        let result = tokio::select! {
+            r = async { match until { Some(at) => tokio::time::timeout_at(at, answer).await.ok(), None => Some(answer.await) } } => r,
+            _ = deadline.changed() => continue,
+        };
+        let Some(Ok((200, body))) = result else { return seen };
+        let Ok(json) = serde_json::from_slice::<serde_json::Value>(&body) else { return seen };
+        for event in json["events"].as_array().into_iter().flatten() {
+            if let Some(data) = event["data"].as_str() {
+                seen.record(data.as_bytes());
+            }
+        }
+        cursor = json["cursor"].as_str().map(str::to_owned);
+        if cursor.is_none() || seen.unique >= events {
+            return seen;
+        }
+    }
+}
+
+/// Publishes one event; `Ok(false)` when the server refused it.
+async fn publish(stream: &mut TcpStream, kind: Kind, addr: SocketAddr, data: &str) -> std::io::Result<bool> {
+    let request = match kind {
+        Kind::Nchan => format!("POST /pub/bench HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n{data}", data.len()),
+        _ => {
+            let body = format!("{{\"topic\":\"bench\",\"data\":\"{data}\"}}");
+            format!(
+                "POST /publish HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        }
+    };
+    stream.write_all(request.as_bytes()).await?;
+    let mut buf = Vec::new();
+    let head = read_head(stream, &mut buf).await?;
+    let length = head.content_length.unwrap_or(0);
+    while buf.len() < length {
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok((200..300).contains(&head.status))
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted[i]) / 1000.0
+}
+
+struct Totals {
+    deliveries: u64,
+    missing: u64,
+    repeated: u64,
+    out_of_order: u64,
+    latencies: Vec<u32>,
+}
+
+fn totals(results: Vec<Seen>, events: u64, clients: u64) -> Totals {
+    let mut t = Totals { deliveries: 0, missing: 0, repeated: 0, out_of_order: 0, latencies: Vec::new() };
+    for seen in results {
+        t.deliveries += seen.unique;
+        t.repeated += seen.repeated;
+        t.out_of_order += seen.out_of_order;
+        t.latencies.extend_from_slice(&seen.latencies_us);
+    }
+    t.missing = events * clients - t.deliveries;
+    t.latencies.sort_unstable();
+    t
+}
+
+async fn wait_open(shared: &Shared, n: usize) {
+    let give_up = Instant::now() + Duration::from_secs(120);
+    while shared.opened.load(Ordering::Relaxed) + shared.failed.load(Ordering::Relaxed) < n && Instant::now() < give_up {
+        let _ = tokio::time::timeout(Duration::from_millis(100), shared.notify.notified()).await;
+    }
+}
+
+async fn subscribers(mode: &str) {
+    let kind = match arg("--kind").as_deref() {
+        Some("handwritten") => Kind::Handwritten,
+        Some("nchan") => Kind::Nchan,
+        _ => Kind::Tidings,
+    };
+    let addr: SocketAddr = arg("--addr").expect("--addr").parse().expect("an address");
+    assert!(addr.ip().is_loopback(), "the load generator only targets loopback");
+    let pid = num("--pid", 0) as u32;
+    let n = num("--subscribers", 1000) as usize;
+    let events = num("--events", 300);
+    let rate = num("--rate", 0);
+    let payload = num("--payload", 256) as usize;
+    let sources = num("--sources", 8) as usize;
+    let shared = Arc::new(Shared {
+        opened: AtomicUsize::new(0),
+        failed: AtomicUsize::new(0),
+        notify: Notify::new(),
+        connecting: Semaphore::new(256),
+    });
+    let (deadline_tx, deadline_rx) = tokio::sync::watch::channel(None);
+    let deadline_rx = Arc::new(deadline_rx);
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let rss_before = settled_rss(pid).await;
+    let t_open = Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let (shared, deadline) = (shared.clone(), deadline_rx.clone());
+        if mode == "longpoll" {
+            tasks.push(tokio::spawn(poll_client(addr, i, sources, events, shared, waiting.clone(), deadline)));
+        } else {
+            tasks.push(tokio::spawn(sse_client(addr, kind.sse_path().to_owned(), i, sources, events, None, shared, deadline)));
+        }
+    }
+    wait_open(&shared, n).await;
+    let open_seconds = t_open.elapsed().as_secs_f64();
+    let rss_after = settled_rss(pid).await;
+    let opened = shared.opened.load(Ordering::Relaxed);
+
+    let mut publisher = connect(addr, 0, 1).await.expect("publisher connection");
+    let (cpu0, t0) = (cpu_seconds(pid), Instant::now());
+    let mut refused = 0u64;
+    for i in 0..events {
+        if rate > 0 {
+            tokio::time::sleep_until(TokioInstant::from_std(t0 + Duration::from_secs_f64(i as f64 / rate as f64))).await;
+        }
+        if !publish(&mut publisher, kind, addr, &event_data(i, payload)).await.unwrap_or(false) {
+            refused += 1;
+        }
+    }
+    let publish_seconds = t0.elapsed().as_secs_f64();
+    let _ = deadline_tx.send(Some(TokioInstant::now() + Duration::from_secs(30)));
+    let mut results = Vec::with_capacity(n);
+    for task in tasks {
+        results.push(task.await.unwrap_or_default());
+    }
+    let (seconds, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds(pid) - cpu0);
+    let t = totals(results, events, opened as u64);
+    println!(
+        "{}",
+        serde_json::json!({
+            "mode": mode, "kind": arg("--kind").unwrap_or_else(|| "tidings".into()), "label": arg("--label"),
+            "subscribers": n, "opened": opened, "failed": shared.failed.load(Ordering::Relaxed), "open_seconds": open_seconds,
+            "events": events, "rate": rate, "payload": payload, "publish_refused": refused, "publish_seconds": publish_seconds,
+            "deliveries": t.deliveries, "missing": t.missing, "repeated": t.repeated, "out_of_order": t.out_of_order,
+            "seconds": seconds, "deliveries_per_second": t.deliveries as f64 / seconds,
+            "server_cpu_seconds": cpu, "deliveries_per_cpu_second": t.deliveries as f64 / cpu.max(0.01),
+            "latency_ms": { "p50": percentile(&t.latencies, 0.5), "p99": percentile(&t.latencies, 0.99), "max": percentile(&t.latencies, 1.0) },
+            "rss_before_kib": rss_before, "rss_after_kib": rss_after,
+            "kib_per_connection": (rss_after as f64 - rss_before as f64) / opened.max(1) as f64,
+        })
+    );
+}
+
+/// Reads the starting cursor of a tidings SSE stream (the `id:` of its `tidings.open` event).
+async fn starting_cursor(addr: SocketAddr) -> String {
+    let mut stream = connect(addr, 0, 1).await.expect("connect");
+    stream
+        .write_all(format!("GET /events?topic=bench HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let head = read_head(&mut stream, &mut buf).await.expect("a response");
+    assert_eq!(head.status, 200, "the SSE stream opens");
+    let mut dechunk = Dechunk::default();
+    let mut body = Vec::new();
+    if head.chunked { dechunk.feed(&buf, &mut body) } else { body.extend_from_slice(&buf) }
+    loop {
+        let text = String::from_utf8_lossy(&body);
+        if let Some(id) = text.lines().find_map(|l| l.strip_prefix("id: ")) {
+            return id.trim().to_owned();
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "the stream ended before its first id");
+        if head.chunked { dechunk.feed(&chunk[..n], &mut body) } else { body.extend_from_slice(&chunk[..n]) }
+    }
+}
+
+async fn replay() {
+    let addr: SocketAddr = arg("--addr").expect("--addr").parse().expect("an address");
+    assert!(addr.ip().is_loopback(), "the load generator only targets loopback");
+    let pid = num("--pid", 0) as u32;
+    let events = num("--events", 100_000);
+    let payload = num("--payload", 256) as usize;
+    let cursor = starting_cursor(addr).await;
+    let mut publisher = connect(addr, 0, 1).await.expect("publisher connection");
+    let t_publish = Instant::now();
+    for i in 0..events {
+        assert!(publish(&mut publisher, Kind::Tidings, addr, &event_data(i, payload)).await.unwrap_or(false), "publish {i}");
+    }
+    let publish_seconds = t_publish.elapsed().as_secs_f64();
+    let shared = Arc::new(Shared { opened: AtomicUsize::new(0), failed: AtomicUsize::new(0), notify: Notify::new(), connecting: Semaphore::new(1) });
+    let (_deadline_tx, deadline_rx) = tokio::sync::watch::channel(Some(TokioInstant::now() + Duration::from_secs(300)));
+    let (cpu0, t0) = (cpu_seconds(pid), Instant::now());
+    let seen = sse_client(addr, Kind::Tidings.sse_path().to_owned(), 0, 1, events, Some(cursor), shared, Arc::new(deadline_rx)).await;
+    let (seconds, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds(pid) - cpu0);
+    println!(
+        "{}",
+        serde_json::json!({
+            "mode": "replay", "kind": "tidings", "label": arg("--label"), "events": events, "payload": payload,
+            "publish_seconds": publish_seconds, "publish_per_second": events as f64 / publish_seconds,
+            "replayed": seen.unique, "missing": events - seen.unique, "repeated": seen.repeated, "out_of_order": seen.out_of_order,
+            "seconds": seconds, "events_per_second": seen.unique as f64 / seconds, "server_cpu_seconds": cpu,
+        })
+    );
+}
+
+fn main() {
+    let mode = std::env::args().nth(1).unwrap_or_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a runtime");
+    match mode.as_str() {
+        "fanout" | "longpoll" => runtime.block_on(subscribers(&mode)),
+        "replay" => runtime.block_on(replay()),
+        _ => {
+            eprintln!("usage: loadgen fanout|longpoll|replay [options] (see the source's header)");
+            std::process::exit(2);
+        }
+    }
+}
