@@ -170,6 +170,32 @@ async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result
     }
 }
 
+/// Reads a whole response body (`Content-Length` or chunked); `buf` holds what followed the head.
+async fn read_body(stream: &mut TcpStream, head: &Head, mut buf: Vec<u8>) -> std::io::Result<Vec<u8>> {
+    let mut chunk = [0u8; 16384];
+    if head.chunked {
+        let (mut dechunk, mut body) = (Dechunk::default(), Vec::new());
+        dechunk.feed(&buf, &mut body);
+        while !(dechunk.finished && dechunk.remaining == 0) {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed in a chunked body"));
+            }
+            dechunk.feed(&chunk[..n], &mut body);
+        }
+        return Ok(body);
+    }
+    let length = head.content_length.unwrap_or(0);
+    while buf.len() < length {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed in a body"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok(buf)
+}
+
 /// Undoes `Transfer-Encoding: chunked`, incrementally.
 #[derive(Default)]
 struct Dechunk {
@@ -177,6 +203,8 @@ struct Dechunk {
     remaining: usize,
     in_data: bool,
     size_line: Vec<u8>,
+    /// The last (empty) chunk has been read.
+    finished: bool,
 }
 
 impl Dechunk {
@@ -202,6 +230,7 @@ impl Dechunk {
                     let size = usize::from_str_radix(line.split(';').next().unwrap_or(""), 16).unwrap_or(0);
                     self.in_data = true;
                     self.remaining = size + 2;
+                    self.finished |= size == 0;
                 }
                 None => {
                     self.size_line.extend_from_slice(input);
@@ -392,21 +421,24 @@ async fn poll_client(
         let answer = async {
             let mut buf = Vec::new();
             let head = read_head(&mut stream, &mut buf).await?;
-            let length = head.content_length.unwrap_or(0);
-            while buf.len() < length {
-                let mut chunk = [0u8; 16384];
-                let n = stream.read(&mut chunk).await?;
-                if n == 0 {
-                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed"));
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            Ok::<_, std::io::Error>((head.status, buf))
+            let body = read_body(&mut stream, &head, buf).await?;
+            Ok::<_, std::io::Error>((head.status, body))
         };
-        let until = *deadline.borrow();
-        let result = tokio::select! {
-            r = async { match until { Some(at) => tokio::time::timeout_at(at, answer).await.ok(), None => Some(answer.await) } } => r,
-            _ = deadline.changed() => continue,
+        tokio::pin!(answer);
+        // The deadline is set once publishing ends: wait for the same answer under it (never
+        // send the poll twice).
+        let result = loop {
+            let until = *deadline.borrow_and_update();
+            let timed = async {
+                match until {
+                    Some(at) => tokio::time::timeout_at(at, &mut answer).await.ok(),
+                    None => Some((&mut answer).await),
+                }
+            };
+            tokio::select! {
+                r = timed => break r,
+                _ = deadline.changed() => {}
+            }
         };
         let Some(Ok((200, body))) = result else { return seen };
         let Ok(json) = serde_json::from_slice::<serde_json::Value>(&body) else { return seen };
@@ -437,15 +469,7 @@ async fn publish(stream: &mut TcpStream, kind: Kind, addr: SocketAddr, data: &st
     stream.write_all(request.as_bytes()).await?;
     let mut buf = Vec::new();
     let head = read_head(stream, &mut buf).await?;
-    let length = head.content_length.unwrap_or(0);
-    while buf.len() < length {
-        let mut chunk = [0u8; 4096];
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
+    read_body(stream, &head, buf).await?;
     Ok((200..300).contains(&head.status))
 }
 
@@ -546,7 +570,7 @@ async fn subscribers(mode: &str) {
     println!(
         "{}",
         serde_json::json!({
-            "mode": mode, "kind": arg("--kind").unwrap_or_else(|| "tidings".into()), "label": arg("--label"),
+            "mode": mode, "kind": arg("--kind").unwrap_or_else(|| "tidings".into()), "server": arg("--server"), "label": arg("--label"),
             "subscribers": n, "opened": opened, "failed": shared.failed.load(Ordering::Relaxed), "open_seconds": open_seconds,
             "events": events, "rate": rate, "payload": payload, "publish_refused": refused, "publish_seconds": publish_seconds,
             "deliveries": t.deliveries, "missing": t.missing, "repeated": t.repeated, "out_of_order": t.out_of_order,
