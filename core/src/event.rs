@@ -3,7 +3,7 @@
 
 use std::any::TypeId;
 use std::fmt;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
@@ -224,13 +224,19 @@ impl WireFormat for JsonEvent {
 /// [`SharedEvent::encoded`] runs each [`WireFormat`] at most once, however many subscribers ask.
 pub struct SharedEvent {
     event: Event,
-    encodings: RwLock<Vec<(TypeId, Bytes)>>,
+    /// One slot per wire format, filled in order. A filled slot is read with one atomic load:
+    /// thousands of subscribers reading the same event's encoding never write to shared memory
+    /// (an `RwLock` would: every reader increments its count).
+    encodings: [OnceLock<(TypeId, Bytes)>; ENCODING_SLOTS],
 }
+
+/// Wire formats cached per event; a program using more encodes the extra ones per call.
+const ENCODING_SLOTS: usize = 4;
 
 impl SharedEvent {
     /// Wraps an event.
     pub fn new(event: Event) -> SharedEvent {
-        SharedEvent { event, encodings: RwLock::new(Vec::new()) }
+        SharedEvent { event, encodings: std::array::from_fn(|_| OnceLock::new()) }
     }
 
     /// The event.
@@ -241,19 +247,14 @@ impl SharedEvent {
     /// The event in wire format `F`, encoded on first use and shared afterwards.
     pub fn encoded<F: WireFormat>(&self) -> Bytes {
         let id = TypeId::of::<F>();
-        {
-            let cache = self.encodings.read().unwrap_or_else(|e| e.into_inner());
-            if let Some((_, bytes)) = cache.iter().find(|(t, _)| *t == id) {
+        // Slots fill in order, so a format already cached sits before the first empty slot.
+        for slot in &self.encodings {
+            let (format, bytes) = slot.get_or_init(|| (id, F::encode(&self.event)));
+            if *format == id {
                 return bytes.clone();
             }
         }
-        let mut cache = self.encodings.write().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, bytes)) = cache.iter().find(|(t, _)| *t == id) {
-            return bytes.clone();
-        }
-        let bytes = F::encode(&self.event);
-        cache.push((id, bytes.clone()));
-        bytes
+        F::encode(&self.event)
     }
 }
 

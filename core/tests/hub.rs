@@ -30,6 +30,23 @@ async fn every_subscriber_receives_the_same_shared_event() {
     assert!(shared.iter().all(|e| Arc::ptr_eq(e, &shared[0])), "one allocation for all subscribers");
 }
 
+#[tokio::test]
+async fn a_single_topic_subscription_stands_just_after_each_event_it_yields() {
+    let hub = Hub::new(MemoryStore::new());
+    let mut single = hub.subscribe(SubscribeRequest::new(vec![topic()])).await.unwrap();
+    let mut multi = hub.subscribe(SubscribeRequest::new(vec![topic(), Topic::new("u")])).await.unwrap();
+    let first = hub.publish(NewEvent::new(topic(), "1")).await.unwrap();
+    let second = hub.publish(NewEvent::new(topic(), "2")).await.unwrap();
+    assert!(!single.stands_just_after(&first), "not before it is yielded");
+    let Some(Delivery::Event(e)) = single.next().await else { panic!("no event") };
+    assert!(single.stands_just_after(e.event()));
+    assert_eq!(single.cursor(), first.cursor(), "the subscriber's cursor is the event's own");
+    assert!(!single.stands_just_after(&second));
+    let Some(Delivery::Event(e)) = multi.next().await else { panic!("no event") };
+    assert!(!multi.stands_just_after(e.event()), "two topics: the cursor holds both");
+    assert_ne!(multi.cursor(), first.cursor());
+}
+
 #[derive(Default)]
 struct Recorder(Mutex<Vec<String>>);
 

@@ -297,6 +297,16 @@ impl Subscription {
         cursor
     }
 
+    /// Whether this subscription's cursor is exactly `event`'s own cursor
+    /// ([`Event::cursor`](crate::Event::cursor)): one topic, standing right after that event.
+    /// True for a single-topic subscriber right after it received `event`; then the cursor
+    /// token is the same for every such subscriber, and a transport can encode it once per
+    /// event instead of once per subscriber.
+    pub fn stands_just_after(&self, event: &crate::Event) -> bool {
+        matches!(&self.topics[..], [only] if only.pos == event.seq && only.topic == event.topic)
+            && self.epoch == event.epoch
+    }
+
     /// Whether the next delivery is a gap notice that is already decided (the cursor the client
     /// brought could not be honoured). Until it is yielded, [`Subscription::cursor`] already
     /// stands past the gap, so a transport should not hand the cursor out before the notice.

@@ -27,6 +27,20 @@ impl WireFormat for SseFrame {
     }
 }
 
+/// [`SseFrame`] followed by `id: CURSOR` and the blank line, where the cursor is the event's own
+/// ([`Event::cursor`]): the whole frame of a single-topic subscriber, the same bytes for every
+/// subscriber of that topic.
+#[derive(Debug)]
+pub struct SseFrameWithId;
+
+impl WireFormat for SseFrameWithId {
+    fn encode(event: &Event) -> Bytes {
+        let mut out = BytesMut::from(SseFrame::encode(event));
+        put_frame_end(&mut out, &event.cursor());
+        out.freeze()
+    }
+}
+
 /// Writes `data` as `data: ` lines, splitting at CRLF, CR and LF.
 pub(crate) fn put_data_lines(out: &mut BytesMut, data: &[u8]) {
     let mut rest = data;
@@ -49,13 +63,13 @@ pub(crate) fn put_data_lines(out: &mut BytesMut, data: &[u8]) {
     }
 }
 
-/// `id: CURSOR` and the blank line that dispatches the event.
-pub(crate) fn frame_end(cursor: &Cursor) -> Bytes {
-    let mut token = String::with_capacity(40);
+/// Appends `id: CURSOR` and the blank line that dispatches the event.
+pub(crate) fn put_frame_end(out: &mut BytesMut, cursor: &Cursor) {
+    let mut token = String::with_capacity(48);
     token.push_str("id: ");
     cursor.encode_into(&mut token);
     token.push_str("\n\n");
-    Bytes::from(token)
+    out.put_slice(token.as_bytes());
 }
 
 /// The gap notice: `event: tidings.gap`, JSON data naming the topics, and the cursor after it.
@@ -65,7 +79,7 @@ pub(crate) fn gap_frame(gap: &Gap, cursor: &Cursor) -> Bytes {
     out.put_slice(b"event: tidings.gap\ndata: ");
     out.put_slice(json.to_string().as_bytes());
     out.put_u8(b'\n');
-    out.put_slice(&frame_end(cursor));
+    put_frame_end(&mut out, cursor);
     out.freeze()
 }
 

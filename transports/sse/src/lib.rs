@@ -41,12 +41,14 @@ use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
 use bytes::{Bytes, BytesMut};
+use std::pin::Pin;
+use tokio::time::Instant;
 use http::{HeaderValue, StatusCode, header};
 use tidings_core::{Delivery, Hub, Subscription, Topic};
 use tidings_http::SubscribeParams;
 use tower_http::cors::CorsLayer;
 
-pub use frame::SseFrame;
+pub use frame::{SseFrame, SseFrameWithId};
 
 /// The transport's name, as lifecycle and authorization hooks see it.
 pub const TRANSPORT: &str = "sse";
@@ -145,97 +147,151 @@ impl Sse {
     }
 }
 
-/// Frames smaller than this are copied into one write buffer with their neighbours; larger
-/// ones go out as the shared bytes themselves.
+/// Frames smaller than this are copied into one chunk with their neighbours; larger ones go
+/// out as the shared bytes themselves.
 const COALESCE_BELOW: usize = 16 * 1024;
-/// A write buffer is sent once it holds this much.
+/// A burst of ready deliveries is gathered until it holds this much.
 const WRITE_BUFFER: usize = 64 * 1024;
 
+/// One SSE response body. Memory per stream is a few hundred bytes while idle: frames are
+/// queued as shared `Bytes` (reference counts, not copies) and only a burst of several small
+/// frames is copied, once, into a chunk of exactly their size; the scratch space for cursor
+/// tokens and the queue are released whenever the stream goes idle.
 struct StreamState {
     subscription: Subscription,
-    heartbeat: Duration,
-    /// Chunks ready to send, in order.
+    /// Chunks ready to send, in order, and their total length.
     queued: VecDeque<Bytes>,
-    /// Small frames being gathered into one chunk.
-    gathered: BytesMut,
+    queued_bytes: usize,
+    /// `id:` lines of multi-topic subscribers, split off one allocation per burst.
+    ids: BytesMut,
+    /// Fires at most once per interval; what it does depends on `last_write`.
+    heartbeat: Pin<Box<tokio::time::Sleep>>,
+    interval: Duration,
+    last_write: Instant,
     done: bool,
 }
 
 impl StreamState {
-    fn new(subscription: Subscription, heartbeat: Duration, preamble: Bytes) -> StreamState {
-        let mut gathered = BytesMut::with_capacity(WRITE_BUFFER);
-        gathered.extend_from_slice(&preamble);
-        StreamState { subscription, heartbeat, queued: VecDeque::new(), gathered, done: false }
+    fn new(subscription: Subscription, interval: Duration, preamble: Bytes) -> StreamState {
+        let now = Instant::now();
+        StreamState {
+            subscription,
+            queued_bytes: preamble.len(),
+            queued: VecDeque::from([preamble]),
+            ids: BytesMut::new(),
+            heartbeat: Box::pin(tokio::time::sleep_until(now + interval)),
+            interval,
+            last_write: now,
+            done: false,
+        }
     }
 
     async fn step(mut self) -> Option<(Result<Bytes, Infallible>, StreamState)> {
         loop {
-            if let Some(chunk) = self.queued.pop_front() {
-                return Some((Ok(chunk), self));
-            }
-            if !self.gathered.is_empty() {
-                let chunk = self.gathered.split().freeze();
+            if let Some(chunk) = self.next_chunk() {
+                self.last_write = Instant::now();
                 return Some((Ok(chunk), self));
             }
             if self.done {
                 return None;
             }
-            // A burst (a replay, a busy topic) is gathered without arming a timer per event.
-            let mut ready = false;
-            while self.gathered.len() < WRITE_BUFFER && self.queued.is_empty() && !self.done {
+            // A burst (a replay, a busy topic) is gathered without touching a timer.
+            while self.queued_bytes < WRITE_BUFFER && !self.done {
                 match self.subscription.next_ready().await {
-                    Some(delivery) => {
-                        ready = true;
-                        self.push(delivery);
-                    }
+                    Some(delivery) => self.push(delivery),
                     None => break,
                 }
             }
-            if ready {
+            if !self.queued.is_empty() {
                 continue;
             }
-            // Nothing ready: wait, and send a heartbeat after each idle interval.
-            match tokio::time::timeout(self.heartbeat, self.subscription.next()).await {
-                Err(_idle) => return Some((Ok(Bytes::from_static(frame::HEARTBEAT)), self)),
-                Ok(None) => self.done = true,
-                Ok(Some(delivery)) => self.push(delivery),
+            // Idle: give back what a burst needed, then wait for an event or the heartbeat.
+            if self.queued.capacity() > 8 {
+                self.queued = VecDeque::new();
+            }
+            self.ids = BytesMut::new();
+            tokio::select! {
+                delivery = self.subscription.next() => match delivery {
+                    Some(delivery) => self.push(delivery),
+                    None => self.done = true,
+                },
+                () = self.heartbeat.as_mut() => {
+                    // The timer is reset here only, not on every write: a comment goes out
+                    // once the stream has been silent for a whole interval.
+                    let due = self.last_write + self.interval;
+                    let now = Instant::now();
+                    if now >= due {
+                        self.heartbeat.as_mut().reset(now + self.interval);
+                        self.last_write = now;
+                        return Some((Ok(Bytes::from_static(frame::HEARTBEAT)), self));
+                    }
+                    self.heartbeat.as_mut().reset(due);
+                }
             }
         }
+    }
+
+    /// The next chunk to write: one queued frame as it is, or a run of small frames copied
+    /// into one chunk of exactly their size.
+    fn next_chunk(&mut self) -> Option<Bytes> {
+        let first = self.queued.pop_front()?;
+        let small = |b: &Bytes| b.len() < COALESCE_BELOW;
+        let mut total = first.len();
+        let mut run = 0;
+        if small(&first) {
+            for b in &self.queued {
+                if !small(b) || total + b.len() > WRITE_BUFFER {
+                    break;
+                }
+                total += b.len();
+                run += 1;
+            }
+        }
+        let chunk = if run == 0 {
+            first
+        } else {
+            let mut out = BytesMut::with_capacity(total);
+            out.extend_from_slice(&first);
+            for b in self.queued.drain(..run) {
+                out.extend_from_slice(&b);
+            }
+            out.freeze()
+        };
+        self.queued_bytes -= chunk.len();
+        Some(chunk)
+    }
+
+    fn enqueue(&mut self, chunk: Bytes) {
+        self.queued_bytes += chunk.len();
+        self.queued.push_back(chunk);
     }
 
     fn push(&mut self, delivery: Delivery) {
         match delivery {
             Delivery::Event(event) => {
-                // The shared frame as is; only the id line is this subscriber's own.
-                let frame = event.encoded::<SseFrame>();
-                if frame.len() < COALESCE_BELOW {
-                    self.gathered.extend_from_slice(&frame);
+                if self.subscription.stands_just_after(event.event()) {
+                    // One topic: the id line is the event's own cursor, the same for every
+                    // subscriber, encoded once with the frame.
+                    self.enqueue(event.encoded::<SseFrameWithId>());
                 } else {
-                    self.flush_into_queue();
-                    self.queued.push_back(frame);
+                    self.enqueue(event.encoded::<SseFrame>());
+                    let mut token = std::mem::take(&mut self.ids);
+                    if token.capacity() < 64 {
+                        token.reserve(2048);
+                    }
+                    frame::put_frame_end(&mut token, &self.subscription.cursor());
+                    self.enqueue(token.split().freeze());
+                    self.ids = token;
                 }
-                // What is gathered always goes out after what is queued.
-                self.gathered.extend_from_slice(&frame::frame_end(&self.subscription.cursor()));
             }
             Delivery::Gap(gap) => {
-                self.flush_into_queue();
-                self.queued.push_back(frame::gap_frame(&gap, &self.subscription.cursor()));
+                self.enqueue(frame::gap_frame(&gap, &self.subscription.cursor()));
             }
             Delivery::Closing(closing) => {
                 self.done = true;
-                self.flush_into_queue();
-                self.queued.push_back(Bytes::from(format!(
-                    "retry: {}\n\n",
-                    closing.reconnect_after.as_millis()
-                )));
+                self.enqueue(Bytes::from(format!("retry: {}\n\n", closing.reconnect_after.as_millis())));
             }
             _ => {}
-        }
-    }
-
-    fn flush_into_queue(&mut self) {
-        if !self.gathered.is_empty() {
-            self.queued.push_back(self.gathered.split().freeze());
         }
     }
 }

@@ -178,6 +178,39 @@ async fn every_subscriber_gets_the_same_frame_bytes() {
 }
 
 #[tokio::test]
+async fn single_topic_subscribers_share_the_whole_frame_with_its_id() {
+    let hub = Hub::new(MemoryStore::new());
+    let router = Sse::new(hub.clone()).into_router();
+    let mut single = Vec::new();
+    for _ in 0..5 {
+        let mut body = open_body(&router, "/?topic=t", None).await;
+        chunk(&mut body).await; // preamble
+        single.push(body);
+    }
+    let mut multi = open_body(&router, "/?topic=t&topic=u", None).await;
+    chunk(&mut multi).await;
+    let published = hub.publish(NewEvent::new(topic("t"), "small")).await.unwrap();
+    let mut frames = Vec::new();
+    for body in &mut single {
+        frames.push(chunk(body).await);
+    }
+    // Small, yet not copied per subscriber: the id line is the event's own cursor, encoded
+    // once with the frame.
+    assert_eq!(frames[0], format!("data: small\nid: {}\n\n", published.cursor()));
+    assert!(frames.iter().all(|f| f.as_ptr() == frames[0].as_ptr() && f.len() == frames[0].len()));
+    // A subscriber of two topics gets its own cursor, which holds both topics.
+    let mut text = String::new();
+    while !text.ends_with("\n\n") {
+        text.push_str(std::str::from_utf8(&chunk(&mut multi).await).unwrap());
+    }
+    let id = text.strip_prefix("data: small\nid: ").and_then(|t| t.strip_suffix("\n\n")).expect("one frame");
+    let cursor = tidings_core::Cursor::parse(id).unwrap();
+    assert_eq!(cursor.position(&topic("t")), Some(published.cursor().position(&topic("t")).unwrap()));
+    assert!(cursor.position(&topic("u")).is_some(), "the cursor names both topics");
+    assert_ne!(id, published.cursor().to_string());
+}
+
+#[tokio::test]
 async fn gap_comes_before_any_cursor() {
     let hub = Hub::new(MemoryStore::new());
     let router = Sse::new(hub.clone()).into_router();
@@ -185,10 +218,14 @@ async fn gap_comes_before_any_cursor() {
     let mut body = open_body(&router, "/?topic=t", Some("garbage")).await;
     // No `id:` before the gap notice: a client that drops here still gets the gap next time.
     assert_eq!(chunk(&mut body).await, "retry: 3000\n\n");
-    let gap = String::from_utf8(chunk(&mut body).await.to_vec()).unwrap();
+    // Then the gap notice with its cursor, then the event (in one chunk or two).
+    let mut text = String::new();
+    while !text.contains("data: kept\n") {
+        text.push_str(std::str::from_utf8(&chunk(&mut body).await).unwrap());
+    }
+    let (gap, kept) = text.split_once("\n\n").unwrap();
     assert!(gap.starts_with("event: tidings.gap\ndata: {\"topics\":[\"t\"]}\nid: "), "{gap}");
-    let kept = chunk(&mut body).await.to_vec();
-    assert!(String::from_utf8(kept).unwrap().starts_with("data: kept\nid: "));
+    assert!(kept.starts_with("data: kept\nid: "), "{kept}");
 }
 
 #[tokio::test(start_paused = true)]
