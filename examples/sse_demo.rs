@@ -282,14 +282,25 @@ async fn main() {
     );
     tokio::spawn(ticker(hub.clone(), Duration::from_millis(2500)));
 
+    // SIGTERM or Ctrl-C: stop accepting, tell SSE streams when to come back (`retry:`, jittered
+    // 1-5 s) and end them, answer waiting long-polls with their cursor, stop pushing; then exit
+    // 0 once the connections are done, or after 10 s whatever they do.
     let shutdown_hub = hub.clone();
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+    let started = std::sync::Arc::new(tokio::sync::Notify::new());
+    let notify = started.clone();
+    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move {
-            let _ = tokio::signal::ctrl_c().await;
+            tidings::http::shutdown_signal().await;
             println!("Shutting down: clients are told to come back in 1 to 5 s");
             push.shutdown();
             shutdown_hub.shutdown();
-        })
-        .await
-        .expect("server error");
+            notify.notify_one();
+        });
+    tokio::select! {
+        result = server => result.expect("server error"),
+        () = async {
+            started.notified().await;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        } => println!("Connections still open after 10 s: exiting anyway"),
+    }
 }

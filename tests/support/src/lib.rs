@@ -170,6 +170,22 @@ impl Demo {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// Sends SIGTERM (as a service manager stopping it would) and waits at most `within` for the
+    /// demo to exit: its exit status, or `None` if it was still running (it is then killed).
+    pub fn terminate(mut self, within: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let sent = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        assert!(sent.as_ref().is_ok_and(|s| s.success()), "kill -TERM failed: {sent:?}");
+        let deadline = std::time::Instant::now() + within;
+        // Polls the child's status: std has no wait with a timeout.
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Kills the demo with SIGKILL, as a crash would, and waits for it.
     pub fn kill(mut self) -> u16 {
         let _ = self.child.kill();

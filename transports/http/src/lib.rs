@@ -30,6 +30,44 @@ use tidings_core::{
 };
 use tower_http::cors::CorsLayer;
 
+/// Resolves when the process is asked to stop: SIGTERM (what `kill`, systemd, Docker and
+/// Kubernetes send) or SIGINT (Ctrl-C). The one-line hook for a graceful shutdown:
+///
+/// ```no_run
+/// # async fn run(hub: tidings_core::Hub, listener: tokio::net::TcpListener, app: axum::Router) {
+/// axum::serve(listener, app)
+///     .with_graceful_shutdown(async move {
+///         tidings_http::shutdown_signal().await;
+///         hub.shutdown(); // SSE streams get a jittered `retry:` and end; long-polls answer
+///     })
+///     .await
+///     .unwrap();
+/// # }
+/// ```
+///
+/// If a signal handler cannot be installed, it waits for the other signal only.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
 /// Disconnects a client whose socket stops draining: data the server wrote that stays
 /// unacknowledged (or unsent, because the client's window is full) for `timeout` closes the
 /// connection (`TCP_USER_TIMEOUT`, Linux). The client reconnects and replays from its cursor.

@@ -1,0 +1,76 @@
+//! SIGTERM to the demo: every open SSE stream receives a `retry:` line before it ends, every
+//! waiting long-poll an answer with its cursor and `retry_ms`, and the process exits 0.
+
+mod common;
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tidings_test_support::Demo;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_tells_every_stream_and_poll_when_to_come_back_then_exits_zero() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("shutdown-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = format!("sqlite:{}", dir.join("events.db").display());
+    let demo = Demo::start(0, &["--store", &store]);
+    let (http, base) = (reqwest::Client::new(), demo.url());
+
+    // Three SSE streams, each read up to its opening event.
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let response = http.get(format!("{base}/events?topic=t")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let mut body = response.bytes_stream();
+        let mut text = String::new();
+        while !text.contains("event: tidings.open") {
+            text.push_str(std::str::from_utf8(&body.next().await.expect("stream open").unwrap()).unwrap());
+        }
+        streams.push(body);
+    }
+    // Three long-polls waiting at the end of the log.
+    let cursor = common::poll(&http, &base, "t", None, 0).await.cursor;
+    let polls: Vec<_> = (0..3)
+        .map(|_| {
+            let request = http.get(format!("{base}/poll?topic=t&timeout=60&cursor={cursor}"));
+            tokio::spawn(async move { request.send().await })
+        })
+        .collect();
+    // Wait until the server holds all six subscriptions (three streams, three polls).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats: serde_json::Value =
+            serde_json::from_str(&http.get(format!("{base}/stats")).send().await.unwrap().text().await.unwrap()).unwrap();
+        if stats["subscribers"].as_u64() >= Some(6) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the polls never arrived: {stats}");
+        tokio::task::yield_now().await;
+    }
+
+    let exited = tokio::task::spawn_blocking(move || demo.terminate(Duration::from_secs(20)));
+
+    for mut body in streams {
+        let mut rest = String::new();
+        while let Some(chunk) = body.next().await {
+            rest.push_str(std::str::from_utf8(&chunk.expect("the stream ends cleanly")).unwrap());
+        }
+        let retry: u64 = rest
+            .lines()
+            .find_map(|l| l.strip_prefix("retry: "))
+            .unwrap_or_else(|| panic!("no retry: line before the end: {rest:?}"))
+            .parse()
+            .unwrap();
+        assert!((1000..=5000).contains(&retry), "retry {retry} ms");
+    }
+    for poll in polls {
+        let response = poll.await.unwrap().expect("the poll is answered");
+        assert_eq!(response.status(), 200);
+        let json: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+        assert_eq!(json["cursor"].as_str(), Some(cursor.as_str()), "{json}");
+        assert!(json["retry_ms"].as_u64().is_some_and(|ms| (1000..=5000).contains(&ms)), "{json}");
+    }
+    let status = exited.await.unwrap().expect("the demo exits within 20 s of SIGTERM");
+    assert!(status.success(), "exit status {status:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
