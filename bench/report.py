@@ -6,6 +6,7 @@ docs/benchmarks.md and two SVG plots in docs/bench/. Standard library only.
     report.py RESULTS --check                          # exit 1 if anything was lost
 """
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -32,8 +33,7 @@ def server_of(r):
 
 
 def load(path):
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip().startswith("{")]
-    return rows
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip().startswith("{")]
 
 
 def lost(r):
@@ -88,11 +88,12 @@ def svg_lines(title, xlabel, ylabel, series, path):
 
 
 def cmd(args):
+    """What a command prints (stdout, else stderr: `nginx -v` writes there), or "?"."""
     try:
-        return subprocess.run(args, capture_output=True, text=True, check=False).stdout.strip() or subprocess.run(
-            args, capture_output=True, text=True, check=False).stderr.strip()
+        done = subprocess.run(args, capture_output=True, text=True, check=False)
     except OSError:
         return "?"
+    return done.stdout.strip() or done.stderr.strip()
 
 
 def machine():
@@ -101,7 +102,6 @@ def machine():
         if line.startswith("model name"):
             model = line.split(":", 1)[1].strip()
             break
-    import os
     mem = Path("/proc/meminfo").read_text().split()[1]
     return (f"{os.cpu_count()} cores ({model}), {int(mem) // 1024 // 1024} GiB, Linux {platform.release()}; "
             f"{cmd(['rustc', '--version'])}; {cmd(['nginx', '-v'])}, libnginx-mod-nchan "

@@ -174,7 +174,7 @@ async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result
 async fn read_body(stream: &mut TcpStream, head: &Head, mut buf: Vec<u8>) -> std::io::Result<Vec<u8>> {
     let mut chunk = [0u8; 16384];
     if head.chunked {
-        let (mut dechunk, mut body) = (Dechunk::default(), Vec::new());
+        let (mut dechunk, mut body) = (Dechunk::for_head(head), Vec::new());
         dechunk.feed(&buf, &mut body);
         while !(dechunk.finished && dechunk.remaining == 0) {
             let n = stream.read(&mut chunk).await?;
@@ -196,9 +196,12 @@ async fn read_body(stream: &mut TcpStream, head: &Head, mut buf: Vec<u8>) -> std
     Ok(buf)
 }
 
-/// Undoes `Transfer-Encoding: chunked`, incrementally.
+/// Undoes `Transfer-Encoding: chunked`, incrementally (or passes a body that is not chunked
+/// through as it is).
 #[derive(Default)]
 struct Dechunk {
+    /// The response is chunked; if not, `feed` copies.
+    chunked: bool,
     /// Bytes left in the current chunk's data, then 2 for its CRLF.
     remaining: usize,
     in_data: bool,
@@ -208,7 +211,15 @@ struct Dechunk {
 }
 
 impl Dechunk {
+    fn for_head(head: &Head) -> Dechunk {
+        Dechunk { chunked: head.chunked, ..Dechunk::default() }
+    }
+
     fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
+        if !self.chunked {
+            out.extend_from_slice(input);
+            return;
+        }
         while !input.is_empty() {
             if self.remaining > 0 {
                 let take = self.remaining.min(input.len());
@@ -343,12 +354,9 @@ async fn sse_client(
     };
     shared.opened.fetch_add(1, Ordering::Relaxed);
     shared.notify.notify_one();
-    let mut dechunk = Dechunk::default();
+    let mut dechunk = Dechunk::for_head(&head);
     let mut body = Vec::with_capacity(8192);
-    let feed = |input: &[u8], body: &mut Vec<u8>, dechunk: &mut Dechunk| {
-        if head.chunked { dechunk.feed(input, body) } else { body.extend_from_slice(input) }
-    };
-    feed(&rest, &mut body, &mut dechunk);
+    dechunk.feed(&rest, &mut body);
     let mut chunk = vec![0u8; 16384];
     let mut deadline = (*deadline).clone();
     loop {
@@ -374,7 +382,7 @@ async fn sse_client(
         };
         tokio::select! {
             r = read => match r {
-                Some(Ok(n)) if n > 0 => feed(&chunk[..n], &mut body, &mut dechunk),
+                Some(Ok(n)) if n > 0 => dechunk.feed(&chunk[..n], &mut body),
                 _ => return seen,
             },
             _ = deadline.changed() => {}
@@ -593,9 +601,9 @@ async fn starting_cursor(addr: SocketAddr) -> String {
     let mut buf = Vec::new();
     let head = read_head(&mut stream, &mut buf).await.expect("a response");
     assert_eq!(head.status, 200, "the SSE stream opens");
-    let mut dechunk = Dechunk::default();
+    let mut dechunk = Dechunk::for_head(&head);
     let mut body = Vec::new();
-    if head.chunked { dechunk.feed(&buf, &mut body) } else { body.extend_from_slice(&buf) }
+    dechunk.feed(&buf, &mut body);
     loop {
         let text = String::from_utf8_lossy(&body);
         if let Some(id) = text.lines().find_map(|l| l.strip_prefix("id: ")) {
@@ -604,7 +612,7 @@ async fn starting_cursor(addr: SocketAddr) -> String {
         let mut chunk = [0u8; 4096];
         let n = stream.read(&mut chunk).await.expect("read");
         assert!(n > 0, "the stream ended before its first id");
-        if head.chunked { dechunk.feed(&chunk[..n], &mut body) } else { body.extend_from_slice(&chunk[..n]) }
+        dechunk.feed(&chunk[..n], &mut body);
     }
 }
 

@@ -173,7 +173,8 @@ impl Demo {
     /// Sends SIGTERM (as a service manager stopping it would) and waits at most `within` for the
     /// demo to exit: its exit status, or `None` if it was still running (it is then killed).
     pub fn terminate(mut self, within: std::time::Duration) -> Option<std::process::ExitStatus> {
-        let sent = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        // The shell's own `kill`: a fresh machine need not have procps' /usr/bin/kill.
+        let sent = Command::new("sh").args(["-c", "kill -TERM \"$0\"", &self.child.id().to_string()]).status();
         assert!(sent.as_ref().is_ok_and(|s| s.success()), "kill -TERM failed: {sent:?}");
         let deadline = std::time::Instant::now() + within;
         // Polls the child's status: std has no wait with a timeout.

@@ -32,6 +32,7 @@
 mod frame;
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -41,11 +42,10 @@ use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
 use bytes::{Bytes, BytesMut};
-use std::pin::Pin;
-use tokio::time::Instant;
 use http::{HeaderValue, StatusCode, header};
 use tidings_core::{Delivery, Hub, Subscription, Topic};
 use tidings_http::SubscribeParams;
+use tokio::time::Instant;
 use tower_http::cors::CorsLayer;
 
 pub use frame::{SseFrame, SseFrameWithId};
