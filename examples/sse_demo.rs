@@ -22,6 +22,11 @@
 //! processes share one log). `--retain N` keeps the last N events per topic (default 10 000);
 //! `--quiet` stops the console lines per client (for benchmarks).
 //!
+//! Limits (see `tidings::http::Server`): `--max-connections N` (default 90 % of the open-file
+//! limit: one more gets a 503), `--max-connections-per-ip N` (default 1024: one more gets a
+//! 429), `--header-timeout SECS` (default 10: a client slower to send its request headers is
+//! cut off). Request heads over 16 KiB get a 431, publish bodies over 8 MiB a 413.
+//!
 //! Web Push: the VAPID key is created on first start as `vapid.key` next to the data (the
 //! SQLite file's directory, else `./tidings-data/`) and reused; push subscriptions and their
 //! cursors are kept in `push.db` there. `TIDINGS_PUSH_ALLOW_HOSTS` (comma-separated
@@ -35,7 +40,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -185,7 +191,15 @@ struct PublishBody {
     data: String,
 }
 
-async fn publish(State(hub): State<Hub>, body: Bytes) -> Response {
+/// The largest publish body: an event's data may be 1 MiB, and JSON escaping can make that up
+/// to six times larger.
+const MAX_PUBLISH_BODY: usize = 8 << 20;
+
+async fn publish(State(hub): State<Hub>, body: Result<Bytes, BytesRejection>) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(e) => return HttpError::new(e.status(), e.body_text()).into_response(),
+    };
     let body: PublishBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => return HttpError::bad_request(format!("invalid JSON: {e}")).into_response(),
@@ -250,7 +264,7 @@ pub(crate) fn app(hub: Hub, push: &WebPush) -> Router {
         .route("/tidings.js", tidings::client::route())
         .route("/tidings-sw.js", tidings::client::service_worker_route())
         .route("/stats", get(stats))
-        .route("/publish", post(publish).layer(DefaultBodyLimit::max(8 << 20)))
+        .route("/publish", post(publish).layer(tidings::http::limit_body(MAX_PUBLISH_BODY)))
         .with_state(hub)
         .merge(push.router())
 }
@@ -268,8 +282,6 @@ async fn main() {
         }
     };
     let addr = listener.local_addr().expect("bound address");
-    // A client whose socket stops draining for 30 s is disconnected (it reconnects and replays).
-    let listener = axum::serve::ListenerExt::tap_io(listener, tidings::http::stall_timeout(Duration::from_secs(30)));
     println!("Server-Sent Events demo: open http://localhost:{}/ (store: {described})", addr.port());
     // After the banner: resumed push subscriptions print their lifecycle lines.
     let push = web_push(hub.clone()).await;
@@ -282,25 +294,37 @@ async fn main() {
     );
     tokio::spawn(ticker(hub.clone(), Duration::from_millis(2500)));
 
+    // Every limit of the library's server, at its default unless a flag says otherwise: a
+    // client whose socket stops draining for 30 s is disconnected (it reconnects and replays),
+    // request heads must come within 10 s and stay under 16 KiB, connections are bounded in
+    // total and per address.
+    let mut server = tidings::http::Server::new(app);
+    if let Some(n) = number_arg("--max-connections") {
+        server = server.max_connections(n);
+    }
+    if let Some(n) = number_arg("--max-connections-per-ip") {
+        server = server.max_connections_per_ip(n);
+    }
+    if let Some(secs) = number_arg("--header-timeout") {
+        server = server.header_timeout(Duration::from_secs(secs as u64));
+    }
+
     // SIGTERM or Ctrl-C: stop accepting, tell SSE streams when to come back (`retry:`, jittered
     // 1-5 s) and end them, answer waiting long-polls with their cursor, stop pushing; then exit
     // 0 once the connections are done, or after 10 s whatever they do.
     let shutdown_hub = hub.clone();
-    let started = std::sync::Arc::new(tokio::sync::Notify::new());
-    let notify = started.clone();
-    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move {
+    server
+        .serve(listener, async move {
             tidings::http::shutdown_signal().await;
             println!("Shutting down: clients are told to come back in 1 to 5 s");
             push.shutdown();
             shutdown_hub.shutdown();
-            notify.notify_one();
-        });
-    tokio::select! {
-        result = server => result.expect("server error"),
-        () = async {
-            started.notified().await;
-            tokio::time::sleep(Duration::from_secs(10)).await;
-        } => println!("Connections still open after 10 s: exiting anyway"),
-    }
+        })
+        .await
+        .expect("server error");
+}
+
+/// The value of `--name N` as a number, if given.
+fn number_arg(name: &str) -> Option<usize> {
+    arg(name).map(|v| v.parse().unwrap_or_else(|_| fail(format!("{name} takes a number, got {v:?}"))))
 }

@@ -21,8 +21,11 @@
 //!     publisher.publish(NewEvent::new(Topic::new("news"), "hello")).await.unwrap();
 //! });
 //!
+//! // Serve with every limit on (connections, header size and time, stalled clients), and
+//! // on SIGTERM or Ctrl-C tell clients when to come back and stop.
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8888").await.unwrap();
-//! axum::serve(listener, app).await.unwrap();
+//! let shutdown = async move { tidings::http::shutdown_signal().await; hub.shutdown() };
+//! tidings::http::Server::new(app).serve(listener, shutdown).await.unwrap();
 //! # }
 //! ```
 //!

@@ -30,13 +30,16 @@ use tidings_core::{
 };
 use tower_http::cors::CorsLayer;
 
+mod server;
+pub use server::{Server, ServerStats, ServerStatsHandle};
+
 /// Resolves when the process is asked to stop: SIGTERM (what `kill`, systemd, Docker and
 /// Kubernetes send) or SIGINT (Ctrl-C). The one-line hook for a graceful shutdown:
 ///
 /// ```no_run
 /// # async fn run(hub: tidings_core::Hub, listener: tokio::net::TcpListener, app: axum::Router) {
-/// axum::serve(listener, app)
-///     .with_graceful_shutdown(async move {
+/// tidings_http::Server::new(app)
+///     .serve(listener, async move {
 ///         tidings_http::shutdown_signal().await;
 ///         hub.shutdown(); // SSE streams get a jittered `retry:` and end; long-polls answer
 ///     })
@@ -44,6 +47,8 @@ use tower_http::cors::CorsLayer;
 ///     .unwrap();
 /// # }
 /// ```
+///
+/// It works the same in axum's `with_graceful_shutdown`.
 ///
 /// If a signal handler cannot be installed, it waits for the other signal only.
 pub async fn shutdown_signal() {
@@ -74,7 +79,8 @@ pub async fn shutdown_signal() {
 ///
 /// Without it, a stalled client costs bounded memory (see the hub's Backpressure section) but
 /// keeps its connection until the operating system gives up, which can take many minutes.
-/// Apply it to every accepted connection with axum's `tap_io`:
+/// [`Server`] applies it to every connection (30 s by default); with `axum::serve`, apply it
+/// with axum's `tap_io`:
 ///
 /// ```no_run
 /// use axum::serve::ListenerExt;
@@ -94,6 +100,78 @@ pub fn stall_timeout(timeout: Duration) -> impl FnMut(&mut tokio::net::TcpStream
         }
         #[cfg(not(target_os = "linux"))]
         let _ = (stream, timeout);
+    }
+}
+
+/// Bounds a route's request bodies to `max` bytes: a request whose `Content-Length` announces
+/// more is answered `413` with a JSON message at once, before any of its body is read (the
+/// connection is then closed); a body without a length (chunked) is cut off at `max` bytes by
+/// axum's body extractors, which this also configures (it is axum's `DefaultBodyLimit`).
+///
+/// ```
+/// # use axum::routing::post;
+/// let route = post(|body: axum::body::Bytes| async move { body.len().to_string() })
+///     .layer(tidings_http::limit_body(64 * 1024));
+/// # let _: axum::routing::MethodRouter = route;
+/// ```
+pub fn limit_body(max: usize) -> BodyLimit {
+    BodyLimit { max }
+}
+
+/// The layer [`limit_body`] returns.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit {
+    max: usize,
+}
+
+impl<S> tower::Layer<S> for BodyLimit {
+    type Service = BodyLimitService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        BodyLimitService { max: self.max, inner: tower::Layer::layer(&axum::extract::DefaultBodyLimit::max(self.max), inner) }
+    }
+}
+
+/// The service [`BodyLimit`] wraps around a route.
+#[derive(Debug, Clone)]
+pub struct BodyLimitService<S> {
+    max: usize,
+    inner: <axum::extract::DefaultBodyLimit as tower::Layer<S>>::Service,
+}
+
+impl<S> tower::Service<Request> for BodyLimitService<S>
+where
+    S: tower::Service<Request, Response = Response>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let announced = request
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if let Some(len) = announced.filter(|&len| len > self.max as u64) {
+            let max = self.max;
+            return Box::pin(async move {
+                let mut response = HttpError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body is {len} bytes, the limit is {max}"),
+                )
+                .into_response();
+                // The body stays unread: the connection cannot carry another request.
+                response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                Ok(response)
+            });
+        }
+        Box::pin(self.inner.call(request))
     }
 }
 

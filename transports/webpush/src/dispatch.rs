@@ -80,6 +80,8 @@ struct Config {
     default_policy: DeliveryPolicy,
     retry_initial: Duration,
     retry_max: Duration,
+    max_per_recipient: usize,
+    max_per_topic: usize,
 }
 
 /// Counters of a [`WebPush`], from [`WebPush::stats`].
@@ -121,6 +123,80 @@ struct Counters {
 struct Worker {
     generation: u64,
     cancel: watch::Sender<bool>,
+    recipient: Option<String>,
+    topics: Vec<Topic>,
+}
+
+/// The subscriptions being served, with their numbers per recipient and per topic (the limits).
+#[derive(Default)]
+struct Workers {
+    by_endpoint: HashMap<String, Worker>,
+    per_recipient: HashMap<String, usize>,
+    per_topic: HashMap<Topic, usize>,
+}
+
+impl Workers {
+    fn insert(&mut self, endpoint: String, worker: Worker) -> Option<Worker> {
+        if let Some(recipient) = &worker.recipient {
+            *self.per_recipient.entry(recipient.clone()).or_insert(0) += 1;
+        }
+        for topic in &worker.topics {
+            *self.per_topic.entry(topic.clone()).or_insert(0) += 1;
+        }
+        let old = self.by_endpoint.insert(endpoint, worker);
+        if let Some(old) = &old {
+            self.uncount(old);
+        }
+        old
+    }
+
+    fn remove(&mut self, endpoint: &str) -> Option<Worker> {
+        let worker = self.by_endpoint.remove(endpoint)?;
+        self.uncount(&worker);
+        Some(worker)
+    }
+
+    fn uncount(&mut self, worker: &Worker) {
+        fn decrement<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
+            if let Some(n) = map.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(key);
+                }
+            }
+        }
+        if let Some(recipient) = &worker.recipient {
+            decrement(&mut self.per_recipient, recipient);
+        }
+        for topic in &worker.topics {
+            decrement(&mut self.per_topic, topic);
+        }
+    }
+
+    /// Whether `endpoint` may be (re-)registered for `recipient` and `topics` within `config`'s
+    /// limits; its own current registration does not count against it.
+    fn check(&self, endpoint: &str, recipient: Option<&str>, topics: &[Topic], config: &Config) -> Result<(), RegisterError> {
+        let old = self.by_endpoint.get(endpoint);
+        if let Some(recipient) = recipient {
+            let mut n = self.per_recipient.get(recipient).copied().unwrap_or(0);
+            if old.is_some_and(|w| w.recipient.as_deref() == Some(recipient)) {
+                n -= 1;
+            }
+            if n >= config.max_per_recipient {
+                return Err(RegisterError::TooManyForRecipient { limit: config.max_per_recipient });
+            }
+        }
+        for topic in topics {
+            let mut n = self.per_topic.get(topic).copied().unwrap_or(0);
+            if old.is_some_and(|w| w.topics.contains(topic)) {
+                n -= 1;
+            }
+            if n >= config.max_per_topic {
+                return Err(RegisterError::TopicFull { topic: topic.clone(), limit: config.max_per_topic });
+            }
+        }
+        Ok(())
+    }
 }
 
 struct Inner {
@@ -130,7 +206,7 @@ struct Inner {
     config: Config,
     presence: Option<Presence>,
     in_flight: Semaphore,
-    workers: Mutex<HashMap<String, Worker>>,
+    workers: Mutex<Workers>,
     generation: AtomicU64,
     counters: Counters,
 }
@@ -261,6 +337,22 @@ impl WebPushBuilder {
         self
     }
 
+    /// Push subscriptions one recipient (the user the authorization hook names) may hold at
+    /// once (default 32: browsers and devices); one more is refused with a 429. Registering an
+    /// endpoint again replaces it and does not count twice. Subscriptions without a recipient
+    /// are bounded by the per-topic limit only.
+    pub fn max_subscriptions_per_recipient(mut self, max: usize) -> Self {
+        self.config.max_per_recipient = max;
+        self
+    }
+
+    /// Push subscriptions one topic may have at once (default 100 000; each costs a task and
+    /// a subscription to the hub); one more is refused with a 503.
+    pub fn max_subscriptions_per_topic(mut self, max: usize) -> Self {
+        self.config.max_per_topic = max;
+        self
+    }
+
     /// Builds the transport, reads the registry and resumes every subscription in it from its
     /// saved cursor.
     pub async fn start(self) -> Result<WebPush, StartError> {
@@ -275,7 +367,7 @@ impl WebPushBuilder {
                 config: self.config,
                 presence: self.presence,
                 in_flight: Semaphore::new(self.max_in_flight),
-                workers: Mutex::new(HashMap::new()),
+                workers: Mutex::new(Workers::default()),
                 generation: AtomicU64::new(0),
                 counters: Counters::default(),
             }),
@@ -301,6 +393,18 @@ pub enum RegisterError {
     Refused(Refusal),
     /// The registry failed (503).
     Registry(RegistryError),
+    /// The recipient holds [`WebPushBuilder::max_subscriptions_per_recipient`] already (429).
+    TooManyForRecipient {
+        /// The limit.
+        limit: usize,
+    },
+    /// The topic has [`WebPushBuilder::max_subscriptions_per_topic`] already (503).
+    TopicFull {
+        /// The topic.
+        topic: Topic,
+        /// The limit.
+        limit: usize,
+    },
 }
 
 impl RegisterError {
@@ -309,7 +413,8 @@ impl RegisterError {
         match self {
             RegisterError::Refused(Refusal::Unauthenticated(_)) => 401,
             RegisterError::Refused(_) => 403,
-            RegisterError::Registry(_) => 503,
+            RegisterError::Registry(_) | RegisterError::TopicFull { .. } => 503,
+            RegisterError::TooManyForRecipient { .. } => 429,
             _ => 400,
         }
     }
@@ -323,6 +428,12 @@ impl fmt::Display for RegisterError {
             RegisterError::Topics(e) => f.write_str(e),
             RegisterError::Refused(e) => fmt::Display::fmt(e, f),
             RegisterError::Registry(e) => write!(f, "registry unavailable: {e}"),
+            RegisterError::TooManyForRecipient { limit } => {
+                write!(f, "too many push subscriptions for this recipient, the limit is {limit}")
+            }
+            RegisterError::TopicFull { topic, limit } => {
+                write!(f, "topic {:?} has {limit} push subscriptions, its limit", topic.as_str())
+            }
         }
     }
 }
@@ -408,6 +519,8 @@ impl WebPush {
                 default_policy: DeliveryPolicy::Always,
                 retry_initial: Duration::from_secs(1),
                 retry_max: Duration::from_secs(300),
+                max_per_recipient: 32,
+                max_per_topic: 100_000,
             },
             presence: None,
             max_in_flight: 64,
@@ -457,9 +570,25 @@ impl WebPush {
             None => self.end_of_log(&topics).await?,
         };
         let registration = Registration::new(request.subscription, topics).recipient(recipient).cursor(Some(cursor));
-        self.inner.registry.put(&registration).await.map_err(RegisterError::Registry)?;
+        // Counted before it is stored, so that concurrent registrations cannot pass the limits
+        // together; released if storing fails.
+        // The endpoint's previous worker (if any) keeps pushing until the new one is stored.
+        let (generation, cancelled, previous) = self.reserve(&registration, true)?;
+        if let Err(err) = self.inner.registry.put(&registration).await {
+            let mut workers = self.workers();
+            if workers.by_endpoint.get(registration.endpoint()).is_some_and(|w| w.generation == generation) {
+                workers.remove(registration.endpoint());
+                if let Some(previous) = previous {
+                    workers.insert(registration.endpoint().to_owned(), previous);
+                }
+            }
+            return Err(RegisterError::Registry(err));
+        }
+        if let Some(previous) = previous {
+            previous.cancel.send_replace(true);
+        }
         let cursor = registration.cursor.clone().unwrap_or_default();
-        self.spawn(registration);
+        self.run(registration, generation, cancelled);
         Ok(cursor)
     }
 
@@ -487,16 +616,19 @@ impl WebPush {
     /// Stops every push task (what is in flight is not waited for; its cursor is not saved, so
     /// a restart sends it again).
     pub fn shutdown(&self) {
-        for (_, worker) in self.workers().drain() {
+        let mut workers = self.workers();
+        for (_, worker) in workers.by_endpoint.drain() {
             worker.cancel.send_replace(true);
         }
+        workers.per_recipient.clear();
+        workers.per_topic.clear();
     }
 
     /// Counters since the transport started.
     pub fn stats(&self) -> PushStats {
         let c = &self.inner.counters;
         PushStats {
-            subscriptions: self.workers().len(),
+            subscriptions: self.workers().by_endpoint.len(),
             delivered: c.delivered.load(Ordering::Relaxed),
             truncated: c.truncated.load(Ordering::Relaxed),
             gaps: c.gaps.load(Ordering::Relaxed),
@@ -508,22 +640,52 @@ impl WebPush {
         }
     }
 
-    fn workers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Worker>> {
+    fn workers(&self) -> std::sync::MutexGuard<'_, Workers> {
         self.inner.workers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Serves a registration read from the registry at start (whatever the limits say now).
     fn spawn(&self, registration: Registration) {
+        if let Ok((generation, cancelled, previous)) = self.reserve(&registration, false) {
+            if let Some(previous) = previous {
+                previous.cancel.send_replace(true);
+            }
+            self.run(registration, generation, cancelled);
+        }
+    }
+
+    /// Counts `registration` among the workers (checking the limits first if `check`) in place
+    /// of the endpoint's previous worker, which is returned (still running) for the caller to
+    /// cancel or put back.
+    #[allow(clippy::type_complexity)]
+    fn reserve(
+        &self,
+        registration: &Registration,
+        check: bool,
+    ) -> Result<(u64, watch::Receiver<bool>, Option<Worker>), RegisterError> {
+        let mut workers = self.workers();
+        if check {
+            workers.check(registration.endpoint(), registration.recipient.as_deref(), &registration.topics, &self.inner.config)?;
+        }
         let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed);
         let (cancel, cancelled) = watch::channel(false);
-        if let Some(old) = self.workers().insert(registration.endpoint().to_owned(), Worker { generation, cancel }) {
-            old.cancel.send_replace(true);
-        }
+        let worker = Worker {
+            generation,
+            cancel,
+            recipient: registration.recipient.clone(),
+            topics: registration.topics.clone(),
+        };
+        let previous = workers.insert(registration.endpoint().to_owned(), worker);
+        Ok((generation, cancelled, previous))
+    }
+
+    fn run(&self, registration: Registration, generation: u64, cancelled: watch::Receiver<bool>) {
         let push = self.clone();
         tokio::spawn(async move {
             let endpoint = registration.endpoint().to_owned();
             push.serve(registration, cancelled).await;
             let mut workers = push.workers();
-            if workers.get(&endpoint).is_some_and(|w| w.generation == generation) {
+            if workers.by_endpoint.get(&endpoint).is_some_and(|w| w.generation == generation) {
                 workers.remove(&endpoint);
             }
         });

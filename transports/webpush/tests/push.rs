@@ -504,3 +504,50 @@ async fn a_push_service_checks_the_vapid_key_so_a_foreign_key_is_refused() {
     let push = s.push.clone();
     wait_for(|| push.stats().rejected == 1).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_per_recipient_and_per_topic_are_bounded() {
+    let hub = Hub::builder(MemoryStore::new())
+        .authorize(authorize_fn(|_| Ok(())).identify_with(|r| r.credentials.header("x-user").map(str::to_owned)))
+        .build();
+    let s = Setup::with(|b| b.max_subscriptions_per_recipient(2).max_subscriptions_per_topic(3), hub).await;
+    let alice = Some(("x-user", "alice"));
+    let (a1, a2, a3) = (s.service.subscribe(), s.service.subscribe(), s.service.subscribe());
+    assert_eq!(s.register_with(&a1, &["news"], alice).await.status(), 201);
+    assert_eq!(s.register_with(&a2, &["news"], alice).await.status(), 201);
+    // Registering one of hers again replaces it: not a third.
+    assert_eq!(s.register_with(&a2, &["news", "dm"], alice).await.status(), 201);
+    let refused = s.register_with(&a3, &["news"], alice).await;
+    assert_eq!(refused.status(), 429);
+    let body: serde_json::Value = serde_json::from_str(&refused.text().await.unwrap()).unwrap();
+    assert_eq!(body["error"], "too many push subscriptions for this recipient, the limit is 2");
+    // Bob may; then `news` is full for anyone.
+    let b1 = s.service.subscribe();
+    assert_eq!(s.register_with(&b1, &["news"], Some(("x-user", "bob"))).await.status(), 201);
+    let anonymous = s.service.subscribe();
+    let full = s.register(&anonymous, &["news"]).await;
+    assert_eq!(full.status(), 503);
+    let body: serde_json::Value = serde_json::from_str(&full.text().await.unwrap()).unwrap();
+    assert_eq!(body["error"], "topic \"news\" has 3 push subscriptions, its limit");
+    assert_eq!(s.register(&anonymous, &["dm"]).await.status(), 201, "another topic has room");
+    assert_eq!(s.push.stats().subscriptions, 4);
+    // Once Alice drops one, she may add one, and the topic has room again.
+    let unsubscribe = s
+        .http
+        .delete(format!("{}/push/subscriptions", s.base))
+        .body(serde_json::json!({ "endpoint": a1.subscription.endpoint().as_str() }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsubscribe.status(), 204);
+    assert_eq!(s.register_with(&a3, &["news"], alice).await.status(), 201);
+    // The refused never got anything; the registered get what is published.
+    let hub = s.hub.clone();
+    wait_for(|| hub.subscriber_count() == 4).await;
+    s.publish("news", "to the admitted").await;
+    for sub in [&a2, &a3, &b1] {
+        let m = s.service.wait_for_messages(&sub.id, 1, WAIT).await;
+        assert_eq!(m[0].json()["data"], "to the admitted");
+    }
+    assert!(s.service.attempts(&a1.id).is_empty());
+}

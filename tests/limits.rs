@@ -1,0 +1,222 @@
+//! The server's limits, tried from outside against the demo's real routes served by
+//! `tidings::http::Server`: each abuse gets its documented answer (a status with a JSON message,
+//! or the connection cut), and other clients are served all along.
+
+mod common;
+#[allow(dead_code)]
+#[path = "../examples/sse_demo.rs"]
+mod sse_demo;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use tidings::http::{Server, ServerStatsHandle};
+use tidings::{Hub, MemoryStore, NewEvent, Topic};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+async fn start(configure: impl FnOnce(Server) -> Server) -> (SocketAddr, Hub, ServerStatsHandle) {
+    let hub = Hub::new(MemoryStore::new());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let push = common::memory_web_push(hub.clone()).await;
+    let server = configure(Server::new(sse_demo::app(hub.clone(), &push)));
+    let stats = server.stats();
+    tokio::spawn(server.serve(listener, std::future::pending()));
+    (addr, hub, stats)
+}
+
+/// Connects from `source` (any 127.0.0.0/8 address is this machine's loopback).
+async fn connect_from(addr: SocketAddr, source: Ipv4Addr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(IpAddr::V4(source), 0)).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// Reads until the response head is complete (and `want` bytes of body, if the head says a
+/// length) or the peer closes; returns what came.
+async fn read_answer(stream: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let text = String::from_utf8_lossy(&got);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>()))
+                .and_then(Result::ok);
+            match length {
+                Some(n) if got.len() >= end + 4 + n => break,
+                None if got.len() > end + 4 => break, // a stream: its first bytes are enough
+                _ => {}
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("no answer within 20 s; got {:?}", String::from_utf8_lossy(&got)),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+async fn request(addr: SocketAddr, raw: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(raw).await.unwrap();
+    read_answer(&mut stream).await
+}
+
+/// The server still answers an ordinary request, and still delivers events.
+async fn still_serving(addr: SocketAddr, hub: &Hub) {
+    let event = hub.publish(NewEvent::new(Topic::new("demo"), "still serving")).await.unwrap();
+    let answer = request(addr, b"GET /poll?topic=demo&cursor=x&timeout=0 HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:.300}");
+    assert!(answer.contains("still serving") && answer.contains(&event.cursor().to_string()), "{answer:.300}");
+}
+
+fn assert_json_error(answer: &str, status: &str, message: &str) {
+    assert!(answer.starts_with(&format!("HTTP/1.1 {status}")), "{answer:.400}");
+    assert!(answer.contains("application/json"), "{answer:.400}");
+    assert!(answer.contains(&format!("\"error\":\"{message}")), "{answer:.400}");
+}
+
+#[tokio::test]
+async fn oversized_request_headers_get_431() {
+    let (addr, hub, stats) = start(|s| s).await;
+    // Over the limit (16 KiB): a JSON 431.
+    let big = format!("GET /events?topic=demo HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(20_000));
+    assert_json_error(&request(addr, big.as_bytes()).await, "431", "request headers are over 16384 bytes");
+    // Far over it (the 200 KB header of the issue): the parser stops reading at 64 KiB.
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let huge = format!("GET /events?topic=demo HTTP/1.1\r\nHost: x\r\nX-Huge: {}", "a".repeat(200_000));
+    // The server may close before taking it all: what matters is its answer.
+    let _ = stream.write_all(huge.as_bytes()).await;
+    let answer = read_answer(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:.300}");
+    // Just under the limit is served.
+    let fits = format!("GET /poll?topic=demo&timeout=0 HTTP/1.1\r\nHost: x\r\nX-Fits: {}\r\n\r\n", "a".repeat(15_000));
+    assert!(request(addr, fits.as_bytes()).await.starts_with("HTTP/1.1 200"));
+    assert_eq!(stats.get().header_too_large, 1);
+    still_serving(addr, &hub).await;
+}
+
+#[tokio::test]
+async fn announced_oversized_publish_gets_413_before_its_body() {
+    let (addr, hub, _) = start(|s| s).await;
+    // 20 MiB announced, not one byte sent: the answer comes from the header alone.
+    let head = "POST /publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 20971520\r\n\r\n";
+    let answer = request(addr, head.as_bytes()).await;
+    assert_json_error(&answer, "413", "request body is 20971520 bytes, the limit is 8388608");
+    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer:.400}");
+    // A chunked body that grows past the limit is cut off with a 413 as well.
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    let chunk = format!("{:x}\r\n{}\r\n", 1 << 20, "a".repeat(1 << 20));
+    for _ in 0..9 {
+        if stream.write_all(chunk.as_bytes()).await.is_err() {
+            break; // the server answered and closed: read the answer
+        }
+    }
+    let answer = read_answer(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:.300}");
+    assert!(answer.contains("\"error\""), "{answer:.300}");
+    assert_eq!(hub.store().bounds(&Topic::new("demo")).await.unwrap().last, 0, "nothing was published");
+    still_serving(addr, &hub).await;
+}
+
+#[tokio::test]
+async fn slow_loris_is_cut_off_after_the_header_timeout() {
+    let (addr, hub, _) = start(|s| s.header_timeout(Duration::from_secs(1))).await;
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    let started = Instant::now();
+    slow.write_all(b"GET /events?topic=demo HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+    // Others are served while it dawdles.
+    still_serving(addr, &hub).await;
+    let mut buf = [0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(20), slow.read(&mut buf)).await.expect("cut off within 20 s");
+    assert!(matches!(read, Ok(0) | Err(_)), "the connection is closed, not answered: {read:?}");
+    assert!(started.elapsed() >= Duration::from_millis(900), "not before the timeout: {:?}", started.elapsed());
+    still_serving(addr, &hub).await;
+}
+
+/// Opens an SSE stream from `source` and returns it once its head came.
+async fn open_stream(addr: SocketAddr, source: Ipv4Addr) -> (TcpStream, String) {
+    let mut stream = connect_from(addr, source).await;
+    stream.write_all(b"GET /events?topic=demo HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let answer = read_answer(&mut stream).await;
+    (stream, answer)
+}
+
+#[tokio::test]
+async fn connections_per_address_are_bounded_with_429() {
+    let (addr, hub, stats) = start(|s| s.max_connections_per_ip(3).retry_after(Duration::from_secs(7))).await;
+    let one = Ipv4Addr::new(127, 0, 0, 1);
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let (stream, head) = open_stream(addr, one).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head:.300}");
+        streams.push(stream);
+    }
+    let (_, refused) = open_stream(addr, one).await;
+    assert_json_error(&refused, "429", "too many connections from your address (the limit is 3)");
+    assert!(refused.to_ascii_lowercase().contains("retry-after: 7"), "{refused:.400}");
+    // Another address is not affected.
+    let (_, other) = open_stream(addr, Ipv4Addr::new(127, 0, 0, 2)).await;
+    assert!(other.starts_with("HTTP/1.1 200"), "{other:.300}");
+    // Once one of the three closes, that address may open one again.
+    drop(streams.pop());
+    let reopened = loop {
+        let (stream, head) = open_stream(addr, one).await;
+        if head.starts_with("HTTP/1.1 200") {
+            break stream;
+        }
+        assert!(head.starts_with("HTTP/1.1 429"), "{head:.300}");
+        tokio::task::yield_now().await; // the server has not seen the close yet
+    };
+    drop(reopened);
+    assert!(stats.get().refused_per_ip >= 1);
+    // The streams that were let in still get events.
+    hub.publish(NewEvent::new(Topic::new("demo"), "for the admitted")).await.unwrap();
+    receives(&mut streams[0], "data: for the admitted").await;
+}
+
+/// Reads `stream` until `expected` came.
+async fn receives(stream: &mut TcpStream, expected: &str) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(expected) {
+        match tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            other => panic!("stream ended or stalled ({other:?}) before {expected:?}: {:?}", String::from_utf8_lossy(&got)),
+        }
+    }
+}
+
+#[tokio::test]
+async fn total_connections_are_bounded_with_503() {
+    let (addr, hub, stats) = start(|s| s.max_connections(2)).await;
+    let (a, head) = open_stream(addr, Ipv4Addr::new(127, 0, 0, 3)).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head:.300}");
+    let (mut b, head) = open_stream(addr, Ipv4Addr::new(127, 0, 0, 4)).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head:.300}");
+    let (_, refused) = open_stream(addr, Ipv4Addr::new(127, 0, 0, 5)).await;
+    assert_json_error(&refused, "503", "the server is at its connection limit (2); try again later");
+    assert!(refused.to_ascii_lowercase().contains("retry-after: 5"), "{refused:.400}");
+    assert_eq!(stats.get().refused_capacity, 1);
+    // Once one closes, there is room again.
+    drop(a);
+    loop {
+        let answer = request(addr, b"GET /poll?topic=demo&timeout=0 HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        if answer.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer:.300}");
+        tokio::task::yield_now().await; // the server has not seen the close yet
+    }
+    // The stream that stayed open still gets events.
+    hub.publish(NewEvent::new(Topic::new("demo"), "for the open one")).await.unwrap();
+    receives(&mut b, "data: for the open one").await;
+}

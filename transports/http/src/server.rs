@@ -1,0 +1,464 @@
+//! The hardened server loop: see [`Server`].
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::response::IntoResponse;
+use http::{Request, StatusCode};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
+use tracing::Instrument;
+
+use crate::HttpError;
+
+/// A hardened HTTP/1.1 server loop for a tidings [`Router`]: every connection a client can
+/// open is bounded, and every refusal is a clear status with a JSON body.
+///
+/// `axum::serve` keeps connections without limit, lets a client take forever to send its
+/// request headers (slow-loris) and accepts headers of hundreds of kilobytes. [`Server`] is the
+/// same accept loop with those doors shut:
+///
+/// | limit | default | answer |
+/// |---|---|---|
+/// | [`max_connections`](Server::max_connections) | 90 % of the process's open-file limit (10 000 where unknown) | `503` + `Retry-After`, then close |
+/// | [`max_connections_per_ip`](Server::max_connections_per_ip) (IPv6: per /64) | 1024 | `429` + `Retry-After`, then close |
+/// | [`header_timeout`](Server::header_timeout): time to send the request head | 10 s | connection closed |
+/// | [`max_header_bytes`](Server::max_header_bytes): request line and headers | 16 KiB | `431`; over 4x the limit, the parser stops reading with a bare `431` |
+/// | [`stall_timeout`](Server::stall_timeout): written data left unacknowledged (Linux) | 30 s | connection closed |
+/// | [`grace_period`](Server::grace_period) after shutdown is asked | 10 s | connections still open are dropped |
+///
+/// Request bodies are bounded per route: see [`limit_body`](crate::limit_body).
+///
+/// ```no_run
+/// # async fn run(hub: tidings_core::Hub, app: axum::Router) -> std::io::Result<()> {
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8888").await?;
+/// tidings_http::Server::new(app)
+///     .max_connections_per_ip(256)
+///     .serve(listener, async move {
+///         tidings_http::shutdown_signal().await;
+///         hub.shutdown(); // SSE streams get a jittered `retry:` and end; long-polls answer
+///     })
+///     .await
+/// # }
+/// ```
+///
+/// Handlers see the peer's address as axum's `ConnectInfo<SocketAddr>`, as with
+/// `into_make_service_with_connect_info`.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Server {
+    router: Router,
+    config: Config,
+    stats: Arc<Counters>,
+}
+
+#[derive(Debug, Clone)]
+struct Config {
+    max_connections: usize,
+    max_connections_per_ip: usize,
+    header_timeout: Duration,
+    max_header_bytes: usize,
+    stall_timeout: Option<Duration>,
+    retry_after: Duration,
+    grace_period: Duration,
+}
+
+/// Connections turned away beyond this many at once are closed without an answer: answering
+/// costs a task and a timer, and a flood must not turn that into unbounded work.
+const MAX_REFUSING: usize = 1024;
+
+/// The counters of a [`Server`], read through [`ServerStatsHandle::get`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerStats {
+    /// Connections open now.
+    pub open: usize,
+    /// Connections accepted and served since the start.
+    pub accepted: u64,
+    /// Connections refused with 503 because `max_connections` were open.
+    pub refused_capacity: u64,
+    /// Connections refused with 429 because their address had `max_connections_per_ip` open.
+    pub refused_per_ip: u64,
+    /// Connections closed unanswered because too many refusals were in progress.
+    pub dropped: u64,
+    /// Requests answered 431 because their head was over `max_header_bytes`.
+    pub header_too_large: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    open: AtomicUsize,
+    refusing: AtomicUsize,
+    accepted: AtomicU64,
+    refused_capacity: AtomicU64,
+    refused_per_ip: AtomicU64,
+    dropped: AtomicU64,
+    header_too_large: AtomicU64,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    closed: Notify,
+}
+
+/// Reads a [`Server`]'s counters while it runs (for metrics). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ServerStatsHandle(Arc<Counters>);
+
+impl ServerStatsHandle {
+    /// The counters now.
+    pub fn get(&self) -> ServerStats {
+        let c = &self.0;
+        ServerStats {
+            open: c.open.load(Ordering::Relaxed),
+            accepted: c.accepted.load(Ordering::Relaxed),
+            refused_capacity: c.refused_capacity.load(Ordering::Relaxed),
+            refused_per_ip: c.refused_per_ip.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+            header_too_large: c.header_too_large.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Server {
+    /// A server for `router`, with the default limits.
+    pub fn new(router: Router) -> Server {
+        Server {
+            router,
+            config: Config {
+                max_connections: default_max_connections(),
+                max_connections_per_ip: 1024,
+                header_timeout: Duration::from_secs(10),
+                max_header_bytes: 16 * 1024,
+                stall_timeout: Some(Duration::from_secs(30)),
+                retry_after: Duration::from_secs(5),
+                grace_period: Duration::from_secs(10),
+            },
+            stats: Arc::default(),
+        }
+    }
+
+    /// Connections open at once (default: 90 % of the open-file limit, `RLIMIT_NOFILE`, read
+    /// from `/proc/self/limits`; 10 000 where it cannot be read). One more is answered `503`
+    /// with `Retry-After` and closed, rather than failing to accept with `EMFILE`.
+    pub fn max_connections(mut self, max: usize) -> Server {
+        self.config.max_connections = max;
+        self
+    }
+
+    /// Connections open at once from one client address (default 1024; IPv6 addresses count
+    /// per /64 network, the block one client usually holds). One more is answered `429` with
+    /// `Retry-After` and closed.
+    pub fn max_connections_per_ip(mut self, max: usize) -> Server {
+        self.config.max_connections_per_ip = max;
+        self
+    }
+
+    /// How long a client may take to send a request's line and headers (default 10 s): the
+    /// slow-loris defence. A connection that takes longer is closed. It also bounds how long an
+    /// idle keep-alive connection is kept between requests.
+    pub fn header_timeout(mut self, timeout: Duration) -> Server {
+        self.config.header_timeout = timeout;
+        self
+    }
+
+    /// The largest request line plus headers (default 16 KiB; at least 1 KiB). A larger head
+    /// is answered `431` with a JSON message. The parser itself stops reading at 4x this size
+    /// (at least 64 KiB) and answers a bare `431`, so no client can make it buffer more.
+    pub fn max_header_bytes(mut self, max: usize) -> Server {
+        self.config.max_header_bytes = max.max(1024);
+        self
+    }
+
+    /// Closes a connection whose written data stays unacknowledged for `timeout` (default
+    /// 30 s; `None` leaves the system's default of many minutes). See
+    /// [`stall_timeout`](crate::stall_timeout). Linux only; elsewhere it does nothing.
+    pub fn stall_timeout(mut self, timeout: Option<Duration>) -> Server {
+        self.config.stall_timeout = timeout;
+        self
+    }
+
+    /// The `Retry-After` of a `503` or `429` refusal (default 5 s).
+    pub fn retry_after(mut self, after: Duration) -> Server {
+        self.config.retry_after = after;
+        self
+    }
+
+    /// How long [`serve`](Server::serve) waits, once shutdown is asked, for open connections
+    /// to finish (default 10 s); it then returns, dropping those still open.
+    pub fn grace_period(mut self, period: Duration) -> Server {
+        self.config.grace_period = period;
+        self
+    }
+
+    /// A handle on the counters, to read them while the server runs.
+    pub fn stats(&self) -> ServerStatsHandle {
+        ServerStatsHandle(self.stats.clone())
+    }
+
+    /// Accepts connections on `listener` until `shutdown` resolves; then stops accepting, lets
+    /// each connection finish its response in progress (ask the hub to shut down inside
+    /// `shutdown`, so that SSE streams and long-polls end), and returns once every connection is
+    /// closed or the grace period is over.
+    ///
+    /// # Errors
+    ///
+    /// None today: accept errors (`EMFILE`, …) are logged and retried after a second, as
+    /// `axum::serve` does. The `Result` leaves room for errors a future version may report.
+    pub async fn serve<F>(self, listener: TcpListener, shutdown: F) -> io::Result<()>
+    where
+        F: Future<Output = ()> + Send,
+    {
+        let Server { router, config, stats } = self;
+        let config = Arc::new(config);
+        let (stop, stopped) = watch::channel(false);
+        let mut shutdown = pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        accept_error(err).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let ip = client_key(peer.ip());
+            match admit(&stats, &config, ip) {
+                Ok(guard) => {
+                    stats.accepted.fetch_add(1, Ordering::Relaxed);
+                    let span = tracing::debug_span!("connection", %peer);
+                    tokio::spawn(
+                        serve_connection(stream, peer, router.clone(), config.clone(), stopped.clone(), guard)
+                            .instrument(span),
+                    );
+                }
+                Err(status) => refuse(stream, status, &stats, &config),
+            }
+        }
+        drop(listener);
+        stop.send_replace(true);
+        let all_closed = async {
+            loop {
+                let mut closed = pin!(stats.closed.notified());
+                closed.as_mut().enable();
+                if stats.open.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                closed.await;
+            }
+        };
+        if tokio::time::timeout(config.grace_period, all_closed).await.is_err() {
+            tracing::warn!(open = stats.open.load(Ordering::Relaxed), "grace period over: dropping open connections");
+        }
+        Ok(())
+    }
+}
+
+/// One admitted connection: counted until dropped.
+struct Admitted {
+    stats: Arc<Counters>,
+    ip: IpAddr,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut per_ip = self.stats.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+        drop(per_ip);
+        if self.stats.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.stats.closed.notify_waiters();
+        }
+    }
+}
+
+fn admit(stats: &Arc<Counters>, config: &Config, ip: IpAddr) -> Result<Admitted, StatusCode> {
+    let mut per_ip = stats.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+    if stats.open.load(Ordering::Acquire) >= config.max_connections {
+        return Err(StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let n = per_ip.entry(ip).or_insert(0);
+    if *n >= config.max_connections_per_ip {
+        if *n == 0 {
+            per_ip.remove(&ip);
+        }
+        return Err(StatusCode::TOO_MANY_REQUESTS);
+    }
+    *n += 1;
+    stats.open.fetch_add(1, Ordering::AcqRel);
+    Ok(Admitted { stats: stats.clone(), ip })
+}
+
+/// The address connections are counted under: IPv4 (also when mapped into IPv6) as it is,
+/// IPv6 by its /64 network.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+fn builder(config: &Config) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    let hard_cap = (config.max_header_bytes.saturating_mul(4)).max(64 * 1024);
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_timeout)
+        .max_header_size(hard_cap)
+        .max_buf_size(hard_cap.max(417_792) + 8192);
+    builder
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    config: Arc<Config>,
+    mut stopped: watch::Receiver<bool>,
+    admitted: Admitted,
+) {
+    let mut stream = stream;
+    if let Some(timeout) = config.stall_timeout {
+        crate::stall_timeout(timeout)(&mut stream);
+    }
+    let max_header_bytes = config.max_header_bytes;
+    let stats = admitted.stats.clone();
+    let service = service_fn(move |mut request: Request<Incoming>| {
+        let too_large = head_len(&request) > max_header_bytes;
+        request.extensions_mut().insert(ConnectInfo(peer));
+        let mut router = router.clone();
+        let stats = stats.clone();
+        async move {
+            if too_large {
+                stats.header_too_large.fetch_add(1, Ordering::Relaxed);
+                let message = format!("request headers are over {max_header_bytes} bytes");
+                return Ok::<_, Infallible>(
+                    HttpError::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, message).into_response(),
+                );
+            }
+            tower::Service::call(&mut router, request).await
+        }
+    });
+    let mut connection = pin!(builder(&config).serve_connection(TokioIo::new(stream), service));
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(err) = result {
+                    tracing::debug!(%err, "connection ended with an error");
+                }
+                break;
+            }
+            _ = stopped.wait_for(|stop| *stop), if !stopping => {
+                stopping = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
+    }
+    drop(admitted);
+}
+
+/// Answers every request on `stream` with the refusal `status`, then closes it.
+fn refuse(stream: TcpStream, status: StatusCode, stats: &Arc<Counters>, config: &Config) {
+    let counter = if status == StatusCode::TOO_MANY_REQUESTS { &stats.refused_per_ip } else { &stats.refused_capacity };
+    counter.fetch_add(1, Ordering::Relaxed);
+    if stats.refusing.fetch_add(1, Ordering::AcqRel) >= MAX_REFUSING {
+        stats.refusing.fetch_sub(1, Ordering::AcqRel);
+        stats.dropped.fetch_add(1, Ordering::Relaxed);
+        return; // `stream` is dropped: closed unanswered.
+    }
+    let message = if status == StatusCode::TOO_MANY_REQUESTS {
+        format!("too many connections from your address (the limit is {})", config.max_connections_per_ip)
+    } else {
+        format!("the server is at its connection limit ({}); try again later", config.max_connections)
+    };
+    let retry_after = config.retry_after;
+    let mut builder = builder(config);
+    builder.keep_alive(false).header_read_timeout(config.header_timeout.min(Duration::from_secs(5)));
+    let stats = stats.clone();
+    tokio::spawn(async move {
+        let service = service_fn(move |_request: Request<Incoming>| {
+            let mut error = HttpError::new(status, message.clone());
+            error.retry_after = Some(retry_after);
+            async move { Ok::<_, Infallible>(error.into_response()) }
+        });
+        let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+        stats.refusing.fetch_sub(1, Ordering::AcqRel);
+    });
+}
+
+/// The size of a request's head as it came on the wire, near enough: request line and headers.
+fn head_len<B>(request: &Request<B>) -> usize {
+    let line = request.method().as_str().len()
+        + request.uri().path_and_query().map_or(1, |p| p.as_str().len())
+        + request.uri().authority().map_or(0, |a| a.as_str().len() + 8)
+        + 11;
+    request.headers().iter().fold(line, |n, (name, value)| n + name.as_str().len() + value.len() + 4)
+}
+
+async fn accept_error(err: io::Error) {
+    if matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+    ) {
+        return;
+    }
+    // Most likely out of file descriptors: wait for some to close rather than spin.
+    tracing::error!(%err, "accept error");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+fn default_max_connections() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| {
+            let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+            line.split_whitespace().nth(3)?.parse::<usize>().ok()
+        })
+        .map_or(10_000, |files| files - files / 10)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_counts_per_64_and_mapped_ipv4_as_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(client_key(a), client_key(c));
+        let mapped: IpAddr = "::ffff:10.0.0.7".parse().unwrap();
+        assert_eq!(client_key(mapped), "10.0.0.7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn head_len_counts_line_and_headers() {
+        let request = Request::get("/events?topic=a").header("x-big", "v".repeat(100)).body(()).unwrap();
+        assert!(head_len(&request) >= 100 + 5 + 15);
+        assert!(head_len(&request) < 200);
+    }
+}
