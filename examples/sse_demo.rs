@@ -9,6 +9,8 @@
 //! - `GET /poll?topic=A&cursor=C`: the same events by long-polling.
 //! - `GET /tidings.js`: the browser client the page uses (SSE, falling back to long-polling).
 //! - `GET /stats`: the hub's counters as JSON (open subscriptions, connections, lags, gaps).
+//! - `GET /metrics`: every metric of the library in Prometheus text (connections by
+//!   transport, deliveries, replays, gaps, refusals, push results, store latency).
 //! - `GET /push/vapid-public-key`, `POST /push/subscriptions`, `DELETE /push/subscriptions`:
 //!   Web Push (the page's "Enable notifications" button); `GET /tidings-sw.js`: the service
 //!   worker that shows pushed events.
@@ -298,6 +300,21 @@ async fn main() {
     // client whose socket stops draining for 30 s is disconnected (it reconnects and replays),
     // request heads must come within 10 s and stay under 16 KiB, connections are bounded in
     // total and per address.
+    // Prometheus text at GET /metrics: what the library records through the `metrics` crate.
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .unwrap_or_else(|e| fail(format!("cannot install the metrics recorder: {e}")));
+    tidings::describe_metrics();
+    let app = app.route(
+        "/metrics",
+        get(move || {
+            let prometheus = prometheus.clone();
+            async move {
+                prometheus.run_upkeep();
+                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], prometheus.render())
+            }
+        }),
+    );
     let mut server = tidings::http::Server::new(app);
     if let Some(n) = number_arg("--max-connections") {
         server = server.max_connections(n);

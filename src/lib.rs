@@ -34,6 +34,44 @@
 
 pub use tidings_core::*;
 
+/// Every metric tidings records through the [`metrics`](https://docs.rs/metrics) crate, as
+/// `(name, kind, help)`. Install a recorder (e.g. `metrics-exporter-prometheus`) at the start of
+/// `main` and the metrics flow to it; [`describe_metrics`] adds their help texts.
+///
+/// Labels: `transport` (`sse`, `longpoll`, `webpush`, or what a third-party transport names),
+/// `reason`, `status`, `result`, `op`.
+pub const METRICS: &[(&str, &str, &str)] = &[
+    ("tidings_subscriptions", "gauge", "Subscriptions open now, by transport."),
+    ("tidings_subscriptions_opened_total", "counter", "Subscriptions opened, by transport."),
+    ("tidings_subscribe_refused_total", "counter", "Subscriptions refused, by transport and reason (no_topics, too_many_topics, unauthenticated, forbidden, shutting_down, store)."),
+    ("tidings_deliveries_total", "counter", "Events delivered to subscribers, by transport (added when a burst ends)."),
+    ("tidings_replays_total", "counter", "Subscriptions that opened behind the end of the log (a cursor to replay from, or a gap), by transport."),
+    ("tidings_replayed_events_total", "counter", "Events read from the store for replay or catch-up, by transport."),
+    ("tidings_gaps_total", "counter", "Gap notices delivered, by transport."),
+    ("tidings_lagged_total", "counter", "Times a subscriber fell behind the live ring and caught up from the store, by transport."),
+    ("tidings_published_total", "counter", "Events published."),
+    ("tidings_publish_errors_total", "counter", "Publishes refused, by reason (too_large, store)."),
+    ("tidings_store_seconds", "histogram", "Store latency in seconds, by operation (append, read_after)."),
+    ("tidings_http_connections", "gauge", "HTTP connections open now (tidings::http::Server)."),
+    ("tidings_http_refused_connections_total", "counter", "Connections refused, by reason (capacity: 503, per_ip: 429, dropped: closed unanswered)."),
+    ("tidings_http_errors_total", "counter", "Error answers sent by tidings' HTTP routes, by status."),
+    ("tidings_push_subscriptions", "gauge", "Web Push subscriptions served now."),
+    ("tidings_push_results_total", "counter", "Web Push send results, by result (delivered, delivered_truncated, gone, too_large, rejected, endpoint_refused, rate_limited, unavailable, expired, skipped_online)."),
+    ("tidings_push_send_seconds", "histogram", "Time for one Web Push send, in seconds."),
+];
+
+/// Registers the help text of every metric in [`METRICS`] with the installed recorder: call it
+/// once, after installing one.
+pub fn describe_metrics() {
+    for &(name, kind, help) in METRICS {
+        match kind {
+            "gauge" => metrics::describe_gauge!(name, help),
+            "histogram" => metrics::describe_histogram!(name, help),
+            _ => metrics::describe_counter!(name, help),
+        }
+    }
+}
+
 /// The Server-Sent Events transport.
 #[cfg(feature = "sse")]
 pub mod sse {

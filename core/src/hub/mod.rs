@@ -469,9 +469,18 @@ impl Hub {
     pub async fn publish(&self, event: NewEvent) -> Result<Event, PublishError> {
         let limit = self.inner.config.max_data_len;
         if event.data.len() > limit {
+            metrics::counter!("tidings_publish_errors_total", "reason" => "too_large").increment(1);
             return Err(PublishError::TooLarge { len: event.data.len(), limit });
         }
-        self.inner.store.append(event).await.map_err(PublishError::Store)
+        let started = std::time::Instant::now();
+        let span = tracing::debug_span!("publish", topic = %event.topic.as_str());
+        let result = tracing::Instrument::instrument(self.inner.store.append(event), span).await;
+        metrics::histogram!("tidings_store_seconds", "op" => "append").record(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(_) => metrics::counter!("tidings_published_total").increment(1),
+            Err(_) => metrics::counter!("tidings_publish_errors_total", "reason" => "store").increment(1),
+        }
+        result.map_err(PublishError::Store)
     }
 
     /// Opens a subscription (authorization first, then the lifecycle's `on_connect`).
@@ -479,7 +488,20 @@ impl Hub {
         &self,
         request: SubscribeRequest<'_>,
     ) -> Result<Subscription, SubscribeError> {
-        Subscription::open(self.inner.clone(), request).await
+        let transport = request.transport;
+        let result = Subscription::open(self.inner.clone(), request).await;
+        if let Err(err) = &result {
+            let reason = match err {
+                SubscribeError::NoTopics => "no_topics",
+                SubscribeError::TooManyTopics { .. } => "too_many_topics",
+                SubscribeError::Refused(Refusal::Unauthenticated(_)) => "unauthenticated",
+                SubscribeError::Refused(_) => "forbidden",
+                SubscribeError::ShuttingDown => "shutting_down",
+                _ => "store",
+            };
+            metrics::counter!("tidings_subscribe_refused_total", "transport" => transport, "reason" => reason).increment(1);
+        }
+        result
     }
 
     /// Runs the authorization hook for `request` without opening anything, and names its

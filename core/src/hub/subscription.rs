@@ -33,12 +33,15 @@ use crate::topic::Topic;
 /// very start of a hub's life, or while its store is unreachable then).
 const TAIL_WAIT: Duration = Duration::from_secs(10);
 
+/// Deliveries are added to the metric when a burst ends, and at least every this many.
+const REPORT_EVERY: u64 = 64;
+
 /// What to subscribe to, and who asks.
 #[must_use]
 pub struct SubscribeRequest<'a> {
     topics: Vec<Topic>,
     cursor: Option<&'a str>,
-    transport: &'static str,
+    pub(super) transport: &'static str,
     peer: Option<SocketAddr>,
     credentials: &'a dyn Credentials,
     /// `Some(recipient)`: access was checked by the caller; skip the authorization hook.
@@ -171,6 +174,8 @@ pub struct Subscription {
     connection: Connection,
     opened: Instant,
     delivered: u64,
+    /// Deliveries not yet added to the `tidings_deliveries_total` metric.
+    unreported: u64,
 }
 
 impl fmt::Debug for Subscription {
@@ -270,6 +275,12 @@ impl Subscription {
             recipient,
         };
         hub.open.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("tidings_subscriptions_opened_total", "transport" => connection.transport).increment(1);
+        metrics::gauge!("tidings_subscriptions", "transport" => connection.transport).increment(1.0);
+        if behind || !pending.is_empty() {
+            metrics::counter!("tidings_replays_total", "transport" => connection.transport).increment(1);
+        }
+        tracing::debug!(connection = connection.id, transport = connection.transport, topics = connection.topics.len(), behind, "subscription opened");
         hub.lifecycle.on_connect(&connection);
         Ok(Subscription {
             epoch: epoch.unwrap_or(Epoch::from_raw(0)),
@@ -283,6 +294,7 @@ impl Subscription {
             connection,
             opened: Instant::now(),
             delivered: 0,
+            unreported: 0,
             hub,
         })
     }
@@ -359,7 +371,12 @@ impl Subscription {
             };
             match step {
                 Ok(true) => backoff = Duration::from_millis(50),
-                Ok(false) => return None,
+                Ok(false) => {
+                    // Nothing ready: the transport is about to write and wait. Report now,
+                    // once per burst rather than once per event.
+                    self.report();
+                    return None;
+                }
                 Err(err) => {
                     tracing::warn!(%err, connection = self.connection.id, "store read failed; retrying");
                     if !wait {
@@ -380,10 +397,15 @@ impl Subscription {
             Pending::Event { index, event } => {
                 self.topics[index].pos = event.event().seq;
                 self.delivered += 1;
+                self.unreported += 1;
+                if self.unreported >= REPORT_EVERY {
+                    self.report();
+                }
                 Delivery::Event(event)
             }
             Pending::Gap(moves) => {
                 self.hub.gaps.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("tidings_gaps_total", "transport" => self.connection.transport).increment(1);
                 let mut topics = Vec::with_capacity(moves.len());
                 for (index, pos) in moves {
                     self.topics[index].pos = pos;
@@ -401,8 +423,12 @@ impl Subscription {
             return Ok(());
         };
         let page_size = self.hub.config.page_size;
-        let Page { bounds, events } =
-            self.hub.store.read_after(&state.topic, state.pos, page_size).await?;
+        let started = Instant::now();
+        let read = self.hub.store.read_after(&state.topic, state.pos, page_size).await;
+        metrics::histogram!("tidings_store_seconds", "op" => "read_after").record(started.elapsed().as_secs_f64());
+        let Page { bounds, events } = read?;
+        metrics::counter!("tidings_replayed_events_total", "transport" => self.connection.transport)
+            .increment(events.len() as u64);
         if bounds.epoch != self.epoch {
             return self.change_epoch(bounds.epoch).await;
         }
@@ -473,6 +499,7 @@ impl Subscription {
             Ok(RingItem::Resync) => self.catch_up = Some(0),
             Err(broadcast::error::RecvError::Lagged(_)) => {
                 self.hub.lagged.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("tidings_lagged_total", "transport" => self.connection.transport).increment(1);
                 self.catch_up = Some(0);
             }
             Err(broadcast::error::RecvError::Closed) => {
@@ -481,6 +508,14 @@ impl Subscription {
             }
         }
         Ok(true)
+    }
+
+    /// Adds the deliveries made since the last report to the metric.
+    fn report(&mut self) {
+        if self.unreported > 0 {
+            metrics::counter!("tidings_deliveries_total", "transport" => self.connection.transport)
+                .increment(std::mem::take(&mut self.unreported));
+        }
     }
 
     fn jitter(&self) -> Duration {
@@ -502,7 +537,10 @@ pub(super) fn reconnect_delay(hub: &HubInner) -> Duration {
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.hub.open.fetch_sub(1, Ordering::Relaxed);
+        self.report();
+        metrics::gauge!("tidings_subscriptions", "transport" => self.connection.transport).decrement(1.0);
         let disconnect = Disconnect { delivered: self.delivered, duration: self.opened.elapsed() };
+        tracing::debug!(connection = self.connection.id, delivered = self.delivered, "subscription closed");
         self.hub.lifecycle.on_disconnect(&self.connection, &disconnect);
     }
 }

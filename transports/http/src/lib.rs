@@ -359,6 +359,7 @@ impl From<PublishError> for HttpError {
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
+        metrics::counter!("tidings_http_errors_total", "status" => self.status.as_u16().to_string()).increment(1);
         let mut body = serde_json::json!({ "error": self.message });
         if let Some(retry) = self.retry_after {
             body["retry_ms"] = serde_json::json!(retry.as_millis() as u64);

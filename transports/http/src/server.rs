@@ -282,6 +282,7 @@ impl Drop for Admitted {
             }
         }
         drop(per_ip);
+        metrics::gauge!("tidings_http_connections").decrement(1.0);
         if self.stats.open.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.stats.closed.notify_waiters();
         }
@@ -302,6 +303,7 @@ fn admit(stats: &Arc<Counters>, config: &Config, ip: IpAddr) -> Result<Admitted,
     }
     *n += 1;
     stats.open.fetch_add(1, Ordering::AcqRel);
+    metrics::gauge!("tidings_http_connections").increment(1.0);
     Ok(Admitted { stats: stats.clone(), ip })
 }
 
@@ -384,9 +386,12 @@ async fn serve_connection(
 fn refuse(stream: TcpStream, status: StatusCode, stats: &Arc<Counters>, config: &Config) {
     let counter = if status == StatusCode::TOO_MANY_REQUESTS { &stats.refused_per_ip } else { &stats.refused_capacity };
     counter.fetch_add(1, Ordering::Relaxed);
+    let reason = if status == StatusCode::TOO_MANY_REQUESTS { "per_ip" } else { "capacity" };
+    metrics::counter!("tidings_http_refused_connections_total", "reason" => reason).increment(1);
     if stats.refusing.fetch_add(1, Ordering::AcqRel) >= MAX_REFUSING {
         stats.refusing.fetch_sub(1, Ordering::AcqRel);
         stats.dropped.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("tidings_http_refused_connections_total", "reason" => "dropped").increment(1);
         return; // `stream` is dropped: closed unanswered.
     }
     let message = if status == StatusCode::TOO_MANY_REQUESTS {

@@ -147,12 +147,14 @@ impl Workers {
         if let Some(old) = &old {
             self.uncount(old);
         }
+        metrics::gauge!("tidings_push_subscriptions").set(self.by_endpoint.len() as f64);
         old
     }
 
     fn remove(&mut self, endpoint: &str) -> Option<Worker> {
         let worker = self.by_endpoint.remove(endpoint)?;
         self.uncount(&worker);
+        metrics::gauge!("tidings_push_subscriptions").set(self.by_endpoint.len() as f64);
         Some(worker)
     }
 
@@ -622,6 +624,7 @@ impl WebPush {
         }
         workers.per_recipient.clear();
         workers.per_topic.clear();
+        metrics::gauge!("tidings_push_subscriptions").set(0.0);
     }
 
     /// Counters since the transport started.
@@ -738,6 +741,7 @@ impl WebPush {
                     let event = shared.event();
                     if self.recipient_is_online(event, registration.recipient.as_deref()) {
                         inner.counters.skipped_online.fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!("tidings_push_results_total", "result" => "skipped_online").increment(1);
                         Step::Done
                     } else {
                         let options = self.options(event);
@@ -814,10 +818,24 @@ impl WebPush {
         loop {
             let outcome = {
                 let Ok(_permit) = inner.in_flight.acquire().await else { return Step::Cancelled };
-                tokio::select! {
+                let started = Instant::now();
+                let outcome = tokio::select! {
                     outcome = inner.sender.send(subscription, &payload.json, options) => outcome,
                     _ = cancelled.wait_for(|&c| c) => return Step::Cancelled,
-                }
+                };
+                metrics::histogram!("tidings_push_send_seconds").record(started.elapsed().as_secs_f64());
+                let result = match &outcome {
+                    SendOutcome::Delivered if payload.truncated => "delivered_truncated",
+                    SendOutcome::Delivered => "delivered",
+                    SendOutcome::Gone(_) => "gone",
+                    SendOutcome::TooLarge => "too_large",
+                    SendOutcome::Rejected(..) => "rejected",
+                    SendOutcome::Refused(_) => "endpoint_refused",
+                    SendOutcome::RateLimited(_) => "rate_limited",
+                    SendOutcome::Unavailable(_) => "unavailable",
+                };
+                metrics::counter!("tidings_push_results_total", "result" => result).increment(1);
+                outcome
             };
             let wait = match outcome {
                 SendOutcome::Delivered => {
@@ -859,6 +877,7 @@ impl WebPush {
             };
             if Instant::now() + wait >= deadline {
                 counters.expired.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("tidings_push_results_total", "result" => "expired").increment(1);
                 tracing::warn!("push message expired (its TTL ran out while retrying)");
                 return Step::Done;
             }
