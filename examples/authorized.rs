@@ -1,14 +1,21 @@
-//! Run with: `cargo run --example authorized`, then
-//! `curl -N -b user=alice 'localhost:8889/events?topic=private/alice'`.
+//! Run with: `cargo run --example authorized`, then log in and read a private topic:
 //!
-//! Authorization and presence: topics `private/<name>` are readable only by the user `<name>`
-//! (here a `user` cookie stands in for a real session), every other topic by anyone; the
-//! lifecycle hooks count who is connected to what, served at `GET /presence`. The same hooks
-//! guard SSE (`/events`) and long-polling (`/poll`), and replay after a cursor never leaks a
-//! topic the request may not read.
+//! ```text
+//! TOKEN=$(curl -s -d '{"user":"alice"}' localhost:8889/login | sed 's/.*"token":"\([^"]*\)".*/\1/')
+//! curl -N -H "Authorization: Bearer $TOKEN" 'localhost:8889/events?topic=private/alice'
+//! ```
 //!
-//! `PORT` changes the port (default 8889). Publish with
-//! `curl -d '{"topic":"private/alice","data":"hi"}' localhost:8889/publish`.
+//! Authorization as Mercure does it, and presence: topics `private/<name>` are readable only
+//! with a JWT whose claims list them (`{"tidings": {"subscribe": ["private/alice"]}}`), sent as
+//! `Authorization: Bearer` or in the cookie `tidingsAuthorization` (what a browser's
+//! `EventSource` sends); every other topic is open. `POST /login` stands in for the
+//! application's log-in and hands out such tokens (see `common/login.rs`). The lifecycle hooks
+//! count who is connected to what, served at `GET /presence`. The same hook guards SSE
+//! (`/events`) and long-polling (`/poll`), and replay after a cursor never leaks a topic the
+//! token does not list.
+//!
+//! `PORT` changes the port (default 8889); `TIDINGS_JWT_SECRET` sets the signing secret. Publish
+//! with `curl -d '{"topic":"private/alice","data":"hi"}' localhost:8889/publish`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,24 +27,10 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use tidings::longpoll::LongPoll;
 use tidings::sse::Sse;
-use tidings::{
-    AccessRequest, Connection, Disconnect, Hub, Lifecycle, MemoryStore, NewEvent, Refusal, Topic,
-    authorize_fn,
-};
+use tidings::{Connection, Disconnect, Hub, Lifecycle, MemoryStore, NewEvent, Topic};
 
-/// Who may read what: `private/<name>` needs the cookie `user=<name>`.
-pub(crate) fn authorize(request: &AccessRequest<'_>) -> Result<(), Refusal> {
-    for topic in request.topics {
-        if let Some(owner) = topic.as_str().strip_prefix("private/") {
-            match request.credentials.cookie("user") {
-                None => return Err(Refusal::unauthenticated("log in to read private topics")),
-                Some(user) if user == owner => {}
-                Some(_) => return Err(Refusal::forbidden(format!("{topic} is not yours"))),
-            }
-        }
-    }
-    Ok(())
-}
+#[path = "common/login.rs"]
+mod login;
 
 /// Open subscriptions per topic.
 #[derive(Debug, Default)]
@@ -66,15 +59,21 @@ impl Lifecycle for Presence {
 
 /// The example's routes, over a fresh hub.
 pub(crate) fn app() -> (Router, Hub, Arc<Presence>) {
+    app_with_secret(login::secret())
+}
+
+/// The example's routes, over a fresh hub, signing and checking tokens with `secret`.
+pub(crate) fn app_with_secret(secret: Arc<[u8]>) -> (Router, Hub, Arc<Presence>) {
     let presence = Arc::new(Presence::default());
     let hub = Hub::builder(MemoryStore::new())
-        .authorize(authorize_fn(authorize))
+        .authorize(login::authorizer(&secret))
         .lifecycle(presence.clone())
         .build();
     let router = Router::new()
         .route("/events", Sse::new(hub.clone()).method_router())
         .route("/poll", LongPoll::new(hub.clone()).method_router())
         .route("/publish", post(publish))
+        .route("/login", login::route(secret))
         .route(
             "/presence",
             get({
@@ -113,5 +112,5 @@ async fn main() {
         .unwrap_or_else(|e| panic!("cannot listen on port {port}: {e}"));
     println!("authorized example: http://localhost:{}/events?topic=private/alice", listener.local_addr().unwrap().port());
     let (router, _hub, _presence) = app();
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
+    tidings::http::Server::new(router).serve(listener, tidings::http::shutdown_signal()).await.unwrap();
 }

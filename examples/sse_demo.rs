@@ -9,6 +9,10 @@
 //! - `GET /poll?topic=A&cursor=C`: the same events by long-polling.
 //! - `GET /tidings.js`: the browser client the page uses (SSE, falling back to long-polling).
 //! - `GET /stats`: the hub's counters as JSON (open subscriptions, connections, lags, gaps).
+//! - `POST /login` with `{"user": "alice"}`: a JWT (and an HttpOnly cookie) that lets alice
+//!   read the private topic `private/alice`; `private/…` topics need such a token, sent as
+//!   `Authorization: Bearer` or in the cookie (`TIDINGS_JWT_SECRET` sets the secret, else a
+//!   random one per process). A stand-in for an application's log-in: no password.
 //! - `GET /metrics`: every metric of the library in Prometheus text (connections by
 //!   transport, deliveries, replays, gaps, refusals, push results, store latency).
 //! - `GET /push/vapid-public-key`, `POST /push/subscriptions`, `DELETE /push/subscriptions`:
@@ -54,6 +58,9 @@ use tidings::redis::{RedisOptions, RedisStore};
 use tidings::sqlite::SqliteStore;
 use tidings::webpush::{EndpointPolicy, SqlitePushRegistry, VapidKeys, WebPush};
 use tidings::{Connection, Disconnect, EventType, Hub, Lifecycle, MemoryStore, NewEvent, Retention, Topic};
+
+#[path = "common/login.rs"]
+mod login;
 
 const PAGE: &str = include_str!("assets/sse_demo.html");
 
@@ -274,7 +281,12 @@ pub(crate) fn app(hub: Hub, push: &WebPush) -> Router {
 #[tokio::main]
 async fn main() {
     let (store, described) = store().await;
-    let hub = Hub::builder_shared(store).lifecycle(Console { quiet: std::env::args().any(|a| a == "--quiet") }).build();
+    // `private/<user>` topics need a JWT listing them (from `POST /login`); others are open.
+    let secret = login::secret();
+    let hub = Hub::builder_shared(store)
+        .lifecycle(Console { quiet: std::env::args().any(|a| a == "--quiet") })
+        .authorize(login::authorizer(&secret))
+        .build();
     let addr = SocketAddr::from(([127, 0, 0, 1], port()));
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
@@ -305,7 +317,7 @@ async fn main() {
         .install_recorder()
         .unwrap_or_else(|e| fail(format!("cannot install the metrics recorder: {e}")));
     tidings::describe_metrics();
-    let app = app.route(
+    let app = app.route("/login", login::route(secret)).route(
         "/metrics",
         get(move || {
             let prometheus = prometheus.clone();

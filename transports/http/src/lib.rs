@@ -31,6 +31,8 @@ use tidings_core::{
 use tower_http::cors::CorsLayer;
 
 mod server;
+#[cfg(feature = "jwt")]
+pub mod jwt;
 pub use server::{Server, ServerStats, ServerStatsHandle};
 
 /// Resolves when the process is asked to stop: SIGTERM (what `kill`, systemd, Docker and
