@@ -45,13 +45,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
-use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
-use tidings::http::HttpError;
+use axum::routing::get;
 use tidings::longpoll::LongPoll;
 use tidings::sse::Sse;
 use tidings::redis::{RedisOptions, RedisStore};
@@ -192,47 +188,6 @@ async fn store() -> (std::sync::Arc<dyn tidings::Store>, String) {
     fail(format!("--store takes memory, sqlite:PATH or redis://HOST:PORT/, got {spec:?}"))
 }
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PublishBody {
-    topic: String,
-    event: Option<String>,
-    data: String,
-}
-
-/// The largest publish body: an event's data may be 1 MiB, and JSON escaping can make that up
-/// to six times larger.
-const MAX_PUBLISH_BODY: usize = 8 << 20;
-
-async fn publish(State(hub): State<Hub>, body: Result<Bytes, BytesRejection>) -> Response {
-    let body = match body {
-        Ok(body) => body,
-        Err(e) => return HttpError::new(e.status(), e.body_text()).into_response(),
-    };
-    let body: PublishBody = match serde_json::from_slice(&body) {
-        Ok(b) => b,
-        Err(e) => return HttpError::bad_request(format!("invalid JSON: {e}")).into_response(),
-    };
-    let topic = match Topic::parse(&body.topic) {
-        Ok(t) => t,
-        Err(e) => return HttpError::bad_request(format!("invalid topic: {e}")).into_response(),
-    };
-    let mut event = NewEvent::new(topic, body.data);
-    if let Some(name) = body.event {
-        match EventType::parse(&name) {
-            Ok(t) => event = event.with_type(t),
-            Err(e) => return HttpError::bad_request(format!("invalid event type: {e}")).into_response(),
-        }
-    }
-    match hub.publish(event).await {
-        Ok(event) => {
-            (StatusCode::CREATED, axum::Json(serde_json::json!({ "id": event.cursor().to_string() })))
-                .into_response()
-        }
-        Err(e) => HttpError::from(e).into_response(),
-    }
-}
-
 async fn stats(State(hub): State<Hub>) -> Response {
     let s = hub.stats();
     axum::Json(serde_json::json!({
@@ -273,7 +228,7 @@ pub(crate) fn app(hub: Hub, push: &WebPush) -> Router {
         .route("/tidings.js", tidings::client::route())
         .route("/tidings-sw.js", tidings::client::service_worker_route())
         .route("/stats", get(stats))
-        .route("/publish", post(publish).layer(tidings::http::limit_body(MAX_PUBLISH_BODY)))
+        .route("/publish", tidings::http::publish_route(hub.clone()))
         .with_state(hub)
         .merge(push.router())
 }

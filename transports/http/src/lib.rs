@@ -26,7 +26,8 @@ use http::header::HeaderMap;
 use http::request::Parts;
 use http::{HeaderName, StatusCode};
 use tidings_core::{
-    Credentials, Hub, PublishError, Refusal, SubscribeError, SubscribeRequest, Subscription, Topic,
+    Credentials, EventType, Hub, NewEvent, PublishError, Refusal, SubscribeError, SubscribeRequest, Subscription,
+    Topic,
 };
 use tower_http::cors::CorsLayer;
 
@@ -175,6 +176,64 @@ where
         }
         Box::pin(self.inner.call(request))
     }
+}
+
+/// The largest publish body [`publish_route`] reads: an event's data may be 1 MiB, and JSON
+/// escaping can make that up to six times larger.
+pub const MAX_PUBLISH_BODY: usize = 8 << 20;
+
+/// Reads a publish request's JSON body, `{"topic": "...", "event": "optional-type", "data":
+/// "..."}` (no other field), into an event. Every way it can be wrong is a 400 naming what.
+///
+/// ```
+/// let event = tidings_http::parse_publish(br#"{"topic":"news","data":"hi"}"#).unwrap();
+/// assert_eq!(event.topic.as_str(), "news");
+/// assert_eq!(tidings_http::parse_publish(br#"{"topic":"a\nb","data":"x"}"#).unwrap_err().status, 400);
+/// ```
+pub fn parse_publish(body: &[u8]) -> Result<NewEvent, HttpError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct PublishBody {
+        topic: String,
+        event: Option<String>,
+        data: String,
+    }
+    let body: PublishBody =
+        serde_json::from_slice(body).map_err(|e| HttpError::bad_request(format!("invalid JSON: {e}")))?;
+    let topic = Topic::parse(&body.topic).map_err(|e| HttpError::bad_request(format!("invalid topic: {e}")))?;
+    let mut event = NewEvent::new(topic, body.data);
+    if let Some(name) = body.event {
+        let kind = EventType::parse(&name).map_err(|e| HttpError::bad_request(format!("invalid event type: {e}")))?;
+        event = event.with_type(kind);
+    }
+    Ok(event)
+}
+
+/// A `POST` route that publishes to `hub`: the body as [`parse_publish`] reads it (at most
+/// [`MAX_PUBLISH_BODY`], else a 413 before it is read), answered `201 {"id": "<cursor>"}`, or a
+/// 4xx/5xx with `{"error": ...}`. Put it behind the application's own authentication: whoever
+/// reaches it may publish to any topic.
+pub fn publish_route<S: Clone + Send + Sync + 'static>(hub: Hub) -> MethodRouter<S> {
+    axum::routing::post(move |body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>| {
+        let hub = hub.clone();
+        async move {
+            let body = match body {
+                Ok(body) => body,
+                Err(e) => return HttpError::new(e.status(), e.body_text()).into_response(),
+            };
+            let event = match parse_publish(&body) {
+                Ok(event) => event,
+                Err(e) => return e.into_response(),
+            };
+            match hub.publish(event).await {
+                Ok(event) => {
+                    (StatusCode::CREATED, Json(serde_json::json!({ "id": event.cursor().to_string() }))).into_response()
+                }
+                Err(e) => HttpError::from(e).into_response(),
+            }
+        }
+    })
+    .layer(limit_body(MAX_PUBLISH_BODY))
 }
 
 /// The header a browser's EventSource sends on reconnection.
