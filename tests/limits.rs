@@ -220,3 +220,46 @@ async fn total_connections_are_bounded_with_503() {
     hub.publish(NewEvent::new(Topic::new("demo"), "for the open one")).await.unwrap();
     receives(&mut b, "data: for the open one").await;
 }
+
+#[tokio::test]
+async fn a_stream_is_written_straight_to_its_socket_and_other_requests_keep_their_connection() {
+    let (addr, hub, _) = start(|s| s).await;
+    // An SSE stream: its own connection, delimited by its end (no chunked framing).
+    let (mut stream, head) = open_stream(addr, Ipv4Addr::LOCALHOST).await;
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("content-type: text/event-stream") && lower.contains("connection: close"), "{head}");
+    assert!(!lower.contains("transfer-encoding"), "{head}");
+    hub.publish(NewEvent::new(Topic::new("demo"), "straight")).await.unwrap();
+    receives(&mut stream, "data: straight").await;
+    // Other requests share a keep-alive connection as before: a poll, a publish, a poll.
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"GET /poll?topic=demo&cursor=x&timeout=0 HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let first = read_answer(&mut conn).await;
+    assert!(first.starts_with("HTTP/1.1 200") && first.contains("straight"), "{first:.300}");
+    let body = r#"{"topic":"demo","data":"second"}"#;
+    let publish = format!("POST /publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    conn.write_all(publish.as_bytes()).await.unwrap();
+    let second = read_answer(&mut conn).await;
+    assert!(second.starts_with("HTTP/1.1 201"), "{second:.300}");
+    conn.write_all(b"GET /poll?topic=demo&cursor=x&timeout=0 HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let third = read_answer(&mut conn).await;
+    assert!(third.contains("second"), "{third:.300}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_whose_client_hangs_up_ends_at_once() {
+    let (addr, hub, _) = start(|s| s).await;
+    let mut poll = TcpStream::connect(addr).await.unwrap();
+    poll.write_all(b"GET /poll?topic=quiet&timeout=60 HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while hub.subscriber_count() == 0 {
+        assert!(Instant::now() < deadline, "the poll never arrived");
+        tokio::task::yield_now().await;
+    }
+    drop(poll);
+    // Well before its 60 s timeout, the subscription is gone.
+    while hub.subscriber_count() > 0 {
+        assert!(Instant::now() < deadline, "the poll outlived its client");
+        tokio::task::yield_now().await;
+    }
+}

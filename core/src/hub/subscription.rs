@@ -176,6 +176,8 @@ pub struct Subscription {
     delivered: u64,
     /// Deliveries not yet added to the `tidings_deliveries_total` metric.
     unreported: u64,
+    /// The `tidings_deliveries_total` counter of this transport, looked up once.
+    deliveries: metrics::Counter,
 }
 
 impl fmt::Debug for Subscription {
@@ -295,6 +297,7 @@ impl Subscription {
             opened: Instant::now(),
             delivered: 0,
             unreported: 0,
+            deliveries: metrics::counter!("tidings_deliveries_total", "transport" => request.transport),
             hub,
         })
     }
@@ -513,8 +516,7 @@ impl Subscription {
     /// Adds the deliveries made since the last report to the metric.
     fn report(&mut self) {
         if self.unreported > 0 {
-            metrics::counter!("tidings_deliveries_total", "transport" => self.connection.transport)
-                .increment(std::mem::take(&mut self.unreported));
+            self.deliveries.increment(std::mem::take(&mut self.unreported));
         }
     }
 

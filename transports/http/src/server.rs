@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -57,6 +57,17 @@ use crate::HttpError;
 ///
 /// Handlers see the peer's address as axum's `ConnectInfo<SocketAddr>`, as with
 /// `into_make_service_with_connect_info`.
+///
+/// # Streams skip the HTTP machinery
+///
+/// The first request of each connection is read by the server itself. When it is a `GET`
+/// without a body and the router answers it with a stream (`200`, `text/event-stream`), the
+/// server writes the head with `Connection: close` and then each chunk of the body straight to
+/// the socket, the body ending where the connection does (a close-delimited HTTP/1.1 response,
+/// which every `EventSource` reads). An idle SSE connection then holds a few KiB (its task, its
+/// subscription) instead of the HTTP/1 connection's two 8 KiB buffers; see
+/// `docs/benchmarks.md`. Every other request, and every later request of a keep-alive
+/// connection, is served by hyper as usual, from the same bytes.
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct Server {
@@ -239,10 +250,14 @@ impl Server {
                 Ok(guard) => {
                     stats.accepted.fetch_add(1, Ordering::Relaxed);
                     let span = tracing::debug_span!("connection", %peer);
-                    tokio::spawn(
-                        serve_connection(stream, peer, router.clone(), config.clone(), stopped.clone(), guard)
-                            .instrument(span),
-                    );
+                    let connection =
+                        serve_connection(stream, peer, router.clone(), config.clone(), stopped.clone(), guard);
+                    // Entering a span on every poll is not free: only when it is recorded.
+                    if span.is_disabled() {
+                        tokio::spawn(connection);
+                    } else {
+                        tokio::spawn(connection.instrument(span));
+                    }
                 }
                 Err(status) => refuse(stream, status, &stats, &config),
             }
@@ -324,7 +339,7 @@ fn client_key(ip: IpAddr) -> IpAddr {
 
 fn builder(config: &Config) -> http1::Builder {
     let mut builder = http1::Builder::new();
-    let hard_cap = (config.max_header_bytes.saturating_mul(4)).max(64 * 1024);
+    let hard_cap = hard_header_cap(config);
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_timeout)
@@ -345,14 +360,57 @@ async fn serve_connection(
     if let Some(timeout) = config.stall_timeout {
         crate::stall_timeout(timeout)(&mut stream);
     }
+    // The first request's head is read here: a stream (SSE) is then written straight to the
+    // socket, without the HTTP machinery's per-connection buffers; anything else goes to hyper,
+    // which reads the same bytes again.
+    let head = match tokio::time::timeout(config.header_timeout, read_head(&mut stream, &config)).await {
+        Ok(Ok(head)) => head,
+        Ok(Err(_)) | Err(_) => return, // closed, failed, or too slow (slow-loris): cut off
+    };
+    let mut first = None;
+    if let Some(request) = bodiless_get(&head, peer, config.max_header_bytes) {
+        let mut router = router.clone();
+        let mut call = pin!(tower::Service::call(&mut router, request));
+        // A long-poll may wait a while: a client that hangs up meanwhile ends it at once.
+        let mut peeked = false;
+        let response = loop {
+            let mut byte = [0u8; 1];
+            tokio::select! {
+                Ok(response) = call.as_mut() => break response,
+                seen = stream.peek(&mut byte), if !peeked => match seen {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => peeked = true, // a pipelined request: hyper reads it later
+                },
+            }
+        };
+        if is_event_stream(&response) {
+            drop(head);
+            stream_to_socket(stream, response).await;
+            drop(admitted);
+            return;
+        }
+        first = Some(response);
+    }
+    let first = Arc::new(Mutex::new(first));
+    // Set once hyper has taken the first answer: only then may a shutdown close the connection
+    // (hyper closes at once a connection that has no request in progress).
+    let first_taken = Arc::new(Notify::new());
     let max_header_bytes = config.max_header_bytes;
     let stats = admitted.stats.clone();
+    let (pending, taken) = (first.clone(), first_taken.clone());
     let service = service_fn(move |mut request: Request<Incoming>| {
+        let answered = pending.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if answered.is_some() {
+            taken.notify_one();
+        }
         let too_large = head_len(&request) > max_header_bytes;
         request.extensions_mut().insert(ConnectInfo(peer));
         let mut router = router.clone();
         let stats = stats.clone();
         async move {
+            if let Some(response) = answered {
+                return Ok::<_, Infallible>(response);
+            }
             if too_large {
                 stats.header_too_large.fetch_add(1, Ordering::Relaxed);
                 let message = format!("request headers are over {max_header_bytes} bytes");
@@ -363,8 +421,9 @@ async fn serve_connection(
             tower::Service::call(&mut router, request).await
         }
     });
-    let mut connection = pin!(builder(&config).serve_connection(TokioIo::new(stream), service));
-    let mut stopping = false;
+    let io = TokioIo::new(Rewind { prefix: head, stream });
+    let mut connection = pin!(builder(&config).serve_connection(io, service));
+    let (mut stopping, mut waiting_for_first) = (false, false);
     loop {
         tokio::select! {
             result = connection.as_mut() => {
@@ -375,11 +434,185 @@ async fn serve_connection(
             }
             _ = stopped.wait_for(|stop| *stop), if !stopping => {
                 stopping = true;
+                if first.lock().unwrap_or_else(PoisonError::into_inner).is_some() {
+                    waiting_for_first = true;
+                } else {
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+            () = first_taken.notified(), if waiting_for_first => {
+                waiting_for_first = false;
                 connection.as_mut().graceful_shutdown();
             }
         }
     }
     drop(admitted);
+}
+
+/// Reads until the first request's head is complete, unparseable, or as long as the parser's
+/// own limit: what was read, for [`bodiless_get`] and, failing that, for hyper to read again.
+async fn read_head(stream: &mut TcpStream, config: &Config) -> io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let cap = hard_header_cap(config);
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        if buf.len() == buf.capacity() {
+            buf.reserve(buf.len());
+        }
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        match httparse::Request::new(&mut headers).parse(&buf) {
+            Ok(httparse::Status::Partial) if buf.len() < cap => continue,
+            // Complete, an error (hyper answers it), or too large (hyper answers 431).
+            _ => return Ok(buf),
+        }
+    }
+}
+
+/// The request `head` holds, if it is a `GET` over HTTP/1.1 without a body, upgrade or
+/// expectation, within the header limit: the requests a stream may answer.
+fn bodiless_get(head: &[u8], peer: SocketAddr, max_header_bytes: usize) -> Option<Request<axum::body::Body>> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let httparse::Status::Complete(len) = parsed.parse(head).ok()? else { return None };
+    if len > max_header_bytes || parsed.method? != "GET" || parsed.version? != 1 || len != head.len() {
+        return None; // too large (hyper answers 431), another method, HTTP/1.0, or pipelined
+    }
+    let mut request = Request::get(parsed.path?);
+    for header in parsed.headers.iter() {
+        let name = header.name.to_ascii_lowercase();
+        if matches!(name.as_str(), "content-length" | "transfer-encoding" | "upgrade" | "expect") {
+            return None;
+        }
+        request = request.header(header.name, http::HeaderValue::from_bytes(header.value).ok()?);
+    }
+    let mut request = request.body(axum::body::Body::empty()).ok()?;
+    request.extensions_mut().insert(ConnectInfo(peer));
+    Some(request)
+}
+
+fn is_event_stream(response: &axum::response::Response) -> bool {
+    response.status() == StatusCode::OK
+        && response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+}
+
+/// Writes `response` (a stream) to the socket itself: the head with `Connection: close`, then
+/// each chunk of the body as it comes, the body ending where the connection does (HTTP/1.1
+/// close-delimited). Returns when the body ends, the client goes away, or a write fails.
+async fn stream_to_socket(mut stream: TcpStream, response: axum::response::Response) {
+    use http_body::Body as _;
+    use tokio::io::AsyncWriteExt;
+    let (parts, mut body) = response.into_parts();
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    for (name, value) in &parts.headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"connection: close\r\n\r\n");
+    if stream.write_all(&head).await.is_err() {
+        return;
+    }
+    drop(head);
+    let mut scratch = [0u8; 64];
+    loop {
+        let frame = tokio::select! {
+            frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)) => frame,
+            // The client may only close (or send something we ignore): a read of 0 bytes
+            // ends the stream at once, rather than at the next write.
+            readable = stream.readable() => {
+                if readable.is_err() {
+                    return;
+                }
+                match stream.try_read(&mut scratch) {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return,
+                }
+                continue;
+            }
+        };
+        match frame {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if stream.write_all(&data).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Some(Err(_)) | None => {
+                let _ = stream.shutdown().await;
+                return;
+            }
+        }
+    }
+}
+
+/// A socket whose first bytes were already read: hyper reads them again, then the socket.
+struct Rewind {
+    prefix: Vec<u8>,
+    stream: TcpStream,
+}
+
+impl tokio::io::AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.drain(..n);
+            if self.prefix.is_empty() {
+                self.prefix = Vec::new();
+            }
+            return std::task::Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+fn hard_header_cap(config: &Config) -> usize {
+    (config.max_header_bytes.saturating_mul(4)).max(64 * 1024)
 }
 
 /// Answers every request on `stream` with the refusal `status`, then closes it.
