@@ -363,12 +363,14 @@ async fn serve_connection(
     // The first request's head is read here: a stream (SSE) is then written straight to the
     // socket, without the HTTP machinery's per-connection buffers; anything else goes to hyper,
     // which reads the same bytes again.
-    let head = match tokio::time::timeout(config.header_timeout, read_head(&mut stream, &config)).await {
+    let head: Vec<u8> = match tokio::time::timeout(config.header_timeout, read_head(&mut stream, &config)).await {
         Ok(Ok(head)) => head,
         Ok(Err(_)) | Err(_) => return, // closed, failed, or too slow (slow-loris): cut off
     };
     let mut first = None;
+    let mut head = head;
     if let Some(request) = bodiless_get(&head, peer, config.max_header_bytes) {
+        head.shrink_to_fit(); // kept, small, while a long-poll waits
         let mut router = router.clone();
         let mut call = pin!(tower::Service::call(&mut router, request));
         // A long-poll may wait a while: a client that hangs up meanwhile ends it at once.
