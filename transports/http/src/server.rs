@@ -510,6 +510,9 @@ async fn stream_to_socket(mut stream: TcpStream, response: axum::response::Respo
     use http_body::Body as _;
     use tokio::io::AsyncWriteExt;
     let (parts, mut body) = response.into_parts();
+    // Each chunk is already everything that was ready: Nagle's algorithm would only hold it
+    // back until the previous one is acknowledged (up to the peer's delayed-ACK 40 ms).
+    let _ = stream.set_nodelay(true);
     let mut head = Vec::with_capacity(256);
     head.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
     for (name, value) in &parts.headers {
