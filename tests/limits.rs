@@ -249,8 +249,13 @@ async fn a_stream_is_written_straight_to_its_socket_and_other_requests_keep_thei
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_poll_whose_client_hangs_up_ends_at_once() {
     let (addr, hub, _) = start(|s| s).await;
+    // A poll without a cursor answers at once with where the log ends; one with it waits.
+    let answer = request(addr, b"GET /poll?topic=quiet HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
+    let cursor = serde_json::from_str::<serde_json::Value>(body).unwrap()["cursor"].as_str().unwrap().to_owned();
     let mut poll = TcpStream::connect(addr).await.unwrap();
-    poll.write_all(b"GET /poll?topic=quiet&timeout=60 HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let wait = format!("GET /poll?topic=quiet&timeout=60&cursor={cursor} HTTP/1.1\r\nHost: x\r\n\r\n");
+    poll.write_all(wait.as_bytes()).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while hub.subscriber_count() == 0 {
         assert!(Instant::now() < deadline, "the poll never arrived");
@@ -262,4 +267,25 @@ async fn a_long_poll_whose_client_hangs_up_ends_at_once() {
         assert!(Instant::now() < deadline, "the poll outlived its client");
         tokio::task::yield_now().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polls_share_a_keep_alive_connection_until_the_client_says_close() {
+    let (addr, hub, _) = start(|s| s).await;
+    hub.publish(NewEvent::new(Topic::new("demo"), "kept")).await.unwrap();
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    for _ in 0..3 {
+        conn.write_all(b"GET /poll?topic=demo&cursor=x&timeout=0 HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let answer = read_answer(&mut conn).await;
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("kept"), "{answer:.300}");
+        assert!(answer.to_ascii_lowercase().contains("content-length: "), "{answer:.300}");
+    }
+    conn.write_all(b"GET /poll?topic=demo&cursor=x&timeout=0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let last = read_answer(&mut conn).await;
+    assert!(last.to_ascii_lowercase().contains("connection: close"), "{last:.300}");
+    let mut rest = [0u8; 16];
+    let after = tokio::time::timeout(Duration::from_secs(20), conn.read(&mut rest)).await.expect("closed within 20 s");
+    assert!(matches!(after, Ok(0)), "{after:?}");
 }

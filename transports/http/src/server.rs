@@ -58,16 +58,18 @@ use crate::HttpError;
 /// Handlers see the peer's address as axum's `ConnectInfo<SocketAddr>`, as with
 /// `into_make_service_with_connect_info`.
 ///
-/// # Streams skip the HTTP machinery
+/// # Streams and polls skip the HTTP machinery
 ///
-/// The first request of each connection is read by the server itself. When it is a `GET`
-/// without a body and the router answers it with a stream (`200`, `text/event-stream`), the
-/// server writes the head with `Connection: close` and then each chunk of the body straight to
-/// the socket, the body ending where the connection does (a close-delimited HTTP/1.1 response,
-/// which every `EventSource` reads). An idle SSE connection then holds a few KiB (its task, its
-/// subscription) instead of the HTTP/1 connection's two 8 KiB buffers; see
-/// `docs/benchmarks.md`. Every other request, and every later request of a keep-alive
-/// connection, is served by hyper as usual, from the same bytes.
+/// Request heads are read by the server itself. When a request is a `GET` without a body and
+/// the router answers it with a stream (`200`, `text/event-stream`), the server writes the head
+/// with `Connection: close` and then each chunk of the body straight to the socket, the body
+/// ending where the connection does (a close-delimited HTTP/1.1 response, which every
+/// `EventSource` reads). An answer of known length (a long-poll batch, a page) is written whole
+/// with its `Content-Length`, and the connection waits for its next request. An idle SSE
+/// connection or a waiting poll then holds a few KiB (its task, its subscription) instead of
+/// the HTTP/1 connection's two 8 KiB buffers; see `docs/benchmarks.md`. Any other request
+/// (a body, another method, a pipelined request, an answer of unknown length) is served by
+/// hyper as usual, from the same bytes, for the rest of that connection.
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct Server {
@@ -360,16 +362,28 @@ async fn serve_connection(
     if let Some(timeout) = config.stall_timeout {
         crate::stall_timeout(timeout)(&mut stream);
     }
-    // The first request's head is read here: a stream (SSE) is then written straight to the
-    // socket, without the HTTP machinery's per-connection buffers; anything else goes to hyper,
-    // which reads the same bytes again.
-    let head: Vec<u8> = match tokio::time::timeout(config.header_timeout, read_head(&mut stream, &config)).await {
-        Ok(Ok(head)) => head,
-        Ok(Err(_)) | Err(_) => return, // closed, failed, or too slow (slow-loris): cut off
-    };
+    // What this loop writes is already whole (a burst of events, an answer): Nagle's algorithm
+    // would only hold it back until the previous write is acknowledged (up to the peer's
+    // delayed-ACK 40 ms).
+    let _ = stream.set_nodelay(true);
+    // Request heads are read here. A `GET` without a body is answered here too: a stream (SSE)
+    // is written straight to the socket, and so is a whole answer of known length (a poll),
+    // after which the connection waits for its next request, all without the HTTP machinery's
+    // per-connection buffers. Anything else goes to hyper, which reads the same bytes again,
+    // and keeps the connection from then on.
     let mut first = None;
-    let mut head = head;
-    if let Some(request) = bodiless_get(&head, peer, config.max_header_bytes) {
+    let head = loop {
+        let read = tokio::select! {
+            read = tokio::time::timeout(config.header_timeout, read_head(&mut stream, &config)) => read,
+            _ = stopped.wait_for(|stop| *stop) => return, // idle between requests: close
+        };
+        let mut head: Vec<u8> = match read {
+            Ok(Ok(head)) => head,
+            Ok(Err(_)) | Err(_) => return, // closed, failed, or too slow (slow-loris): cut off
+        };
+        let Some((request, keep_alive)) = bodiless_get(&head, peer, config.max_header_bytes) else {
+            break head;
+        };
         head.shrink_to_fit(); // kept, small, while a long-poll waits
         let mut router = router.clone();
         let mut call = pin!(tower::Service::call(&mut router, request));
@@ -391,14 +405,39 @@ async fn serve_connection(
             drop(admitted);
             return;
         }
-        first = Some(response);
-    }
+        if peeked || !writable_whole(&response) {
+            first = Some(response);
+            break head;
+        }
+        let keep_alive = keep_alive && !*stopped.borrow();
+        if write_whole(&mut stream, response, keep_alive).await.is_err() || !keep_alive {
+            return;
+        }
+    };
+    // Boxed: hyper's connection state is large, and an idle stream or a waiting poll (the
+    // states above) should not carry room for it in every task.
+    let stats = admitted.stats.clone();
+    let io = Rewind { prefix: head, stream };
+    Box::pin(serve_with_hyper(io, first, peer, router, config, stopped, stats)).await;
+    drop(admitted);
+}
+
+/// Serves the rest of a connection with hyper (the bytes already read, then the socket);
+/// `first`, if given, answers the first request.
+async fn serve_with_hyper(
+    io: Rewind,
+    first: Option<axum::response::Response>,
+    peer: SocketAddr,
+    router: Router,
+    config: Arc<Config>,
+    mut stopped: watch::Receiver<bool>,
+    stats: Arc<Counters>,
+) {
     let first = Arc::new(Mutex::new(first));
     // Set once hyper has taken the first answer: only then may a shutdown close the connection
     // (hyper closes at once a connection that has no request in progress).
     let first_taken = Arc::new(Notify::new());
     let max_header_bytes = config.max_header_bytes;
-    let stats = admitted.stats.clone();
     let (pending, taken) = (first.clone(), first_taken.clone());
     let service = service_fn(move |mut request: Request<Incoming>| {
         let answered = pending.lock().unwrap_or_else(PoisonError::into_inner).take();
@@ -423,7 +462,7 @@ async fn serve_connection(
             tower::Service::call(&mut router, request).await
         }
     });
-    let io = TokioIo::new(Rewind { prefix: head, stream });
+    let io = TokioIo::new(io);
     let mut connection = pin!(builder(&config).serve_connection(io, service));
     let (mut stopping, mut waiting_for_first) = (false, false);
     loop {
@@ -448,7 +487,6 @@ async fn serve_connection(
             }
         }
     }
-    drop(admitted);
 }
 
 /// Reads until the first request's head is complete, unparseable, or as long as the parser's
@@ -475,7 +513,7 @@ async fn read_head(stream: &mut TcpStream, config: &Config) -> io::Result<Vec<u8
 
 /// The request `head` holds, if it is a `GET` over HTTP/1.1 without a body, upgrade or
 /// expectation, within the header limit: the requests a stream may answer.
-fn bodiless_get(head: &[u8], peer: SocketAddr, max_header_bytes: usize) -> Option<Request<axum::body::Body>> {
+fn bodiless_get(head: &[u8], peer: SocketAddr, max_header_bytes: usize) -> Option<(Request<axum::body::Body>, bool)> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut parsed = httparse::Request::new(&mut headers);
     let httparse::Status::Complete(len) = parsed.parse(head).ok()? else { return None };
@@ -483,16 +521,78 @@ fn bodiless_get(head: &[u8], peer: SocketAddr, max_header_bytes: usize) -> Optio
         return None; // too large (hyper answers 431), another method, HTTP/1.0, or pipelined
     }
     let mut request = Request::get(parsed.path?);
+    let mut keep_alive = true;
     for header in parsed.headers.iter() {
         let name = header.name.to_ascii_lowercase();
         if matches!(name.as_str(), "content-length" | "transfer-encoding" | "upgrade" | "expect") {
             return None;
         }
+        if name == "connection" && header.value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close")) {
+            keep_alive = false;
+        }
         request = request.header(header.name, http::HeaderValue::from_bytes(header.value).ok()?);
     }
     let mut request = request.body(axum::body::Body::empty()).ok()?;
     request.extensions_mut().insert(ConnectInfo(peer));
-    Some(request)
+    Some((request, keep_alive))
+}
+
+/// Whether `response` can be written here whole: a status that has a body, and a body whose
+/// length is known (so it is finite, and goes out with `Content-Length`).
+fn writable_whole(response: &axum::response::Response) -> bool {
+    use http_body::Body as _;
+    let status = response.status();
+    !status.is_informational()
+        && status != StatusCode::NO_CONTENT
+        && status != StatusCode::NOT_MODIFIED
+        && response.body().size_hint().exact().is_some()
+}
+
+/// Writes a whole answer of known length, keeping the connection open if `keep_alive`.
+async fn write_whole(stream: &mut TcpStream, response: axum::response::Response, keep_alive: bool) -> io::Result<()> {
+    use http_body::Body as _;
+    use tokio::io::AsyncWriteExt;
+    let (parts, mut body) = response.into_parts();
+    let length = body.size_hint().exact().unwrap_or(0);
+    let mut out = Vec::with_capacity(256 + usize::try_from(length).unwrap_or(0).min(16 * 1024));
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if matches!(name.as_str(), "content-length" | "transfer-encoding" | "connection" | "date") {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("content-length: {length}\r\n").as_bytes());
+    out.extend_from_slice(format!("date: {}\r\n", httpdate::fmt_http_date(std::time::SystemTime::now())).as_bytes());
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    let mut written = 0u64;
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        let frame = frame.map_err(|_| io::Error::other("the body failed"))?;
+        if let Ok(data) = frame.into_data() {
+            written += data.len() as u64;
+            if out.len() + data.len() <= 16 * 1024 {
+                out.extend_from_slice(&data);
+            } else {
+                stream.write_all(&out).await?;
+                out.clear();
+                stream.write_all(&data).await?;
+            }
+        }
+    }
+    if written != length {
+        return Err(io::Error::other("the body's length was not the one it announced"));
+    }
+    stream.write_all(&out).await
 }
 
 fn is_event_stream(response: &axum::response::Response) -> bool {
@@ -510,9 +610,6 @@ async fn stream_to_socket(mut stream: TcpStream, response: axum::response::Respo
     use http_body::Body as _;
     use tokio::io::AsyncWriteExt;
     let (parts, mut body) = response.into_parts();
-    // Each chunk is already everything that was ready: Nagle's algorithm would only hold it
-    // back until the previous one is acknowledged (up to the peer's delayed-ACK 40 ms).
-    let _ = stream.set_nodelay(true);
     let mut head = Vec::with_capacity(256);
     head.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
     for (name, value) in &parts.headers {

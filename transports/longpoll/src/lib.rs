@@ -154,7 +154,10 @@ impl LongPoll {
                 Ok(s) => s,
                 Err(err) => return err.into_response(),
             };
-        let batch = if params.cursor.is_none() {
+        // Nothing of the request is needed while the poll waits: free it now.
+        let has_cursor = params.cursor.is_some();
+        drop((parts, params));
+        let batch = if !has_cursor {
             Batch::empty(&subscription)
         } else {
             self.collect(subscription, timeout).await
@@ -223,6 +226,37 @@ impl LongPoll {
     }
 }
 
+/// A body of shared chunks whose total length is known (so that it goes out with a
+/// `Content-Length`, and a server may write it whole).
+struct Chunks {
+    chunks: std::collections::VecDeque<Bytes>,
+    remaining: u64,
+}
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let chunk = self.chunks.pop_front();
+        if let Some(chunk) = &chunk {
+            self.remaining -= chunk.len() as u64;
+        }
+        std::task::Poll::Ready(chunk.map(|c| Ok(http_body::Frame::data(c))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
+    }
+}
+
 struct Batch {
     events: Vec<(String, Bytes)>,
     bytes: usize,
@@ -263,9 +297,7 @@ impl Batch {
         }
         head.put_u8(b'}');
         chunks.push(head.freeze());
-        let body = Body::from_stream(futures_util::stream::iter(
-            chunks.into_iter().map(Ok::<_, std::convert::Infallible>),
-        ));
+        let body = Body::new(Chunks { remaining: chunks.iter().map(|c| c.len() as u64).sum(), chunks: chunks.into() });
         let mut response = (StatusCode::OK, body).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
