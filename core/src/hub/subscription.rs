@@ -369,7 +369,9 @@ impl Subscription {
                 return Some(self.deliver(pending));
             }
             let step = match self.catch_up {
-                Some(index) => self.catch_up_step(index).await.map(|()| true),
+                // Boxed: a replay step holds a store read; a subscription waiting for live
+                // events (nearly always) should not carry room for it.
+                Some(index) => Box::pin(self.catch_up_step(index)).await.map(|()| true),
                 None => self.live_step(wait).await,
             };
             match step {

@@ -371,37 +371,32 @@ async fn serve_connection(
     // after which the connection waits for its next request, all without the HTTP machinery's
     // per-connection buffers. Anything else goes to hyper, which reads the same bytes again,
     // and keeps the connection from then on.
+    // Every await below that holds much state is boxed: a task is as large as its largest
+    // state, and an idle stream or a waiting poll should not carry room for the others.
     let mut first = None;
     let head = loop {
-        let read = tokio::select! {
-            read = tokio::time::timeout(config.header_timeout, read_head(&mut stream, &config)) => read,
-            _ = stopped.wait_for(|stop| *stop) => return, // idle between requests: close
-        };
+        let read = Box::pin(async {
+            tokio::select! {
+                read = tokio::time::timeout(config.header_timeout, read_head(&mut stream, &config)) => Some(read),
+                _ = stopped.wait_for(|stop| *stop) => None, // idle between requests: close
+            }
+        })
+        .await;
         let mut head: Vec<u8> = match read {
-            Ok(Ok(head)) => head,
-            Ok(Err(_)) | Err(_) => return, // closed, failed, or too slow (slow-loris): cut off
+            Some(Ok(Ok(head))) => head,
+            // Shutting down, closed, failed, or too slow (slow-loris): cut off.
+            None | Some(Ok(Err(_)) | Err(_)) => return,
         };
         let Some((request, keep_alive)) = bodiless_get(&head, peer, config.max_header_bytes) else {
             break head;
         };
         head.shrink_to_fit(); // kept, small, while a long-poll waits
-        let mut router = router.clone();
-        let mut call = pin!(tower::Service::call(&mut router, request));
-        // A long-poll may wait a while: a client that hangs up meanwhile ends it at once.
-        let mut peeked = false;
-        let response = loop {
-            let mut byte = [0u8; 1];
-            tokio::select! {
-                Ok(response) = call.as_mut() => break response,
-                seen = stream.peek(&mut byte), if !peeked => match seen {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => peeked = true, // a pipelined request: hyper reads it later
-                },
-            }
+        let Some((response, peeked)) = Box::pin(answer(&router, request, &stream)).await else {
+            return; // the client hung up while its request was answered
         };
         if is_event_stream(&response) {
             drop(head);
-            stream_to_socket(stream, response).await;
+            Box::pin(stream_to_socket(stream, response)).await;
             drop(admitted);
             return;
         }
@@ -410,16 +405,37 @@ async fn serve_connection(
             break head;
         }
         let keep_alive = keep_alive && !*stopped.borrow();
-        if write_whole(&mut stream, response, keep_alive).await.is_err() || !keep_alive {
+        if Box::pin(write_whole(&mut stream, response, keep_alive)).await.is_err() || !keep_alive {
             return;
         }
     };
-    // Boxed: hyper's connection state is large, and an idle stream or a waiting poll (the
-    // states above) should not carry room for it in every task.
     let stats = admitted.stats.clone();
     let io = Rewind { prefix: head, stream };
     Box::pin(serve_with_hyper(io, first, peer, router, config, stopped, stats)).await;
     drop(admitted);
+}
+
+/// Calls the router for `request`, watching the socket meanwhile: a long-poll may wait a
+/// while, and a client that hangs up ends it at once (`None`). Also says whether more bytes
+/// came meanwhile (a pipelined request, for hyper to read).
+async fn answer(
+    router: &Router,
+    request: Request<axum::body::Body>,
+    stream: &TcpStream,
+) -> Option<(axum::response::Response, bool)> {
+    let mut router = router.clone();
+    let mut call = pin!(tower::Service::call(&mut router, request));
+    let mut peeked = false;
+    loop {
+        let mut byte = [0u8; 1];
+        tokio::select! {
+            Ok(response) = call.as_mut() => return Some((response, peeked)),
+            seen = stream.peek(&mut byte), if !peeked => match seen {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => peeked = true,
+            },
+        }
+    }
 }
 
 /// Serves the rest of a connection with hyper (the bytes already read, then the socket);
