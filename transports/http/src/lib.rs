@@ -189,6 +189,8 @@ pub const MAX_PUBLISH_BODY: usize = 8 << 20;
 /// let event = tidings_http::parse_publish(br#"{"topic":"news","data":"hi"}"#).unwrap();
 /// assert_eq!(event.topic.as_str(), "news");
 /// assert_eq!(tidings_http::parse_publish(br#"{"topic":"a\nb","data":"x"}"#).unwrap_err().status, 400);
+/// // Found by the fuzzer: the same fields as an array are not a publish request.
+/// assert_eq!(tidings_http::parse_publish(br#"["news",null,"hi"]"#).unwrap_err().status, 400);
 /// ```
 pub fn parse_publish(body: &[u8]) -> Result<NewEvent, HttpError> {
     #[derive(serde::Deserialize)]
@@ -197,6 +199,10 @@ pub fn parse_publish(body: &[u8]) -> Result<NewEvent, HttpError> {
         topic: String,
         event: Option<String>,
         data: String,
+    }
+    // An object only: serde would also read a struct from an array (`["topic", null, "data"]`).
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(HttpError::bad_request("invalid JSON: expected an object {\"topic\": …, \"data\": …}"));
     }
     let body: PublishBody =
         serde_json::from_slice(body).map_err(|e| HttpError::bad_request(format!("invalid JSON: {e}")))?;
