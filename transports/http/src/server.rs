@@ -564,13 +564,10 @@ fn writable_whole(response: &axum::response::Response) -> bool {
         && response.body().size_hint().exact().is_some()
 }
 
-/// Writes a whole answer of known length, keeping the connection open if `keep_alive`.
-async fn write_whole(stream: &mut TcpStream, response: axum::response::Response, keep_alive: bool) -> io::Result<()> {
-    use http_body::Body as _;
-    use tokio::io::AsyncWriteExt;
-    let (parts, mut body) = response.into_parts();
-    let length = body.size_hint().exact().unwrap_or(0);
-    let mut out = Vec::with_capacity(256 + usize::try_from(length).unwrap_or(0).min(16 * 1024));
+/// Puts a response head into `out`: the status line, the handler's headers but those that
+/// frame the message (this server decides them), `content-length` if given (else the body ends
+/// with the connection), `date`, and `connection: close` unless `keep_alive`.
+fn put_head(out: &mut Vec<u8>, parts: &http::response::Parts, length: Option<u64>, keep_alive: bool) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(parts.status.as_str().as_bytes());
     out.push(b' ');
@@ -585,12 +582,24 @@ async fn write_whole(stream: &mut TcpStream, response: axum::response::Response,
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(format!("content-length: {length}\r\n").as_bytes());
+    if let Some(length) = length {
+        out.extend_from_slice(format!("content-length: {length}\r\n").as_bytes());
+    }
     out.extend_from_slice(format!("date: {}\r\n", httpdate::fmt_http_date(std::time::SystemTime::now())).as_bytes());
     if !keep_alive {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Writes a whole answer of known length, keeping the connection open if `keep_alive`.
+async fn write_whole(stream: &mut TcpStream, response: axum::response::Response, keep_alive: bool) -> io::Result<()> {
+    use http_body::Body as _;
+    use tokio::io::AsyncWriteExt;
+    let (parts, mut body) = response.into_parts();
+    let length = body.size_hint().exact().unwrap_or(0);
+    let mut out = Vec::with_capacity(256 + usize::try_from(length).unwrap_or(0).min(16 * 1024));
+    put_head(&mut out, &parts, Some(length), keep_alive);
     let mut written = 0u64;
     while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
         let frame = frame.map_err(|_| io::Error::other("the body failed"))?;
@@ -627,14 +636,7 @@ async fn stream_to_socket(mut stream: TcpStream, response: axum::response::Respo
     use tokio::io::AsyncWriteExt;
     let (parts, mut body) = response.into_parts();
     let mut head = Vec::with_capacity(256);
-    head.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
-    for (name, value) in &parts.headers {
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
-    head.extend_from_slice(b"connection: close\r\n\r\n");
+    put_head(&mut head, &parts, None, false);
     if stream.write_all(&head).await.is_err() {
         return;
     }
