@@ -12,6 +12,7 @@ use tokio_stream::wrappers::BroadcastStream;
 use crate::cursor::Epoch;
 use crate::event::{Event, NewEvent};
 use crate::retention::Retention;
+use crate::hub::LocalTail;
 use crate::store::{Bounds, LiveTail, Page, Store, StoreError, TailItem};
 use crate::topic::Topic;
 
@@ -38,8 +39,15 @@ const TAIL_CAPACITY: usize = 4096;
 pub struct MemoryStore {
     epoch: Epoch,
     retention: Retention,
-    topics: Mutex<HashMap<Topic, TopicLog>>,
+    log: Mutex<Log>,
     tail: broadcast::Sender<Event>,
+}
+
+#[derive(Debug, Default)]
+struct Log {
+    topics: HashMap<Topic, TopicLog>,
+    /// The hubs over this store, told of each append under the lock.
+    hubs: Vec<LocalTail>,
 }
 
 #[derive(Debug, Default)]
@@ -83,7 +91,7 @@ impl MemoryStore {
         MemoryStore {
             epoch: Epoch::random(),
             retention,
-            topics: Mutex::new(HashMap::new()),
+            log: Mutex::new(Log::default()),
             tail: broadcast::channel(TAIL_CAPACITY).0,
         }
     }
@@ -93,10 +101,10 @@ impl MemoryStore {
         self.epoch
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Topic, TopicLog>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Log> {
         // A panic while holding the lock cannot leave a log half-updated (every update is a
         // push or pop), so a poisoned lock is still consistent.
-        self.topics.lock().unwrap_or_else(|e| e.into_inner())
+        self.log.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -104,7 +112,8 @@ impl MemoryStore {
 impl Store for MemoryStore {
     async fn append(&self, new: NewEvent) -> Result<Event, StoreError> {
         let now = Instant::now();
-        let mut topics = self.lock();
+        let mut guard = self.lock();
+        let Log { topics, hubs } = &mut *guard;
         let log = topics.entry(new.topic.clone()).or_default();
         log.last += 1;
         let event = Event {
@@ -116,14 +125,17 @@ impl Store for MemoryStore {
         };
         log.events.push_back((now, event.clone()));
         log.trim(&self.retention, now);
-        // Sent under the lock, so the tail sees each topic in log order.
-        let _ = self.tail.send(event.clone());
+        // Announced under the lock, so hubs and tails see each topic in log order.
+        hubs.retain(|hub| hub.announce(&event));
+        if self.tail.receiver_count() > 0 {
+            let _ = self.tail.send(event.clone());
+        }
         Ok(event)
     }
 
     async fn bounds(&self, topic: &Topic) -> Result<Bounds, StoreError> {
-        let mut topics = self.lock();
-        Ok(match topics.get_mut(topic) {
+        let mut log = self.lock();
+        Ok(match log.topics.get_mut(topic) {
             Some(log) => {
                 log.trim(&self.retention, Instant::now());
                 log.bounds(self.epoch)
@@ -138,8 +150,8 @@ impl Store for MemoryStore {
         after: u64,
         limit: usize,
     ) -> Result<Page, StoreError> {
-        let mut topics = self.lock();
-        let Some(log) = topics.get_mut(topic) else {
+        let mut guard = self.lock();
+        let Some(log) = guard.topics.get_mut(topic) else {
             return Ok(Page { bounds: Bounds { epoch: self.epoch, first: 1, last: 0 }, events: vec![] });
         };
         log.trim(&self.retention, Instant::now());
@@ -159,5 +171,10 @@ impl Store for MemoryStore {
             Err(_lagged) => TailItem::Resync,
         });
         Ok(Box::pin(stream))
+    }
+
+    fn attach_local_tail(&self, tail: LocalTail) -> bool {
+        self.lock().hubs.push(tail);
+        true
     }
 }

@@ -8,6 +8,7 @@ use tokio_stream::Stream;
 
 use crate::cursor::Epoch;
 use crate::event::{Event, NewEvent};
+use crate::hub::LocalTail;
 use crate::topic::Topic;
 
 /// Where a topic's retained log begins and ends, in one epoch.
@@ -98,6 +99,10 @@ impl std::error::Error for StoreError {
 /// - **Live tail.** `live_tail` yields every event appended after it was opened, per topic in
 ///   log order (it may also yield some appended shortly before, which the hub skips); when it cannot promise that (it fell behind, a connection dropped), it yields
 ///   [`TailItem::Resync`]. The hub opens one tail per hub and shares it with all subscribers.
+/// - **Local tail** (optional). A store through which every append to its log passes (nothing
+///   else writes it) may accept a [`LocalTail`] in [`attach_local_tail`](Store::attach_local_tail)
+///   and announce each event to it itself, in log order, before `append` returns: the hub then
+///   reads no live tail, and an event reaches subscribers without a hop through another task.
 ///
 /// The `tidings-conformance` crate checks all of this for any implementation.
 #[async_trait]
@@ -114,4 +119,16 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Opens a live tail of everything appended from now on.
     async fn live_tail(&self) -> Result<LiveTail, StoreError>;
+
+    /// Offers a hub a direct way in for the events appended through this store (see
+    /// [`LocalTail`]). Return `true` to take it: from then on, [`LocalTail::announce`] every
+    /// appended event, in log order, before `append` returns, until `announce` returns `false`.
+    /// Several hubs may share one store; each attaches its own.
+    ///
+    /// The default, `false`, suits a store that other processes append to (a shared Redis): the
+    /// hub then reads [`live_tail`](Store::live_tail).
+    fn attach_local_tail(&self, tail: LocalTail) -> bool {
+        let _ = tail;
+        false
+    }
 }

@@ -1,13 +1,14 @@
 //! Hub behaviour that the transport suite does not reach: sharing, hooks, limits, a store whose
-//! tail never opens.
+//! tail never opens, the local tail.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tidings_core::{
-    Bounds, Connection, Delivery, Disconnect, Event, Hub, Lifecycle, LiveTail, MemoryStore,
-    NewEvent, Page, PublishError, Store, StoreError, SubscribeError, SubscribeRequest, Topic,
+    Bounds, Connection, Delivery, Disconnect, Event, Hub, Lifecycle, LiveTail, LocalTail,
+    MemoryStore, NewEvent, Page, PublishError, Store, StoreError, SubscribeError, SubscribeRequest, Topic,
 };
 
 fn topic() -> Topic {
@@ -128,4 +129,95 @@ async fn subscribing_fails_clearly_when_the_live_tail_never_opens() {
     let err = hub.subscribe(SubscribeRequest::new(vec![topic()])).await.unwrap_err();
     assert!(matches!(err, SubscribeError::Store(_)), "{err}");
     assert_eq!(started.elapsed(), Duration::from_secs(10));
+}
+
+/// A memory store that takes the hub's local tail, counts its reads, and has no live tail: a
+/// hub over it can only learn of events through the local tail.
+#[derive(Debug, Default)]
+struct LocalOnly {
+    store: MemoryStore,
+    reads: AtomicUsize,
+}
+
+#[async_trait]
+impl Store for LocalOnly {
+    async fn append(&self, event: NewEvent) -> Result<Event, StoreError> {
+        self.store.append(event).await
+    }
+    async fn bounds(&self, topic: &Topic) -> Result<Bounds, StoreError> {
+        self.store.bounds(topic).await
+    }
+    async fn read_after(&self, topic: &Topic, after: u64, limit: usize) -> Result<Page, StoreError> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        self.store.read_after(topic, after, limit).await
+    }
+    async fn live_tail(&self) -> Result<LiveTail, StoreError> {
+        Err(StoreError::new("no tail: events must come through the local tail"))
+    }
+    fn attach_local_tail(&self, tail: LocalTail) -> bool {
+        self.store.attach_local_tail(tail)
+    }
+}
+
+async fn next_seq(sub: &mut tidings_core::Subscription) -> u64 {
+    match sub.next().await {
+        Some(Delivery::Event(e)) => e.event().seq,
+        other => panic!("expected an event, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishers_reach_subscribers_in_log_order_through_the_local_tail() {
+    let store = Arc::new(LocalOnly::default());
+    // Room for every event: no subscription can lag, so any store read after opening would
+    // mean the ring saw an event out of order (a subscription catches up from the store then).
+    let hub = Hub::builder_shared(store.clone()).ring_capacity(4096).build();
+    let mut subs = Vec::new();
+    for _ in 0..3 {
+        subs.push(hub.subscribe(SubscribeRequest::new(vec![topic()])).await.unwrap());
+    }
+    let reads_at_open = store.reads.load(Ordering::Relaxed);
+    let (publishers, each) = (8, 200);
+    let tasks: Vec<_> = (0..publishers)
+        .map(|p| {
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                for i in 0..each {
+                    hub.publish(NewEvent::new(topic(), format!("{p}-{i}"))).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    let readers: Vec<_> = subs
+        .into_iter()
+        .map(|mut sub| {
+            tokio::spawn(async move {
+                for want in 1..=(publishers * each) as u64 {
+                    assert_eq!(next_seq(&mut sub).await, want);
+                }
+            })
+        })
+        .collect();
+    for task in tasks.into_iter().chain(readers) {
+        task.await.unwrap();
+    }
+    assert_eq!(store.reads.load(Ordering::Relaxed), reads_at_open, "a subscription had to catch up");
+}
+
+#[tokio::test]
+async fn hubs_sharing_a_local_store_each_receive_its_events() {
+    let store: Arc<dyn Store> = Arc::new(LocalOnly::default());
+    let first = Hub::builder_shared(store.clone()).build();
+    let second = Hub::builder_shared(store.clone()).build();
+    let mut a = first.subscribe(SubscribeRequest::new(vec![topic()])).await.unwrap();
+    let mut b = second.subscribe(SubscribeRequest::new(vec![topic()])).await.unwrap();
+    first.publish(NewEvent::new(topic(), "one")).await.unwrap();
+    second.publish(NewEvent::new(topic(), "two")).await.unwrap();
+    assert_eq!((next_seq(&mut a).await, next_seq(&mut a).await), (1, 2));
+    assert_eq!((next_seq(&mut b).await, next_seq(&mut b).await), (1, 2));
+    // A hub that is gone is dropped from the store's list; the other keeps receiving.
+    drop(b);
+    drop(second);
+    store.append(NewEvent::new(topic(), "three")).await.unwrap();
+    assert_eq!(next_seq(&mut a).await, 3);
 }

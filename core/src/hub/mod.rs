@@ -80,6 +80,14 @@
 //! ring. Its memory stays bounded by one page, whatever it does; retention that overtakes a very
 //! slow subscription turns into a gap notice, never silent loss.
 //!
+//! # The live path
+//!
+//! A store whose appends all happen in this process ([`MemoryStore`](crate::MemoryStore), the
+//! SQLite store) takes a [`LocalTail`] from the hub ([`Store::attach_local_tail`]) and puts each
+//! event into the ring itself, in the publisher's task, while it still holds the lock that
+//! orders its appends. Other stores (Redis, where other nodes append too) are read through their
+//! [`Store::live_tail`] by one task per hub, the pump.
+//!
 //! # Closing
 //!
 //! [`Hub::shutdown`] makes every subscription yield one [`Delivery::Closing`] with a
@@ -111,6 +119,40 @@ pub(crate) enum RingItem {
     Event(Arc<SharedEvent>),
     /// The store's tail may have missed events: every subscription re-reads the store.
     Resync,
+}
+
+/// A hub's way in for the events a store appends in this process: handed to
+/// [`Store::attach_local_tail`], which a store accepts when every append to its log goes through
+/// it (nothing else writes the log).
+///
+/// The store calls [`announce`](LocalTail::announce) for each event it appends, after the event
+/// is readable and before `append` returns, **in log order**: while it still holds whatever
+/// orders its appends. Each announcement puts the event into the hub's live ring and wakes the
+/// subscriptions waiting for it, so it costs a little time per waiting subscription.
+#[derive(Clone)]
+pub struct LocalTail {
+    ring: broadcast::WeakSender<RingItem>,
+}
+
+impl LocalTail {
+    /// Hands one appended event to the hub. Returns `false` once the hub is gone: the store
+    /// then drops this `LocalTail`.
+    pub fn announce(&self, event: &Event) -> bool {
+        match self.ring.upgrade() {
+            Some(ring) => {
+                // No receiver is not an error: nobody is listening.
+                let _ = ring.send(RingItem::Event(Arc::new(SharedEvent::new(event.clone()))));
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl fmt::Debug for LocalTail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalTail").field("hub_alive", &(self.ring.strong_count() > 0)).finish()
+    }
 }
 
 /// Publishes events and opens subscriptions. Cheap to clone; all clones share one hub.
@@ -264,8 +306,9 @@ impl HubBuilder {
         self
     }
 
-    /// Builds the hub and starts its pump (the task that moves the store's live tail into the
-    /// ring).
+    /// Builds the hub: the store takes a [`LocalTail`] if it can
+    /// ([`Store::attach_local_tail`]); otherwise the hub starts its pump (the task that moves the
+    /// store's live tail into the ring).
     ///
     /// # Panics
     ///
@@ -273,8 +316,13 @@ impl HubBuilder {
     pub fn build(self) -> Hub {
         let (ring, _) = broadcast::channel(self.config.ring_capacity);
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let (ready_tx, tail_ready) = watch::channel(false);
-        tokio::spawn(pump(self.store.clone(), ring.clone(), shutdown_rx, ready_tx));
+        let local = self.store.attach_local_tail(LocalTail { ring: ring.downgrade() });
+        // With a local tail the ring is live at once (a watch keeps its last value after its
+        // sender is gone).
+        let (ready_tx, tail_ready) = watch::channel(local);
+        if !local {
+            tokio::spawn(pump(self.store.clone(), ring.clone(), shutdown_rx, ready_tx));
+        }
         Hub {
             inner: Arc::new(HubInner {
                 store: self.store,

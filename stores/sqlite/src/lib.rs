@@ -5,6 +5,9 @@
 //!   power loss; [`Durability::Process`] survives a crashed process but not a crashed machine.
 //! - Nothing half-written is ever delivered: an event reaches the live tail only after its
 //!   commit, and readers only see committed rows.
+//! - One process writes the file, through one `SqliteStore`: its hubs learn of each append
+//!   directly ([`Store::attach_local_tail`]). Appends by another process would reach this
+//!   one's subscribers only when they next read the file (after a reconnect), not live.
 //! - The epoch is stored in the file: a restarted server keeps it, so clients resume exactly.
 //!   A new file (or a deleted one) is a new epoch: clients get a gap.
 //! - Replay after a cursor is a range read on the primary key `(topic, seq)`.
@@ -27,8 +30,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use tidings_core::{
-    Bounds, Epoch, Event, EventType, LiveTail, NewEvent, Page, Retention, Store, StoreError,
-    TailItem, Topic,
+    Bounds, Epoch, Event, EventType, LiveTail, LocalTail, NewEvent, Page, Retention, Store,
+    StoreError, TailItem, Topic,
 };
 use tokio::sync::broadcast;
 use tokio_stream::StreamExt;
@@ -63,6 +66,8 @@ struct Inner {
     /// A second connection for reads, so that replays do not wait for appends (WAL).
     reader: Mutex<Connection>,
     tail: broadcast::Sender<Event>,
+    /// The hubs over this store, told of each append under the writer lock.
+    hubs: Mutex<Vec<LocalTail>>,
 }
 
 const SCHEMA: &str = "
@@ -86,9 +91,10 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic inside a transaction rolls it back when the transaction is dropped, so a
-    // poisoned connection is still consistent.
+    // poisoned connection is still consistent (and the list of hubs is only pushed to and
+    // filtered).
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -149,6 +155,7 @@ impl SqliteStore {
                 writer: Mutex::new(writer),
                 reader: Mutex::new(reader),
                 tail: broadcast::channel(4096).0,
+                hubs: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -246,8 +253,11 @@ impl Store for SqliteStore {
                 event_type: new.event_type,
                 data: new.data,
             };
-            // Still under the writer lock: the tail sees each topic in commit order.
-            let _ = inner.tail.send(event.clone());
+            // Still under the writer lock: hubs and tails see each topic in commit order.
+            lock(&inner.hubs).retain(|hub| hub.announce(&event));
+            if inner.tail.receiver_count() > 0 {
+                let _ = inner.tail.send(event.clone());
+            }
             Ok(event)
         })
         .await
@@ -306,5 +316,11 @@ impl Store for SqliteStore {
             Err(_lagged) => TailItem::Resync,
         });
         Ok(Box::pin(stream))
+    }
+
+    /// Taken: this store's writer is the only way into its file (see the type's documentation).
+    fn attach_local_tail(&self, tail: LocalTail) -> bool {
+        lock(&self.inner.hubs).push(tail);
+        true
     }
 }
