@@ -100,7 +100,7 @@ mod subscription;
 use std::fmt;
 use std::ops::RangeInclusive;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
@@ -119,6 +119,8 @@ pub(crate) enum RingItem {
     Event(Arc<SharedEvent>),
     /// The store's tail may have missed events: every subscription re-reads the store.
     Resync,
+    /// The hub is shutting down ([`HubInner::closing`] is set): wakes waiting subscriptions.
+    Shutdown,
 }
 
 /// A hub's way in for the events a store appends in this process: handed to
@@ -174,7 +176,10 @@ pub(crate) struct HubInner {
     /// Subscriptions open now (decremented before `on_disconnect` runs).
     pub(crate) open: AtomicU64,
     pub(crate) gaps: AtomicU64,
-    /// `true` once the hub shuts down.
+    /// `true` once the hub shuts down; read by subscriptions on every step (an atomic load: a
+    /// watch's read lock would be a write to memory shared by thousands of subscriptions).
+    pub(crate) closing: AtomicBool,
+    /// `true` once the hub shuts down, for tasks that wait for it (the pump, opening).
     pub(crate) shutdown: watch::Sender<bool>,
     /// `true` once the pump has opened the store's live tail.
     pub(crate) tail_ready: watch::Receiver<bool>,
@@ -334,6 +339,7 @@ impl HubBuilder {
                 lagged: AtomicU64::new(0),
                 open: AtomicU64::new(0),
                 gaps: AtomicU64::new(0),
+                closing: AtomicBool::new(false),
                 shutdown,
                 tail_ready,
             }),
@@ -346,6 +352,21 @@ impl HubInner {
     pub(crate) async fn check_access(&self, request: &AccessRequest<'_>) -> Result<Option<String>, Refusal> {
         self.authorize.authorize(request).await?;
         Ok(self.authorize.identify(request))
+    }
+}
+
+impl HubInner {
+    /// Starts the shutdown: the flag first, then the ring's wake-up, so a subscription woken
+    /// by it sees the flag.
+    pub(crate) fn close(&self) {
+        if !self.closing.swap(true, Ordering::SeqCst) {
+            self.shutdown.send_replace(true);
+            let _ = self.ring.send(RingItem::Shutdown);
+        }
+    }
+
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
     }
 }
 
@@ -572,7 +593,7 @@ impl Hub {
     /// Asks every subscription to close (each yields [`Delivery::Closing`] with a jittered
     /// reconnection delay) and refuses new ones.
     pub fn shutdown(&self) {
-        self.inner.shutdown.send_replace(true);
+        self.inner.close();
     }
 
     /// A reconnection delay drawn from [`HubBuilder::reconnect_jitter`], for transports that
@@ -583,7 +604,7 @@ impl Hub {
 
     /// Whether [`Hub::shutdown`] was called.
     pub fn is_shutting_down(&self) -> bool {
-        *self.inner.shutdown.borrow()
+        self.inner.is_closing()
     }
 
     /// Counters since the hub was built.

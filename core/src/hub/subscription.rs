@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use super::{Hub, HubInner, RingItem, SubscribeError};
@@ -164,7 +164,6 @@ enum Pending {
 pub struct Subscription {
     hub: Arc<HubInner>,
     ring: broadcast::Receiver<RingItem>,
-    shutdown: watch::Receiver<bool>,
     epoch: Epoch,
     topics: Vec<TopicState>,
     pending: VecDeque<Pending>,
@@ -208,7 +207,7 @@ impl Subscription {
         if topics.len() > hub.config.max_topics {
             return Err(SubscribeError::TooManyTopics { limit: hub.config.max_topics });
         }
-        if *hub.shutdown.borrow() {
+        if hub.is_closing() {
             return Err(SubscribeError::ShuttingDown);
         }
         let recipient = match request.preauthorized {
@@ -287,7 +286,6 @@ impl Subscription {
         Ok(Subscription {
             epoch: epoch.unwrap_or(Epoch::from_raw(0)),
             ring,
-            shutdown,
             topics: states,
             pending,
             // Nothing to replay: follow the ring at once (it keeps the order across topics).
@@ -361,7 +359,7 @@ impl Subscription {
             if self.finished {
                 return None;
             }
-            if *self.shutdown.borrow() {
+            if self.hub.is_closing() {
                 self.finished = true;
                 return Some(Delivery::Closing(Closing { reconnect_after: self.jitter() }));
             }
@@ -387,9 +385,10 @@ impl Subscription {
                     if !wait {
                         return None;
                     }
+                    let mut shutdown = self.hub.shutdown.subscribe();
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
-                        _ = self.shutdown.wait_for(|&s| s) => {}
+                        _ = shutdown.wait_for(|&s| s) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
@@ -474,10 +473,8 @@ impl Subscription {
     /// ring is empty and `wait` is false.
     async fn live_step(&mut self, wait: bool) -> Result<bool, StoreError> {
         let item = if wait {
-            tokio::select! {
-                item = self.ring.recv() => item,
-                _ = self.shutdown.wait_for(|&s| s) => return Ok(true),
-            }
+            // A shutdown comes through the ring too (`RingItem::Shutdown`).
+            self.ring.recv().await
         } else {
             match self.ring.try_recv() {
                 Ok(item) => Ok(item),
@@ -502,6 +499,8 @@ impl Subscription {
                 }
             }
             Ok(RingItem::Resync) => self.catch_up = Some(0),
+            // `advance` sees the flag.
+            Ok(RingItem::Shutdown) => {}
             Err(broadcast::error::RecvError::Lagged(_)) => {
                 self.hub.lagged.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("tidings_lagged_total", "transport" => self.connection.transport).increment(1);
@@ -509,7 +508,7 @@ impl Subscription {
             }
             Err(broadcast::error::RecvError::Closed) => {
                 // The hub is gone; treat it as a shutdown.
-                self.hub.shutdown.send_replace(true);
+                self.hub.close();
             }
         }
         Ok(true)

@@ -628,49 +628,73 @@ fn is_event_stream(response: &axum::response::Response) -> bool {
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
 }
 
-/// Writes `response` (a stream) to the socket itself: the head with `Connection: close`, then
-/// each chunk of the body as it comes, the body ending where the connection does (HTTP/1.1
-/// close-delimited). Returns when the body ends, the client goes away, or a write fails.
-async fn stream_to_socket(mut stream: TcpStream, response: axum::response::Response) {
-    use http_body::Body as _;
-    use tokio::io::AsyncWriteExt;
-    let (parts, mut body) = response.into_parts();
+/// Writes a stream to the socket itself: `head` (with `Connection: close`), then each chunk of
+/// `body` as it comes, the body ending where the connection does (HTTP/1.1 close-delimited).
+/// Returns when the body ends, the client goes away, or a write fails. Only the socket, the
+/// body and the chunk being written are kept across its waits (an idle stream's size matters).
+fn stream_to_socket(stream: TcpStream, response: axum::response::Response) -> impl Future<Output = ()> + Send {
+    let (parts, body) = response.into_parts();
     let mut head = Vec::with_capacity(256);
     put_head(&mut head, &parts, None, false);
-    if stream.write_all(&head).await.is_err() {
-        return;
-    }
-    drop(head);
-    let mut scratch = [0u8; 64];
-    loop {
-        let frame = tokio::select! {
-            frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)) => frame,
-            // The client may only close (or send something we ignore): a read of 0 bytes
-            // ends the stream at once, rather than at the next write.
-            readable = stream.readable() => {
-                if readable.is_err() {
-                    return;
+    write_stream(stream, head, body)
+}
+
+/// What the stream's next wake-up brought.
+enum StreamStep {
+    Write(axum::body::Bytes),
+    Skip,
+    End,
+    Gone,
+}
+
+// Not an `async fn`: that would keep each argument twice in the future (as argument and as
+// local); the `async move` block keeps the one copy it captured.
+fn write_stream(mut stream: TcpStream, head: Vec<u8>, mut body: axum::body::Body) -> impl Future<Output = ()> + Send {
+    use http_body::Body as _;
+    use tokio::io::AsyncWriteExt;
+    async move {
+        if stream.write_all(&head).await.is_err() {
+            return;
+        }
+        drop(head);
+        loop {
+            // The body first; then the socket's read readiness through its single reader
+            // slot (no waiter to register and remove on every wake-up, as `readable()` would).
+            let step = std::future::poll_fn(|cx| {
+                if let std::task::Poll::Ready(frame) = Pin::new(&mut body).poll_frame(cx) {
+                    return std::task::Poll::Ready(match frame {
+                        Some(Ok(frame)) => frame.into_data().map_or(StreamStep::Skip, StreamStep::Write),
+                        Some(Err(_)) | None => StreamStep::End,
+                    });
                 }
-                match stream.try_read(&mut scratch) {
-                    Ok(0) => return,
-                    Ok(_) => {}
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => return,
-                }
-                continue;
-            }
-        };
-        match frame {
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
+                stream.poll_read_ready(cx).map(|ready| match ready {
+                    Err(_) => StreamStep::Gone,
+                    Ok(()) => {
+                        // The client may only close (or send something we ignore): a read of 0
+                        // bytes ends the stream at once, rather than at the next write.
+                        let mut scratch = [0u8; 64];
+                        match stream.try_read(&mut scratch) {
+                            Ok(0) => StreamStep::Gone,
+                            Ok(_) => StreamStep::Skip,
+                            Err(err) if err.kind() == io::ErrorKind::WouldBlock => StreamStep::Skip,
+                            Err(_) => StreamStep::Gone,
+                        }
+                    }
+                })
+            })
+            .await;
+            match step {
+                StreamStep::Write(data) => {
                     if stream.write_all(&data).await.is_err() {
                         return;
                     }
                 }
-            }
-            Some(Err(_)) | None => {
-                let _ = stream.shutdown().await;
-                return;
+                StreamStep::Skip => {}
+                StreamStep::End => {
+                    let _ = stream.shutdown().await;
+                    return;
+                }
+                StreamStep::Gone => return,
             }
         }
     }
