@@ -289,3 +289,126 @@ async fn polls_share_a_keep_alive_connection_until_the_client_says_close() {
     let after = tokio::time::timeout(Duration::from_secs(20), conn.read(&mut rest)).await.expect("closed within 20 s");
     assert!(matches!(after, Ok(0)), "{after:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_poll_goes_out_with_its_length_and_a_request_sent_meanwhile_is_answered_after_it() {
+    let (addr, hub, _) = start(|s| s).await;
+    let answer = request(addr, b"GET /poll?topic=later HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
+    let cursor = serde_json::from_str::<serde_json::Value>(body).unwrap()["cursor"].as_str().unwrap().to_owned();
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    let wait = format!("GET /poll?topic=later&timeout=60&cursor={cursor} HTTP/1.1\r\nHost: x\r\n\r\n");
+    conn.write_all(wait.as_bytes()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while hub.subscriber_count() == 0 {
+        assert!(Instant::now() < deadline, "the poll never arrived");
+        tokio::task::yield_now().await;
+    }
+    // A second request while the first waits (the client pipelines): it must wait its turn.
+    conn.write_all(b"GET /poll?topic=later&cursor=x&timeout=0 HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let event = hub.publish(NewEvent::new(Topic::new("later"), "worth the wait")).await.unwrap();
+    // Both answers, read from the connection as they come (they may share a read).
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let answers = loop {
+        if let Some(answers) = split_answers(&got, 2) {
+            break answers;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(20), conn.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    };
+    let batch: serde_json::Value = serde_json::from_str(&answers[0].1).unwrap();
+    assert_eq!(batch["events"][0]["data"], "worth the wait", "{answers:?}");
+    assert_eq!(batch["cursor"], event.cursor().to_string(), "{answers:?}");
+    assert!(answers[1].0.starts_with("HTTP/1.1 200") && answers[1].1.contains("worth the wait"), "{answers:?}");
+}
+
+/// The first `n` answers in `bytes`, as (head, body), if they are complete; each must have a
+/// `Content-Length`.
+fn split_answers(mut bytes: &[u8], n: usize) -> Option<Vec<(String, String)>> {
+    let mut answers = Vec::new();
+    while answers.len() < n {
+        let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let head = String::from_utf8_lossy(&bytes[..end]).into_owned();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+            .unwrap_or_else(|| panic!("no content-length: {head}"));
+        let body = bytes.get(end + 4..end + 4 + length)?;
+        answers.push((head, String::from_utf8_lossy(body).into_owned()));
+        bytes = &bytes[end + 4 + length..];
+    }
+    Some(answers)
+}
+
+/// Reads one chunked answer (head and body up to its last chunk); returns the head and the
+/// body's bytes joined.
+async fn read_chunked(stream: &mut TcpStream) -> (String, String) {
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    let (head, mut rest) = loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break (String::from_utf8_lossy(&got[..end]).into_owned(), got[end + 4..].to_vec());
+        }
+        let n = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed before the head");
+        got.extend_from_slice(&buf[..n]);
+    };
+    let mut body = String::new();
+    loop {
+        if let Some(line_end) = rest.windows(2).position(|w| w == b"\r\n") {
+            let size = usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap(), 16).unwrap();
+            if rest.len() >= line_end + 2 + size + 2 {
+                body.push_str(std::str::from_utf8(&rest[line_end + 2..line_end + 2 + size]).unwrap());
+                assert_eq!(&rest[line_end + 2 + size..line_end + 4 + size], b"\r\n");
+                rest.drain(..line_end + 4 + size);
+                if size == 0 {
+                    assert!(rest.is_empty(), "bytes after the last chunk: {rest:?}");
+                    return (head, body);
+                }
+                continue;
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed inside the body");
+        rest.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test]
+async fn answers_of_unknown_length_go_out_chunked_and_bodiless_statuses_without_a_body() {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route(
+            "/pieces",
+            get(|| async {
+                let pieces = ["one ", "", "two ", "three"].map(|p| Ok::<_, std::convert::Infallible>(bytes::Bytes::from(p)));
+                axum::body::Body::from_stream(futures_util::stream::iter(pieces))
+            }),
+        )
+        .route("/nothing", get(|| async { axum::http::StatusCode::NO_CONTENT }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(Server::new(app).serve(listener, std::future::pending()));
+    // Three answers on one keep-alive connection.
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"GET /pieces HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let (head, body) = read_chunked(&mut conn).await;
+    assert!(head.starts_with("HTTP/1.1 200") && head.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{head}");
+    assert_eq!(body, "one two three");
+    conn.write_all(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(20), conn.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8(got).unwrap();
+    assert!(head.starts_with("HTTP/1.1 204"), "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(!lower.contains("content-length") && !lower.contains("transfer-encoding") && !lower.contains("connection: close"), "{head}");
+    conn.write_all(b"GET /pieces HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    assert_eq!(read_chunked(&mut conn).await.1, "one two three");
+}

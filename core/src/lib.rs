@@ -43,7 +43,7 @@ pub use access::{
 pub use cursor::{Cursor, CursorError, Epoch};
 pub use event::{Event, EventType, EventTypeError, JsonEvent, NewEvent, SharedEvent, WireFormat};
 pub use hub::{
-    Closing, Delivery, Gap, Hub, HubBuilder, HubStats, LocalTail, PublishError, SubscribeError, SubscribeRequest,
+    Closing, Delivery, Gap, Hub, HubBuilder, HubStats, LocalTail, LocalTails, PublishError, SubscribeError, SubscribeRequest,
     Subscription,
 };
 pub use lifecycle::{Connection, Disconnect, Lifecycle, NoLifecycle};

@@ -12,7 +12,7 @@ use tokio_stream::wrappers::BroadcastStream;
 use crate::cursor::Epoch;
 use crate::event::{Event, NewEvent};
 use crate::retention::Retention;
-use crate::hub::LocalTail;
+use crate::hub::{LocalTail, LocalTails};
 use crate::store::{Bounds, LiveTail, Page, Store, StoreError, TailItem};
 use crate::topic::Topic;
 
@@ -39,15 +39,10 @@ const TAIL_CAPACITY: usize = 4096;
 pub struct MemoryStore {
     epoch: Epoch,
     retention: Retention,
-    log: Mutex<Log>,
+    topics: Mutex<HashMap<Topic, TopicLog>>,
     tail: broadcast::Sender<Event>,
-}
-
-#[derive(Debug, Default)]
-struct Log {
-    topics: HashMap<Topic, TopicLog>,
-    /// The hubs over this store, told of each append under the lock.
-    hubs: Vec<LocalTail>,
+    /// The hubs over this store.
+    hubs: LocalTails,
 }
 
 #[derive(Debug, Default)]
@@ -91,8 +86,9 @@ impl MemoryStore {
         MemoryStore {
             epoch: Epoch::random(),
             retention,
-            log: Mutex::new(Log::default()),
+            topics: Mutex::new(HashMap::new()),
             tail: broadcast::channel(TAIL_CAPACITY).0,
+            hubs: LocalTails::new(),
         }
     }
 
@@ -101,10 +97,10 @@ impl MemoryStore {
         self.epoch
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Log> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Topic, TopicLog>> {
         // A panic while holding the lock cannot leave a log half-updated (every update is a
         // push or pop), so a poisoned lock is still consistent.
-        self.log.lock().unwrap_or_else(|e| e.into_inner())
+        self.topics.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -112,8 +108,7 @@ impl MemoryStore {
 impl Store for MemoryStore {
     async fn append(&self, new: NewEvent) -> Result<Event, StoreError> {
         let now = Instant::now();
-        let mut guard = self.lock();
-        let Log { topics, hubs } = &mut *guard;
+        let mut topics = self.lock();
         let log = topics.entry(new.topic.clone()).or_default();
         log.last += 1;
         let event = Event {
@@ -125,17 +120,19 @@ impl Store for MemoryStore {
         };
         log.events.push_back((now, event.clone()));
         log.trim(&self.retention, now);
-        // Announced under the lock, so hubs and tails see each topic in log order.
-        hubs.retain(|hub| hub.announce(&event));
+        // Queued and sent under the lock, so hubs and tails see each topic in log order.
+        self.hubs.queue(event.clone());
         if self.tail.receiver_count() > 0 {
             let _ = self.tail.send(event.clone());
         }
+        drop(topics);
+        self.hubs.flush();
         Ok(event)
     }
 
     async fn bounds(&self, topic: &Topic) -> Result<Bounds, StoreError> {
-        let mut log = self.lock();
-        Ok(match log.topics.get_mut(topic) {
+        let mut topics = self.lock();
+        Ok(match topics.get_mut(topic) {
             Some(log) => {
                 log.trim(&self.retention, Instant::now());
                 log.bounds(self.epoch)
@@ -150,8 +147,8 @@ impl Store for MemoryStore {
         after: u64,
         limit: usize,
     ) -> Result<Page, StoreError> {
-        let mut guard = self.lock();
-        let Some(log) = guard.topics.get_mut(topic) else {
+        let mut topics = self.lock();
+        let Some(log) = topics.get_mut(topic) else {
             return Ok(Page { bounds: Bounds { epoch: self.epoch, first: 1, last: 0 }, events: vec![] });
         };
         log.trim(&self.retention, Instant::now());
@@ -174,7 +171,7 @@ impl Store for MemoryStore {
     }
 
     fn attach_local_tail(&self, tail: LocalTail) -> bool {
-        self.lock().hubs.push(tail);
+        self.hubs.attach(tail);
         true
     }
 }

@@ -84,8 +84,9 @@
 //!
 //! A store whose appends all happen in this process ([`MemoryStore`](crate::MemoryStore), the
 //! SQLite store) takes a [`LocalTail`] from the hub ([`Store::attach_local_tail`]) and puts each
-//! event into the ring itself, in the publisher's task, while it still holds the lock that
-//! orders its appends. Other stores (Redis, where other nodes append too) are read through their
+//! event into the ring itself, in the publisher's task, in log order ([`LocalTails`] does so
+//! outside the lock that orders the appends, so readers of the store do not wait while the
+//! subscriptions are woken). Other stores (Redis, where other nodes append too) are read through their
 //! [`Store::live_tail`] by one task per hub, the pump.
 //!
 //! # Closing
@@ -128,9 +129,10 @@ pub(crate) enum RingItem {
 /// it (nothing else writes the log).
 ///
 /// The store calls [`announce`](LocalTail::announce) for each event it appends, after the event
-/// is readable and before `append` returns, **in log order**: while it still holds whatever
-/// orders its appends. Each announcement puts the event into the hub's live ring and wakes the
-/// subscriptions waiting for it, so it costs a little time per waiting subscription.
+/// is readable and before `append` returns, **in log order** ([`LocalTails`] keeps that order
+/// for several publishers at once). Each announcement puts the event into the hub's live ring
+/// and wakes the subscriptions waiting for it, so it costs a little time per waiting
+/// subscription.
 #[derive(Clone)]
 pub struct LocalTail {
     ring: broadcast::WeakSender<RingItem>,
@@ -155,6 +157,82 @@ impl fmt::Debug for LocalTail {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LocalTail").field("hub_alive", &(self.ring.strong_count() > 0)).finish()
     }
+}
+
+/// The hubs attached to a store ([`Store::attach_local_tail`]), for a store to announce its
+/// appends to them **outside** the lock that orders its appends, yet in log order: under that
+/// lock, [`queue`](LocalTails::queue) the event; after releasing it, and before `append`
+/// returns, [`flush`](LocalTails::flush).
+///
+/// Waking the subscriptions that wait for an event takes a while when there are many; done
+/// under the store's lock, it would hold up every reader of the store (a client opening a
+/// subscription reads it) as long. `flush` announces every queued event in order, under a lock
+/// of its own; a publisher whose event an earlier `flush` already announced returns at once.
+///
+/// ```
+/// # use std::sync::Mutex;
+/// # use tidings_core::{Event, LocalTail, LocalTails};
+/// struct MyLog { events: Mutex<Vec<Event>>, hubs: LocalTails }
+/// impl MyLog {
+///     fn append(&self, event: Event) {
+///         {
+///             let mut events = self.events.lock().unwrap();
+///             events.push(event.clone());
+///             self.hubs.queue(event); // under the lock: in log order
+///         }
+///         self.hubs.flush(); // outside it, before returning
+///     }
+///     fn attach_local_tail(&self, tail: LocalTail) -> bool {
+///         self.hubs.attach(tail);
+///         true
+///     }
+/// }
+/// ```
+#[derive(Debug, Default)]
+pub struct LocalTails {
+    attached: std::sync::atomic::AtomicBool,
+    queued: std::sync::Mutex<Vec<Event>>,
+    /// The hubs; held while announcing, which keeps announcements in queue order.
+    hubs: std::sync::Mutex<Vec<LocalTail>>,
+}
+
+impl LocalTails {
+    /// No hub yet.
+    pub fn new() -> LocalTails {
+        LocalTails::default()
+    }
+
+    /// Adds a hub.
+    pub fn attach(&self, tail: LocalTail) {
+        lock(&self.hubs).push(tail);
+        self.attached.store(true, Ordering::Release);
+    }
+
+    /// Queues `event` for the hubs (nothing, if no hub is attached). Call it under the lock
+    /// that orders the store's appends.
+    pub fn queue(&self, event: Event) {
+        if self.attached.load(Ordering::Acquire) {
+            lock(&self.queued).push(event);
+        }
+    }
+
+    /// Announces every queued event to every hub, in order. Call it after releasing the
+    /// store's lock and before `append` returns. Drops the hubs that are gone.
+    pub fn flush(&self) {
+        if !self.attached.load(Ordering::Acquire) {
+            return;
+        }
+        let mut hubs = lock(&self.hubs);
+        let events = std::mem::take(&mut *lock(&self.queued));
+        for event in &events {
+            hubs.retain(|hub| hub.announce(event));
+        }
+    }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Each critical section is a push, a take or a filter: a panic cannot leave them half done.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Publishes events and opens subscriptions. Cheap to clone; all clones share one hub.

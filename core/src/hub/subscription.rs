@@ -385,11 +385,15 @@ impl Subscription {
                     if !wait {
                         return None;
                     }
+                    // Boxed, as the replay step: a waiting subscription carries no room for it.
                     let mut shutdown = self.hub.shutdown.subscribe();
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.wait_for(|&s| s) => {}
-                    }
+                    Box::pin(async move {
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = shutdown.wait_for(|&s| s) => {}
+                        }
+                    })
+                    .await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }

@@ -30,7 +30,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use tidings_core::{
-    Bounds, Epoch, Event, EventType, LiveTail, LocalTail, NewEvent, Page, Retention, Store,
+    Bounds, Epoch, Event, EventType, LiveTail, LocalTail, LocalTails, NewEvent, Page, Retention, Store,
     StoreError, TailItem, Topic,
 };
 use tokio::sync::broadcast;
@@ -66,8 +66,8 @@ struct Inner {
     /// A second connection for reads, so that replays do not wait for appends (WAL).
     reader: Mutex<Connection>,
     tail: broadcast::Sender<Event>,
-    /// The hubs over this store, told of each append under the writer lock.
-    hubs: Mutex<Vec<LocalTail>>,
+    /// The hubs over this store.
+    hubs: LocalTails,
 }
 
 const SCHEMA: &str = "
@@ -93,8 +93,7 @@ fn now_ms() -> i64 {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic inside a transaction rolls it back when the transaction is dropped, so a
-    // poisoned connection is still consistent (and the list of hubs is only pushed to and
-    // filtered).
+    // poisoned connection is still consistent.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -155,7 +154,7 @@ impl SqliteStore {
                 writer: Mutex::new(writer),
                 reader: Mutex::new(reader),
                 tail: broadcast::channel(4096).0,
-                hubs: Mutex::new(Vec::new()),
+                hubs: LocalTails::new(),
             }),
         })
     }
@@ -254,10 +253,12 @@ impl Store for SqliteStore {
                 data: new.data,
             };
             // Still under the writer lock: hubs and tails see each topic in commit order.
-            lock(&inner.hubs).retain(|hub| hub.announce(&event));
+            inner.hubs.queue(event.clone());
             if inner.tail.receiver_count() > 0 {
                 let _ = inner.tail.send(event.clone());
             }
+            drop(conn);
+            inner.hubs.flush();
             Ok(event)
         })
         .await
@@ -320,7 +321,7 @@ impl Store for SqliteStore {
 
     /// Taken: this store's writer is the only way into its file (see the type's documentation).
     fn attach_local_tail(&self, tail: LocalTail) -> bool {
-        lock(&self.inner.hubs).push(tail);
+        self.inner.hubs.attach(tail);
         true
     }
 }

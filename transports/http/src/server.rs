@@ -64,12 +64,15 @@ use crate::HttpError;
 /// the router answers it with a stream (`200`, `text/event-stream`), the server writes the head
 /// with `Connection: close` and then each chunk of the body straight to the socket, the body
 /// ending where the connection does (a close-delimited HTTP/1.1 response, which every
-/// `EventSource` reads). An answer of known length (a long-poll batch, a page) is written whole
-/// with its `Content-Length`, and the connection waits for its next request. An idle SSE
-/// connection or a waiting poll then holds a few KiB (its task, its subscription) instead of
-/// the HTTP/1 connection's two 8 KiB buffers; see `docs/benchmarks.md`. Any other request
-/// (a body, another method, a pipelined request, an answer of unknown length) is served by
-/// hyper as usual, from the same bytes, for the rest of that connection.
+/// `EventSource` reads). Any other answer is written by the server too, and the connection
+/// waits for its next request: with its `Content-Length` when its length is known (a page), or
+/// once its first chunk is (a long-poll batch, whose body waits for events: the server waits
+/// for that chunk holding nothing but the socket, and ends the wait if the client hangs up),
+/// chunked otherwise. An idle SSE connection or a waiting poll then holds a few KiB (its task,
+/// its subscription) instead of the HTTP/1 connection's two 8 KiB buffers; see
+/// `docs/benchmarks.md`. Any other request (a body, another method, HTTP/1.0, several requests
+/// read at once) is served by hyper as usual, from the same bytes, for the rest of that
+/// connection.
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct Server {
@@ -350,69 +353,107 @@ fn builder(config: &Config) -> http1::Builder {
     builder
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+// Not an `async fn`: that would keep each argument twice in the task (as argument and as
+// local); the `async move` block keeps the one copy it captured.
+fn serve_connection(
+    mut stream: TcpStream,
     peer: SocketAddr,
     router: Router,
     config: Arc<Config>,
     mut stopped: watch::Receiver<bool>,
     admitted: Admitted,
-) {
-    let mut stream = stream;
-    if let Some(timeout) = config.stall_timeout {
-        crate::stall_timeout(timeout)(&mut stream);
-    }
-    // What this loop writes is already whole (a burst of events, an answer): Nagle's algorithm
-    // would only hold it back until the previous write is acknowledged (up to the peer's
-    // delayed-ACK 40 ms).
-    let _ = stream.set_nodelay(true);
-    // Request heads are read here. A `GET` without a body is answered here too: a stream (SSE)
-    // is written straight to the socket, and so is a whole answer of known length (a poll),
-    // after which the connection waits for its next request, all without the HTTP machinery's
-    // per-connection buffers. Anything else goes to hyper, which reads the same bytes again,
-    // and keeps the connection from then on.
-    // Every await below that holds much state is boxed: a task is as large as its largest
-    // state, and an idle stream or a waiting poll should not carry room for the others.
-    let mut first = None;
-    let head = loop {
-        let read = Box::pin(async {
-            tokio::select! {
-                read = tokio::time::timeout(config.header_timeout, read_head(&mut stream, &config)) => Some(read),
-                _ = stopped.wait_for(|stop| *stop) => None, // idle between requests: close
+) -> impl Future<Output = ()> + Send {
+    async move {
+        if let Some(timeout) = config.stall_timeout {
+            crate::stall_timeout(timeout)(&mut stream);
+        }
+        // What this loop writes is already whole (a burst of events, an answer): Nagle's
+        // algorithm would only hold it back until the previous write is acknowledged (up to the
+        // peer's delayed-ACK 40 ms).
+        let _ = stream.set_nodelay(true);
+        // Request heads are read here. A `GET` without a body is answered here too: a stream
+        // (SSE) is written straight to the socket; any other answer is written whole (with its
+        // `Content-Length`, or chunked if its length is not known once its first chunk is), after
+        // which the connection waits for its next request, all without the HTTP machinery's
+        // per-connection buffers. Anything else goes to hyper, which reads the same bytes again,
+        // and keeps the connection from then on.
+        // Every await below that holds much state is boxed: a task is as large as its largest
+        // state, and an idle stream or a waiting poll should not carry room for the others.
+        let head = loop {
+            let read = Box::pin(async {
+                tokio::select! {
+                    read = tokio::time::timeout(config.header_timeout, read_head(&mut stream, &config)) => Some(read),
+                    _ = stopped.wait_for(|stop| *stop) => None, // idle between requests: close
+                }
+            })
+            .await;
+            let head: Vec<u8> = match read {
+                Some(Ok(Ok(head))) => head,
+                // Shutting down, closed, failed, or too slow (slow-loris): cut off.
+                None | Some(Ok(Err(_)) | Err(_)) => return,
+            };
+            match Box::pin(one_request(&mut stream, head, peer, &router, &config, &stopped)).await {
+                Outcome::Answered => {}
+                Outcome::Close => return,
+                Outcome::Stream(response) => {
+                    Box::pin(stream_to_socket(stream, response)).await;
+                    drop(admitted);
+                    return;
+                }
+                Outcome::Hyper(head) => break head,
             }
-        })
-        .await;
-        let mut head: Vec<u8> = match read {
-            Some(Ok(Ok(head))) => head,
-            // Shutting down, closed, failed, or too slow (slow-loris): cut off.
-            None | Some(Ok(Err(_)) | Err(_)) => return,
         };
+        let stats = admitted.stats.clone();
+        let io = Rewind { prefix: head, stream };
+        Box::pin(serve_with_hyper(io, peer, router, config, stopped, stats)).await;
+        drop(admitted);
+    }
+}
+
+/// What became of one request read by [`serve_connection`].
+enum Outcome {
+    /// Answered whole; the connection waits for the next request.
+    Answered,
+    /// Closed (the client went away, a write failed, or the answer said so).
+    Close,
+    /// A stream, to write until it ends.
+    Stream(axum::response::Response),
+    /// For hyper: the bytes read so far (a request that is not a bodiless `GET`).
+    Hyper(Vec<u8>),
+}
+
+/// Answers the request in `head` if it is a bodiless `GET` (see [`serve_connection`]).
+// Not an `async fn` (arguments kept twice), and the answer is moved into its writer inside a
+// block: a local moved from stays in a future's layout until its scope ends. A pipelined
+// request that came meanwhile is read by the next turn of the loop.
+fn one_request<'a>(
+    stream: &'a mut TcpStream,
+    head: Vec<u8>,
+    peer: SocketAddr,
+    router: &'a Router,
+    config: &'a Config,
+    stopped: &'a watch::Receiver<bool>,
+) -> impl Future<Output = Outcome> + Send + 'a {
+    async move {
         let Some((request, keep_alive)) = bodiless_get(&head, peer, config.max_header_bytes) else {
-            break head;
+            return Outcome::Hyper(head);
         };
-        head.shrink_to_fit(); // kept, small, while a long-poll waits
-        let Some((response, peeked)) = Box::pin(answer(&router, request, &stream)).await else {
-            return; // the client hung up while its request was answered
+        drop(head);
+        let (writing, keep_alive) = {
+            let Some(response) = Box::pin(answer_settled(router, request, stream)).await else {
+                return Outcome::Close; // the client hung up while its request was answered
+            };
+            if is_event_stream(&response) {
+                return Outcome::Stream(response);
+            }
+            let keep_alive = keep_alive && !*stopped.borrow();
+            (Box::pin(write_answer(stream, response, keep_alive)), keep_alive)
         };
-        if is_event_stream(&response) {
-            drop(head);
-            Box::pin(stream_to_socket(stream, response)).await;
-            drop(admitted);
-            return;
+        if writing.await.is_err() || !keep_alive {
+            return Outcome::Close;
         }
-        if peeked || !writable_whole(&response) {
-            first = Some(response);
-            break head;
-        }
-        let keep_alive = keep_alive && !*stopped.borrow();
-        if Box::pin(write_whole(&mut stream, response, keep_alive)).await.is_err() || !keep_alive {
-            return;
-        }
-    };
-    let stats = admitted.stats.clone();
-    let io = Rewind { prefix: head, stream };
-    Box::pin(serve_with_hyper(io, first, peer, router, config, stopped, stats)).await;
-    drop(admitted);
+        Outcome::Answered
+    }
 }
 
 /// Calls the router for `request`, watching the socket meanwhile: a long-poll may wait a
@@ -438,36 +479,45 @@ async fn answer(
     }
 }
 
-/// Serves the rest of a connection with hyper (the bytes already read, then the socket);
-/// `first`, if given, answers the first request.
+/// [`answer`], then, for a body that is still being made (a poll waiting for events), its first
+/// chunk ([`settle`]): so that the answer can be written with its length if that is known then.
+/// While the body is made, only the socket is watched; nothing else is held.
+fn answer_settled<'a>(
+    router: &'a Router,
+    request: Request<axum::body::Body>,
+    stream: &'a TcpStream,
+) -> impl Future<Output = Option<axum::response::Response>> + Send + 'a {
+    // Boxed here, so that neither the request nor the router's future is kept in this future
+    // while the body is made.
+    let answering = Box::pin(answer(router, request, stream));
+    async move {
+        let settling = {
+            let (response, peeked) = answering.await?;
+            if is_event_stream(&response) || !has_body(&response) || has_exact_length(&response) {
+                return Some(response);
+            }
+            settle(stream, response, peeked)
+        };
+        settling.await
+    }
+}
+
+/// Serves the rest of a connection with hyper (the bytes already read, then the socket).
 async fn serve_with_hyper(
     io: Rewind,
-    first: Option<axum::response::Response>,
     peer: SocketAddr,
     router: Router,
     config: Arc<Config>,
     mut stopped: watch::Receiver<bool>,
     stats: Arc<Counters>,
 ) {
-    let first = Arc::new(Mutex::new(first));
-    // Set once hyper has taken the first answer: only then may a shutdown close the connection
-    // (hyper closes at once a connection that has no request in progress).
-    let first_taken = Arc::new(Notify::new());
     let max_header_bytes = config.max_header_bytes;
-    let (pending, taken) = (first.clone(), first_taken.clone());
     let service = service_fn(move |mut request: Request<Incoming>| {
-        let answered = pending.lock().unwrap_or_else(PoisonError::into_inner).take();
-        if answered.is_some() {
-            taken.notify_one();
-        }
         let too_large = head_len(&request) > max_header_bytes;
         request.extensions_mut().insert(ConnectInfo(peer));
         let mut router = router.clone();
         let stats = stats.clone();
         async move {
-            if let Some(response) = answered {
-                return Ok::<_, Infallible>(response);
-            }
             if too_large {
                 stats.header_too_large.fetch_add(1, Ordering::Relaxed);
                 let message = format!("request headers are over {max_header_bytes} bytes");
@@ -480,7 +530,7 @@ async fn serve_with_hyper(
     });
     let io = TokioIo::new(io);
     let mut connection = pin!(builder(&config).serve_connection(io, service));
-    let (mut stopping, mut waiting_for_first) = (false, false);
+    let mut stopping = false;
     loop {
         tokio::select! {
             result = connection.as_mut() => {
@@ -491,14 +541,6 @@ async fn serve_with_hyper(
             }
             _ = stopped.wait_for(|stop| *stop), if !stopping => {
                 stopping = true;
-                if first.lock().unwrap_or_else(PoisonError::into_inner).is_some() {
-                    waiting_for_first = true;
-                } else {
-                    connection.as_mut().graceful_shutdown();
-                }
-            }
-            () = first_taken.notified(), if waiting_for_first => {
-                waiting_for_first = false;
                 connection.as_mut().graceful_shutdown();
             }
         }
@@ -553,21 +595,127 @@ fn bodiless_get(head: &[u8], peer: SocketAddr, max_header_bytes: usize) -> Optio
     Some((request, keep_alive))
 }
 
-/// Whether `response` can be written here whole: a status that has a body, and a body whose
-/// length is known (so it is finite, and goes out with `Content-Length`).
-fn writable_whole(response: &axum::response::Response) -> bool {
+fn has_body(response: &axum::response::Response) -> bool {
+    has_body_status(response.status())
+}
+
+fn has_body_status(status: StatusCode) -> bool {
+    !status.is_informational() && status != StatusCode::NO_CONTENT && status != StatusCode::NOT_MODIFIED
+}
+
+fn has_exact_length(response: &axum::response::Response) -> bool {
     use http_body::Body as _;
-    let status = response.status();
-    !status.is_informational()
-        && status != StatusCode::NO_CONTENT
-        && status != StatusCode::NOT_MODIFIED
-        && response.body().size_hint().exact().is_some()
+    response.body().size_hint().exact().is_some()
+}
+
+/// Waits for the first frame of `response`'s body, watching the socket meanwhile as [`answer`]
+/// does (unless bytes came already, `peeked`): `None` if the client hangs up first. Returns the
+/// answer with that frame put back in front of the rest of its body (whose length may be known
+/// by then).
+fn settle(
+    stream: &TcpStream,
+    response: axum::response::Response,
+    mut peeked: bool,
+) -> impl Future<Output = Option<axum::response::Response>> + Send + '_ {
+    use http_body::Body as _;
+    let (parts, mut body) = response.into_parts();
+    // A header map reserves room for several headers; while a poll waits, a list of the two or
+    // three it has is a fifth of the size.
+    let http::response::Parts { status, version, headers, extensions, .. } = parts;
+    let mut list = Vec::with_capacity(headers.len());
+    let mut last = None;
+    for (name, value) in headers {
+        if let Some(name) = name {
+            last = Some(name);
+        }
+        if let Some(name) = &last {
+            list.push((name.clone(), value));
+        }
+    }
+    async move {
+        let first = std::future::poll_fn(|cx| {
+            if let std::task::Poll::Ready(frame) = Pin::new(&mut body).poll_frame(cx) {
+                return std::task::Poll::Ready(Some(frame));
+            }
+            if !peeked {
+                let mut byte = [0u8; 1];
+                let mut buf = tokio::io::ReadBuf::new(&mut byte);
+                match stream.poll_peek(cx, &mut buf) {
+                    std::task::Poll::Ready(Ok(0) | Err(_)) => return std::task::Poll::Ready(None),
+                    std::task::Poll::Ready(Ok(_)) => peeked = true,
+                    std::task::Poll::Pending => {}
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await?;
+        let mut response = axum::response::Response::new(axum::body::Body::new(Prefixed { first, rest: body }));
+        *response.status_mut() = status;
+        *response.version_mut() = version;
+        *response.extensions_mut() = extensions;
+        let headers = response.headers_mut();
+        headers.reserve(list.len());
+        for (name, value) in list {
+            headers.append(name, value);
+        }
+        Some(response)
+    }
+}
+
+/// A body whose first frame was already taken (`None`: the body had ended).
+struct Prefixed {
+    first: Option<Result<http_body::Frame<axum::body::Bytes>, axum::Error>>,
+    rest: axum::body::Body,
+}
+
+impl http_body::Body for Prefixed {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        match self.first.take() {
+            Some(frame) => std::task::Poll::Ready(Some(frame)),
+            None => Pin::new(&mut self.rest).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let first = match &self.first {
+            Some(Ok(frame)) => frame.data_ref().map_or(0, |data| data.len() as u64),
+            _ => 0,
+        };
+        let rest = self.rest.size_hint();
+        let mut hint = http_body::SizeHint::new();
+        hint.set_lower(rest.lower().saturating_add(first));
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper.saturating_add(first));
+        }
+        hint
+    }
+}
+
+/// How a response's body is delimited on the wire.
+#[derive(Clone, Copy)]
+enum Framing {
+    /// `Content-Length`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Nothing: no body (`204`, `304`), or one that ends with the connection (a stream).
+    None,
 }
 
 /// Puts a response head into `out`: the status line, the handler's headers but those that
-/// frame the message (this server decides them), `content-length` if given (else the body ends
-/// with the connection), `date`, and `connection: close` unless `keep_alive`.
-fn put_head(out: &mut Vec<u8>, parts: &http::response::Parts, length: Option<u64>, keep_alive: bool) {
+/// frame the message (this server decides them), the `framing`, `date`, and
+/// `connection: close` unless `keep_alive`.
+fn put_head(out: &mut Vec<u8>, parts: &http::response::Parts, framing: Framing, keep_alive: bool) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(parts.status.as_str().as_bytes());
     out.push(b' ');
@@ -582,8 +730,10 @@ fn put_head(out: &mut Vec<u8>, parts: &http::response::Parts, length: Option<u64
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if let Some(length) = length {
-        out.extend_from_slice(format!("content-length: {length}\r\n").as_bytes());
+    match framing {
+        Framing::Length(length) => out.extend_from_slice(format!("content-length: {length}\r\n").as_bytes()),
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::None => {}
     }
     out.extend_from_slice(format!("date: {}\r\n", httpdate::fmt_http_date(std::time::SystemTime::now())).as_bytes());
     if !keep_alive {
@@ -592,30 +742,60 @@ fn put_head(out: &mut Vec<u8>, parts: &http::response::Parts, length: Option<u64
     out.extend_from_slice(b"\r\n");
 }
 
-/// Writes a whole answer of known length, keeping the connection open if `keep_alive`.
-async fn write_whole(stream: &mut TcpStream, response: axum::response::Response, keep_alive: bool) -> io::Result<()> {
+/// Writes an answer (not a stream), keeping the connection open if `keep_alive`: with its
+/// `Content-Length` when its body's length is known, chunked otherwise, without a body for the
+/// statuses that have none. Small pieces are gathered into writes of up to 16 KiB.
+async fn write_answer(stream: &mut TcpStream, response: axum::response::Response, keep_alive: bool) -> io::Result<()> {
     use http_body::Body as _;
     use tokio::io::AsyncWriteExt;
+    const GATHER: usize = 16 * 1024;
     let (parts, mut body) = response.into_parts();
-    let length = body.size_hint().exact().unwrap_or(0);
-    let mut out = Vec::with_capacity(256 + usize::try_from(length).unwrap_or(0).min(16 * 1024));
-    put_head(&mut out, &parts, Some(length), keep_alive);
+    if parts.status.is_informational() {
+        return Err(io::Error::other("a handler answered with an informational status"));
+    }
+    let framing = if !has_body_status(parts.status) {
+        Framing::None
+    } else {
+        body.size_hint().exact().map_or(Framing::Chunked, Framing::Length)
+    };
+    let hint = match framing {
+        Framing::Length(length) => usize::try_from(length).unwrap_or(usize::MAX).min(GATHER),
+        _ => 0,
+    };
+    let mut out = Vec::with_capacity(256 + hint);
+    put_head(&mut out, &parts, framing, keep_alive);
+    drop(parts);
+    if matches!(framing, Framing::None) {
+        return stream.write_all(&out).await;
+    }
     let mut written = 0u64;
     while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
         let frame = frame.map_err(|_| io::Error::other("the body failed"))?;
-        if let Ok(data) = frame.into_data() {
-            written += data.len() as u64;
-            if out.len() + data.len() <= 16 * 1024 {
-                out.extend_from_slice(&data);
-            } else {
-                stream.write_all(&out).await?;
-                out.clear();
-                stream.write_all(&data).await?;
-            }
+        let Ok(data) = frame.into_data() else { continue }; // trailers are not sent
+        if data.is_empty() {
+            continue; // an empty chunk would end a chunked body
+        }
+        written += data.len() as u64;
+        if matches!(framing, Framing::Chunked) {
+            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        }
+        if out.len() + data.len() <= GATHER {
+            out.extend_from_slice(&data);
+        } else {
+            stream.write_all(&out).await?;
+            out.clear();
+            stream.write_all(&data).await?;
+        }
+        if matches!(framing, Framing::Chunked) {
+            out.extend_from_slice(b"\r\n");
         }
     }
-    if written != length {
-        return Err(io::Error::other("the body's length was not the one it announced"));
+    match framing {
+        Framing::Length(length) if written != length => {
+            return Err(io::Error::other("the body's length was not the one it announced"));
+        }
+        Framing::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
+        _ => {}
     }
     stream.write_all(&out).await
 }
@@ -635,7 +815,7 @@ fn is_event_stream(response: &axum::response::Response) -> bool {
 fn stream_to_socket(stream: TcpStream, response: axum::response::Response) -> impl Future<Output = ()> + Send {
     let (parts, body) = response.into_parts();
     let mut head = Vec::with_capacity(256);
-    put_head(&mut head, &parts, None, false);
+    put_head(&mut head, &parts, Framing::None, false);
     write_stream(stream, head, body)
 }
 

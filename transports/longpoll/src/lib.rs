@@ -157,12 +157,15 @@ impl LongPoll {
         // Nothing of the request is needed while the poll waits: free it now.
         let has_cursor = params.cursor.is_some();
         drop((parts, params));
-        let batch = if !has_cursor {
-            Batch::empty(&subscription)
-        } else {
-            self.collect(subscription, timeout).await
-        };
-        batch.into_response()
+        if !has_cursor {
+            return json_response(Batch::empty(&subscription).into_body());
+        }
+        // The answer goes back at once; its body waits for the batch. Only the subscription
+        // and its timer are held while the poll waits, not this handler, the router's futures
+        // or the request: a server that writes the body itself (`tidings::http::Server`) waits
+        // for it before writing anything and sends it with its `Content-Length` then.
+        let waiting = collect(subscription, timeout, self.max_events, self.max_bytes);
+        json_response(Body::new(PendingBatch::Waiting(Box::pin(waiting))))
     }
 
     fn timeout(&self, query: &[(String, String)]) -> Result<Duration, HttpError> {
@@ -178,19 +181,29 @@ impl LongPoll {
             ))),
         }
     }
+}
 
-    /// Takes what is ready (or waits up to `timeout` for the first delivery), within bounds.
-    async fn collect(&self, mut sub: Subscription, timeout: Duration) -> Batch {
-        let mut batch = Batch::empty(&sub);
+/// Takes what is ready (or waits up to `timeout` for the first delivery), within bounds, and
+/// returns the batch's body.
+// Not an `async fn`: that would keep the subscription twice in the future (argument and
+// local), and the future is what a waiting poll holds.
+fn collect(
+    mut sub: Subscription,
+    timeout: Duration,
+    max_events: usize,
+    max_bytes: usize,
+) -> impl Future<Output = Chunks> + Send + 'static {
+    async move {
         // What is already there (a replay from the store, however slow the store) does not count
         // against the timeout; only waiting for new events does.
         let first = match sub.next_ready().await {
             Some(delivery) => Some(delivery),
             None => match tokio::time::timeout(timeout, sub.next()).await {
-                Err(_) => return batch,
+                Err(_) => return Batch::empty(&sub).into_body(),
                 Ok(delivery) => delivery,
             },
         };
+        let mut batch = Batch::empty(&sub);
         let mut next = first;
         loop {
             match next {
@@ -217,12 +230,63 @@ impl LongPoll {
                 }
                 Some(_) => break,
             }
-            if batch.events.len() >= self.max_events || batch.bytes >= self.max_bytes {
+            if batch.events.len() >= max_events || batch.bytes >= max_bytes {
                 break;
             }
             next = sub.next_ready().await;
         }
-        batch
+        batch.into_body()
+    }
+}
+
+/// A `200` JSON answer with `body`.
+fn json_response(body: impl Into<Body>) -> Response {
+    let mut response = (StatusCode::OK, body.into()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// The body of a poll that waits: nothing until its batch is ready, then the batch, whose
+/// length is known from then on. Dropping it (the client went away) ends the subscription.
+enum PendingBatch {
+    Waiting(std::pin::Pin<Box<dyn Future<Output = Chunks> + Send>>),
+    Ready(Chunks),
+}
+
+impl http_body::Body for PendingBatch {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        loop {
+            match &mut *self {
+                PendingBatch::Waiting(waiting) => {
+                    let chunks = std::task::ready!(waiting.as_mut().poll(cx));
+                    // The subscription ends here, as soon as the batch is made.
+                    *self = PendingBatch::Ready(chunks);
+                }
+                PendingBatch::Ready(chunks) => return std::pin::Pin::new(chunks).poll_frame(cx),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            PendingBatch::Waiting(_) => false,
+            PendingBatch::Ready(chunks) => chunks.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            PendingBatch::Waiting(_) => http_body::SizeHint::default(),
+            PendingBatch::Ready(chunks) => chunks.size_hint(),
+        }
     }
 }
 
@@ -231,6 +295,12 @@ impl LongPoll {
 struct Chunks {
     chunks: std::collections::VecDeque<Bytes>,
     remaining: u64,
+}
+
+impl From<Chunks> for Body {
+    fn from(chunks: Chunks) -> Body {
+        Body::new(chunks)
+    }
 }
 
 impl http_body::Body for Chunks {
@@ -271,7 +341,7 @@ impl Batch {
     }
 
     /// The JSON body as a list of chunks: shared event encodings are not copied.
-    fn into_response(self) -> Response {
+    fn into_body(self) -> Chunks {
         let mut chunks: Vec<Bytes> = Vec::with_capacity(self.events.len() * 2 + 2);
         let mut head = BytesMut::from(&b"{\"events\":["[..]);
         for (i, (id, json)) in self.events.into_iter().enumerate() {
@@ -297,11 +367,6 @@ impl Batch {
         }
         head.put_u8(b'}');
         chunks.push(head.freeze());
-        let body = Body::new(Chunks { remaining: chunks.iter().map(|c| c.len() as u64).sum(), chunks: chunks.into() });
-        let mut response = (StatusCode::OK, body).into_response();
-        let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        response
+        Chunks { remaining: chunks.iter().map(|c| c.len() as u64).sum(), chunks: chunks.into() }
     }
 }
