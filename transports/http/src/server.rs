@@ -355,6 +355,7 @@ fn builder(config: &Config) -> http1::Builder {
 
 // Not an `async fn`: that would keep each argument twice in the task (as argument and as
 // local); the `async move` block keeps the one copy it captured.
+#[allow(clippy::manual_async_fn)]
 fn serve_connection(
     mut stream: TcpStream,
     peer: SocketAddr,
@@ -426,6 +427,7 @@ enum Outcome {
 // Not an `async fn` (arguments kept twice), and the answer is moved into its writer inside a
 // block: a local moved from stays in a future's layout until its scope ends. A pipelined
 // request that came meanwhile is read by the next turn of the loop.
+#[allow(clippy::manual_async_fn)]
 fn one_request<'a>(
     stream: &'a mut TcpStream,
     head: Vec<u8>,

@@ -187,6 +187,7 @@ impl LongPoll {
 /// returns the batch's body.
 // Not an `async fn`: that would keep the subscription twice in the future (argument and
 // local), and the future is what a waiting poll holds.
+#[allow(clippy::manual_async_fn)]
 fn collect(
     mut sub: Subscription,
     timeout: Duration,
