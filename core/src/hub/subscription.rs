@@ -376,8 +376,13 @@ impl Subscription {
                 Ok(true) => backoff = Duration::from_millis(50),
                 Ok(false) => {
                     // Nothing ready: the transport is about to write and wait. Report now,
-                    // once per burst rather than once per event.
+                    // once per burst rather than once per event; give back the room a replay's
+                    // page took (up to `page_size` entries), which a waiting subscription would
+                    // otherwise keep.
                     self.report();
+                    if self.pending.capacity() > 8 {
+                        self.pending = VecDeque::new();
+                    }
                     return None;
                 }
                 Err(err) => {
@@ -549,5 +554,36 @@ impl Drop for Subscription {
         let disconnect = Disconnect { delivered: self.delivered, duration: self.opened.elapsed() };
         tracing::debug!(connection = self.connection.id, delivered = self.delivered, "subscription closed");
         self.hub.lifecycle.on_disconnect(&self.connection, &disconnect);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Hub, MemoryStore, NewEvent, Retention};
+
+    #[tokio::test]
+    async fn a_subscription_gives_back_a_replays_room_once_caught_up() {
+        let hub = Hub::new(MemoryStore::with_retention(Retention::default().max_events(1000)));
+        let topic = Topic::new("t");
+        let first = hub.publish(NewEvent::new(topic.clone(), "0")).await.unwrap();
+        for i in 1..600 {
+            hub.publish(NewEvent::new(topic.clone(), i.to_string())).await.unwrap();
+        }
+        let token = first.cursor().to_string();
+        let mut sub = hub
+            .subscribe(SubscribeRequest::new(vec![topic]).cursor(Some(&token)))
+            .await
+            .unwrap();
+        let mut seen = 0;
+        let mut largest = 0;
+        while let Some(delivery) = sub.next_ready().await {
+            assert!(matches!(delivery, Delivery::Event(_)), "{delivery:?}");
+            largest = largest.max(sub.pending.capacity());
+            seen += 1;
+        }
+        assert_eq!(seen, 599);
+        assert!(largest >= hub.inner.config.page_size, "a page was read at once ({largest})");
+        assert!(sub.pending.capacity() <= 8, "kept room for {} deliveries", sub.pending.capacity());
     }
 }

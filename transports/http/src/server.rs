@@ -393,7 +393,7 @@ fn serve_connection(
                 // Shutting down, closed, failed, or too slow (slow-loris): cut off.
                 None | Some(Ok(Err(_)) | Err(_)) => return,
             };
-            match Box::pin(one_request(&mut stream, head, peer, &router, &config, &stopped)).await {
+            match Box::pin(one_request(&stream, head, peer, &router, &config, &stopped)).await {
                 Outcome::Answered => {}
                 Outcome::Close => return,
                 Outcome::Stream(response) => {
@@ -429,33 +429,52 @@ enum Outcome {
 // request that came meanwhile is read by the next turn of the loop.
 #[allow(clippy::manual_async_fn)]
 fn one_request<'a>(
-    stream: &'a mut TcpStream,
+    stream: &'a TcpStream,
     head: Vec<u8>,
     peer: SocketAddr,
     router: &'a Router,
     config: &'a Config,
     stopped: &'a watch::Receiver<bool>,
 ) -> impl Future<Output = Outcome> + Send + 'a {
+    // Parsed and handed to the router's (boxed) future before this future starts: it keeps
+    // neither the request nor its head.
+    let start = match bodiless_get(&head, peer, config.max_header_bytes) {
+        None => Err(head),
+        Some((request, keep_alive)) => Ok((Box::pin(answer_settled(router, request, stream)), keep_alive)),
+    };
     async move {
-        let Some((request, keep_alive)) = bodiless_get(&head, peer, config.max_header_bytes) else {
-            return Outcome::Hyper(head);
+        let (answering, keep_alive) = match start {
+            Ok(answering) => answering,
+            Err(head) => return Outcome::Hyper(head),
         };
-        drop(head);
         let (writing, keep_alive) = {
-            let Some(response) = Box::pin(answer_settled(router, request, stream)).await else {
-                return Outcome::Close; // the client hung up while its request was answered
+            let answer = match answering.await {
+                Some(Answered::Whole(answer)) => answer,
+                Some(Answered::Stream(response)) => return Outcome::Stream(response),
+                None => return Outcome::Close, // the client hung up while its request was answered
             };
-            if is_event_stream(&response) {
-                return Outcome::Stream(response);
-            }
             let keep_alive = keep_alive && !*stopped.borrow();
-            (Box::pin(write_answer(stream, response, keep_alive)), keep_alive)
+            (Box::pin(write_answer(stream, answer, keep_alive)), keep_alive)
         };
         if writing.await.is_err() || !keep_alive {
             return Outcome::Close;
         }
         Outcome::Answered
     }
+}
+
+/// Writes all of `bytes` to a socket shared with readers (`&TcpStream` is not `AsyncWrite`).
+async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
 }
 
 /// Calls the router for `request`, watching the socket meanwhile: a long-poll may wait a
@@ -488,19 +507,51 @@ fn answer_settled<'a>(
     router: &'a Router,
     request: Request<axum::body::Body>,
     stream: &'a TcpStream,
-) -> impl Future<Output = Option<axum::response::Response>> + Send + 'a {
+) -> impl Future<Output = Option<Answered>> + Send + 'a {
     // Boxed here, so that neither the request nor the router's future is kept in this future
     // while the body is made.
+    use http_body::Body as _;
     let answering = Box::pin(answer(router, request, stream));
     async move {
         let settling = {
             let (response, peeked) = answering.await?;
-            if is_event_stream(&response) || !has_body(&response) || has_exact_length(&response) {
-                return Some(response);
+            if is_event_stream(&response) {
+                return Some(Answered::Stream(response));
             }
-            settle(stream, response, peeked)
+            let (parts, body) = response.into_parts();
+            let answer = Rendered::new(&parts, body);
+            if !has_body_status(answer.status) || answer.body.size_hint().exact().is_some() {
+                return Some(Answered::Whole(answer));
+            }
+            settle(stream, answer, peeked)
         };
-        settling.await
+        settling.await.map(Answered::Whole)
+    }
+}
+
+/// What the router answered to a bodiless `GET`.
+enum Answered {
+    /// A stream (`200 text/event-stream`).
+    Stream(axum::response::Response),
+    /// Anything else, to write whole.
+    Whole(Rendered),
+}
+
+/// An answer whose status line and headers are already rendered (a header map is several
+/// times their size, and a poll may keep its answer a while before the body is ready).
+struct Rendered {
+    status: StatusCode,
+    /// The status line and the handler's headers, without those that frame the message.
+    head: Vec<u8>,
+    body: axum::body::Body,
+}
+
+impl Rendered {
+    fn new(parts: &http::response::Parts, body: axum::body::Body) -> Rendered {
+        let mut head = Vec::with_capacity(128);
+        put_status_and_headers(&mut head, parts);
+        head.shrink_to_fit();
+        Rendered { status: parts.status, head, body }
     }
 }
 
@@ -597,43 +648,17 @@ fn bodiless_get(head: &[u8], peer: SocketAddr, max_header_bytes: usize) -> Optio
     Some((request, keep_alive))
 }
 
-fn has_body(response: &axum::response::Response) -> bool {
-    has_body_status(response.status())
-}
-
 fn has_body_status(status: StatusCode) -> bool {
     !status.is_informational() && status != StatusCode::NO_CONTENT && status != StatusCode::NOT_MODIFIED
-}
-
-fn has_exact_length(response: &axum::response::Response) -> bool {
-    use http_body::Body as _;
-    response.body().size_hint().exact().is_some()
 }
 
 /// Waits for the first frame of `response`'s body, watching the socket meanwhile as [`answer`]
 /// does (unless bytes came already, `peeked`): `None` if the client hangs up first. Returns the
 /// answer with that frame put back in front of the rest of its body (whose length may be known
 /// by then).
-fn settle(
-    stream: &TcpStream,
-    response: axum::response::Response,
-    mut peeked: bool,
-) -> impl Future<Output = Option<axum::response::Response>> + Send + '_ {
+fn settle(stream: &TcpStream, answer: Rendered, mut peeked: bool) -> impl Future<Output = Option<Rendered>> + Send + '_ {
     use http_body::Body as _;
-    let (parts, mut body) = response.into_parts();
-    // A header map reserves room for several headers; while a poll waits, a list of the two or
-    // three it has is a fifth of the size.
-    let http::response::Parts { status, version, headers, extensions, .. } = parts;
-    let mut list = Vec::with_capacity(headers.len());
-    let mut last = None;
-    for (name, value) in headers {
-        if let Some(name) = name {
-            last = Some(name);
-        }
-        if let Some(name) = &last {
-            list.push((name.clone(), value));
-        }
-    }
+    let Rendered { status, head, mut body } = answer;
     async move {
         let first = std::future::poll_fn(|cx| {
             if let std::task::Poll::Ready(frame) = Pin::new(&mut body).poll_frame(cx) {
@@ -651,16 +676,7 @@ fn settle(
             std::task::Poll::Pending
         })
         .await?;
-        let mut response = axum::response::Response::new(axum::body::Body::new(Prefixed { first, rest: body }));
-        *response.status_mut() = status;
-        *response.version_mut() = version;
-        *response.extensions_mut() = extensions;
-        let headers = response.headers_mut();
-        headers.reserve(list.len());
-        for (name, value) in list {
-            headers.append(name, value);
-        }
-        Some(response)
+        Some(Rendered { status, head, body: axum::body::Body::new(Prefixed { first, rest: body }) })
     }
 }
 
@@ -714,10 +730,15 @@ enum Framing {
     None,
 }
 
-/// Puts a response head into `out`: the status line, the handler's headers but those that
-/// frame the message (this server decides them), the `framing`, `date`, and
-/// `connection: close` unless `keep_alive`.
+/// Puts a response head into `out`: [`put_status_and_headers`], then [`put_framing`].
 fn put_head(out: &mut Vec<u8>, parts: &http::response::Parts, framing: Framing, keep_alive: bool) {
+    put_status_and_headers(out, parts);
+    put_framing(out, framing, keep_alive);
+}
+
+/// Puts the status line and the handler's headers but those that frame the message (this
+/// server decides them) into `out`.
+fn put_status_and_headers(out: &mut Vec<u8>, parts: &http::response::Parts) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(parts.status.as_str().as_bytes());
     out.push(b' ');
@@ -732,6 +753,11 @@ fn put_head(out: &mut Vec<u8>, parts: &http::response::Parts, framing: Framing, 
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+}
+
+/// Ends a response head in `out`: the `framing`, `date`, `connection: close` unless
+/// `keep_alive`, and the blank line.
+fn put_framing(out: &mut Vec<u8>, framing: Framing, keep_alive: bool) {
     match framing {
         Framing::Length(length) => out.extend_from_slice(format!("content-length: {length}\r\n").as_bytes()),
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -747,15 +773,14 @@ fn put_head(out: &mut Vec<u8>, parts: &http::response::Parts, framing: Framing, 
 /// Writes an answer (not a stream), keeping the connection open if `keep_alive`: with its
 /// `Content-Length` when its body's length is known, chunked otherwise, without a body for the
 /// statuses that have none. Small pieces are gathered into writes of up to 16 KiB.
-async fn write_answer(stream: &mut TcpStream, response: axum::response::Response, keep_alive: bool) -> io::Result<()> {
+async fn write_answer(stream: &TcpStream, answer: Rendered, keep_alive: bool) -> io::Result<()> {
     use http_body::Body as _;
-    use tokio::io::AsyncWriteExt;
     const GATHER: usize = 16 * 1024;
-    let (parts, mut body) = response.into_parts();
-    if parts.status.is_informational() {
+    let Rendered { status, head, mut body } = answer;
+    if status.is_informational() {
         return Err(io::Error::other("a handler answered with an informational status"));
     }
-    let framing = if !has_body_status(parts.status) {
+    let framing = if !has_body_status(status) {
         Framing::None
     } else {
         body.size_hint().exact().map_or(Framing::Chunked, Framing::Length)
@@ -764,11 +789,12 @@ async fn write_answer(stream: &mut TcpStream, response: axum::response::Response
         Framing::Length(length) => usize::try_from(length).unwrap_or(usize::MAX).min(GATHER),
         _ => 0,
     };
-    let mut out = Vec::with_capacity(256 + hint);
-    put_head(&mut out, &parts, framing, keep_alive);
-    drop(parts);
+    let mut out = Vec::with_capacity(head.len() + 128 + hint);
+    out.extend_from_slice(&head);
+    drop(head);
+    put_framing(&mut out, framing, keep_alive);
     if matches!(framing, Framing::None) {
-        return stream.write_all(&out).await;
+        return write_all(stream, &out).await;
     }
     let mut written = 0u64;
     while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
@@ -784,9 +810,9 @@ async fn write_answer(stream: &mut TcpStream, response: axum::response::Response
         if out.len() + data.len() <= GATHER {
             out.extend_from_slice(&data);
         } else {
-            stream.write_all(&out).await?;
+            write_all(stream, &out).await?;
             out.clear();
-            stream.write_all(&data).await?;
+            write_all(stream, &data).await?;
         }
         if matches!(framing, Framing::Chunked) {
             out.extend_from_slice(b"\r\n");
@@ -799,7 +825,7 @@ async fn write_answer(stream: &mut TcpStream, response: axum::response::Response
         Framing::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
         _ => {}
     }
-    stream.write_all(&out).await
+    write_all(stream, &out).await
 }
 
 fn is_event_stream(response: &axum::response::Response) -> bool {

@@ -165,7 +165,7 @@ impl LongPoll {
         // or the request: a server that writes the body itself (`tidings::http::Server`) waits
         // for it before writing anything and sends it with its `Content-Length` then.
         let waiting = collect(subscription, timeout, self.max_events, self.max_bytes);
-        json_response(Body::new(PendingBatch::Waiting(Box::pin(waiting))))
+        json_response(Body::new(PendingBatch::Waiting { waiting }))
     }
 
     fn timeout(&self, query: &[(String, String)]) -> Result<Duration, HttpError> {
@@ -204,40 +204,46 @@ fn collect(
                 Ok(delivery) => delivery,
             },
         };
-        let mut batch = Batch::empty(&sub);
-        let mut next = first;
-        loop {
-            match next {
-                None => break,
-                Some(Delivery::Event(event)) => {
-                    let cursor = sub.cursor().to_string();
-                    batch.bytes += event.event().data.len();
-                    batch.events.push((cursor.clone(), event.encoded::<JsonEvent>()));
-                    batch.cursor = cursor;
-                }
-                Some(Delivery::Gap(gap)) => {
-                    if !batch.events.is_empty() || batch.gap.is_some() {
-                        // Not consumed for the client: its cursor stays before the gap, so the
-                        // next poll reports it first.
-                        break;
-                    }
-                    let cursor = sub.cursor().to_string();
-                    batch.gap = Some((gap.topics, cursor.clone()));
-                    batch.cursor = cursor;
-                }
-                Some(Delivery::Closing(closing)) => {
-                    batch.retry = Some(closing.reconnect_after);
+        // Boxed: a waiting poll carries no room for the batch being made.
+        Box::pin(fill(&mut sub, first, max_events, max_bytes)).await
+    }
+}
+
+/// Makes the batch from `first` and what else is ready, within bounds.
+async fn fill(sub: &mut Subscription, first: Option<Delivery>, max_events: usize, max_bytes: usize) -> Chunks {
+    let mut batch = Batch::empty(sub);
+    let mut next = first;
+    loop {
+        match next {
+            None => break,
+            Some(Delivery::Event(event)) => {
+                let cursor = sub.cursor().to_string();
+                batch.bytes += event.event().data.len();
+                batch.events.push((cursor.clone(), event.encoded::<JsonEvent>()));
+                batch.cursor = cursor;
+            }
+            Some(Delivery::Gap(gap)) => {
+                if !batch.events.is_empty() || batch.gap.is_some() {
+                    // Not consumed for the client: its cursor stays before the gap, so the
+                    // next poll reports it first.
                     break;
                 }
-                Some(_) => break,
+                let cursor = sub.cursor().to_string();
+                batch.gap = Some((gap.topics, cursor.clone()));
+                batch.cursor = cursor;
             }
-            if batch.events.len() >= max_events || batch.bytes >= max_bytes {
+            Some(Delivery::Closing(closing)) => {
+                batch.retry = Some(closing.reconnect_after);
                 break;
             }
-            next = sub.next_ready().await;
+            Some(_) => break,
         }
-        batch.into_body()
+        if batch.events.len() >= max_events || batch.bytes >= max_bytes {
+            break;
+        }
+        next = sub.next_ready().await;
     }
+    batch.into_body()
 }
 
 /// A `200` JSON answer with `body`.
@@ -249,14 +255,18 @@ fn json_response(body: impl Into<Body>) -> Response {
     response
 }
 
-/// The body of a poll that waits: nothing until its batch is ready, then the batch, whose
-/// length is known from then on. Dropping it (the client went away) ends the subscription.
-enum PendingBatch {
-    Waiting(std::pin::Pin<Box<dyn Future<Output = Chunks> + Send>>),
-    Ready(Chunks),
+pin_project_lite::pin_project! {
+    /// The body of a poll that waits: nothing until its batch is ready, then the batch, whose
+    /// length is known from then on. Dropping it (the client went away) ends the subscription.
+    /// The waiting future lives inside the body (one allocation for both).
+    #[project = PendingProj]
+    enum PendingBatch<F> {
+        Waiting { #[pin] waiting: F },
+        Ready { chunks: Chunks },
+    }
 }
 
-impl http_body::Body for PendingBatch {
+impl<F: Future<Output = Chunks>> http_body::Body for PendingBatch<F> {
     type Data = Bytes;
     type Error = std::convert::Infallible;
 
@@ -265,28 +275,28 @@ impl http_body::Body for PendingBatch {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         loop {
-            match &mut *self {
-                PendingBatch::Waiting(waiting) => {
-                    let chunks = std::task::ready!(waiting.as_mut().poll(cx));
+            match self.as_mut().project() {
+                PendingProj::Waiting { waiting } => {
+                    let chunks = std::task::ready!(waiting.poll(cx));
                     // The subscription ends here, as soon as the batch is made.
-                    *self = PendingBatch::Ready(chunks);
+                    self.set(PendingBatch::Ready { chunks });
                 }
-                PendingBatch::Ready(chunks) => return std::pin::Pin::new(chunks).poll_frame(cx),
+                PendingProj::Ready { chunks } => return std::pin::Pin::new(chunks).poll_frame(cx),
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            PendingBatch::Waiting(_) => false,
-            PendingBatch::Ready(chunks) => chunks.is_end_stream(),
+            PendingBatch::Waiting { .. } => false,
+            PendingBatch::Ready { chunks } => chunks.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
         match self {
-            PendingBatch::Waiting(_) => http_body::SizeHint::default(),
-            PendingBatch::Ready(chunks) => chunks.size_hint(),
+            PendingBatch::Waiting { .. } => http_body::SizeHint::default(),
+            PendingBatch::Ready { chunks } => chunks.size_hint(),
         }
     }
 }
