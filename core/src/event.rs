@@ -246,15 +246,23 @@ impl SharedEvent {
 
     /// The event in wire format `F`, encoded on first use and shared afterwards.
     pub fn encoded<F: WireFormat>(&self) -> Bytes {
+        self.with_encoded::<F, _>(Bytes::clone)
+    }
+
+    /// Calls `f` with the event in wire format `F` (encoded on first use, as
+    /// [`encoded`](SharedEvent::encoded)), lending the shared bytes rather than taking a
+    /// reference to them: for a transport that copies them anyway, thousands of subscribers
+    /// then never write to the memory they share.
+    pub fn with_encoded<F: WireFormat, R>(&self, f: impl FnOnce(&Bytes) -> R) -> R {
         let id = TypeId::of::<F>();
         // Slots fill in order, so a format already cached sits before the first empty slot.
         for slot in &self.encodings {
             let (format, bytes) = slot.get_or_init(|| (id, F::encode(&self.event)));
             if *format == id {
-                return bytes.clone();
+                return f(bytes);
             }
         }
-        F::encode(&self.event)
+        f(&F::encode(&self.event))
     }
 }
 

@@ -109,11 +109,14 @@ impl Store for MemoryStore {
     async fn append(&self, new: NewEvent) -> Result<Event, StoreError> {
         let now = Instant::now();
         let mut topics = self.lock();
-        let log = topics.entry(new.topic.clone()).or_default();
+        // Every event of a topic carries the log's own copy of its name (compared by address
+        // on the live path).
+        let topic = topics.get_key_value(&new.topic).map_or(new.topic, |(name, _)| name.clone());
+        let log = topics.entry(topic.clone()).or_default();
         log.last += 1;
         let event = Event {
             epoch: self.epoch,
-            topic: new.topic,
+            topic,
             seq: log.last,
             event_type: new.event_type,
             data: new.data,

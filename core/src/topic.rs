@@ -19,8 +19,23 @@ pub const MAX_TOPIC_LEN: usize = 256;
 /// assert!(Topic::parse("").is_err());
 /// assert!(Topic::parse("bad\nname").is_err());
 /// ```
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Eq, PartialOrd, Ord)]
 pub struct Topic(Arc<str>);
+
+impl std::hash::Hash for Topic {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl PartialEq for Topic {
+    /// Equal names. Two clones of one topic compare by address first: the hub's live path
+    /// compares each event's topic with each subscription's, and a store hands out its own
+    /// copy of each name with every event.
+    fn eq(&self, other: &Topic) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
 
 /// Why a topic name was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +116,13 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
     hash
+}
+
+impl Topic {
+    /// Whether both are clones of one name (not only equal names).
+    pub(crate) fn same_name_object(&self, other: &Topic) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 impl fmt::Debug for Topic {

@@ -500,6 +500,10 @@ impl Subscription {
                 let Some(index) = self.topics.iter().position(|s| s.topic == event.topic) else {
                     return Ok(true);
                 };
+                if !self.topics[index].topic.same_name_object(&event.topic) {
+                    // Take the store's copy of the name: later events compare by address.
+                    self.topics[index].topic = event.topic.clone();
+                }
                 let pos = self.topics[index].pos;
                 if event.epoch != self.epoch || event.seq > pos.saturating_add(1) {
                     self.catch_up = Some(0);

@@ -289,7 +289,8 @@ pub async fn events_arrive_in_log_order(s: Suite) -> Outcome {
     expect_data(&mut client, &data).await
 }
 
-/// Four publishers at once: every event arrives once, each publisher's events in its order.
+/// Four publishers at once: every event arrives once, each publisher's events in its order,
+/// and all of them in log order (the positions the store gave them).
 pub async fn concurrent_publishers_keep_per_publisher_order(s: Suite) -> Outcome {
     let env = start(&s).await;
     let mut client = connect(&env, ConnectRequest::topics(&["t"])).await?;
@@ -297,22 +298,32 @@ pub async fn concurrent_publishers_keep_per_publisher_order(s: Suite) -> Outcome
     for p in 0..4 {
         let hub = env.hub.clone();
         tasks.push(tokio::spawn(async move {
+            let mut positions = Vec::with_capacity(250);
             for n in 0..250 {
-                publish(&hub, "t", &format!("{p}:{n}")).await?;
+                let data = format!("{p}:{n}");
+                let event = publish(&hub, "t", &data).await?;
+                positions.push((data, event.seq));
             }
-            Ok::<(), Failure>(())
+            Ok::<_, Failure>(positions)
         }));
     }
     let mut next_n = [0usize; 4];
+    let mut received = Vec::with_capacity(1000);
     for _ in 0..1000 {
         let e = next_event(&mut client).await?;
         let (p, n) = e.data.split_once(':').ok_or_else(|| Failure(format!("odd data {:?}", e.data)))?;
         let (p, n): (usize, usize) = (p.parse().unwrap_or(9), n.parse().unwrap_or(usize::MAX));
         ensure!(p < 4 && next_n[p] == n, "publisher {p}: expected #{}, got #{n}", next_n.get(p).unwrap_or(&0));
         next_n[p] += 1;
+        received.push(e.data);
     }
+    let mut position = std::collections::HashMap::new();
     for t in tasks {
-        t.await.map_err(|e| Failure(e.to_string()))??;
+        position.extend(t.await.map_err(|e| Failure(e.to_string()))??);
+    }
+    for pair in received.windows(2) {
+        let (a, b) = (position[&pair[0]], position[&pair[1]]);
+        ensure!(a < b, "{:?} (position {a}) arrived before {:?} (position {b})", pair[0], pair[1]);
     }
     Ok(())
 }

@@ -43,7 +43,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, StatusCode, header};
-use tidings_core::{Delivery, Hub, Subscription, Topic};
+use std::sync::Arc;
+
+use tidings_core::{Delivery, Hub, SharedEvent, Subscription, Topic};
 use tidings_http::SubscribeParams;
 use tokio::time::Instant;
 use tower_http::cors::CorsLayer;
@@ -160,7 +162,7 @@ const WRITE_BUFFER: usize = 64 * 1024;
 struct StreamState {
     subscription: Subscription,
     /// Chunks ready to send, in order, and their total length.
-    queued: VecDeque<Bytes>,
+    queued: VecDeque<Queued>,
     queued_bytes: usize,
     /// `id:` lines of multi-topic subscribers, split off one allocation per burst.
     ids: BytesMut,
@@ -177,7 +179,7 @@ impl StreamState {
         StreamState {
             subscription,
             queued_bytes: preamble.len(),
-            queued: VecDeque::from([preamble]),
+            queued: VecDeque::from([Queued::Bytes(preamble)]),
             ids: BytesMut::new(),
             heartbeat: Box::pin(tokio::time::sleep_until(now + interval)),
             interval,
@@ -241,25 +243,25 @@ impl StreamState {
     /// into one chunk of exactly their size.
     fn next_chunk(&mut self) -> Option<Bytes> {
         let first = self.queued.pop_front()?;
-        let small = |b: &Bytes| b.len() < COALESCE_BELOW;
+        let small = |q: &Queued| q.len() < COALESCE_BELOW;
         let mut total = first.len();
         let mut run = 0;
         if small(&first) {
-            for b in &self.queued {
-                if !small(b) || total + b.len() > WRITE_BUFFER {
+            for q in &self.queued {
+                if !small(q) || total + q.len() > WRITE_BUFFER {
                     break;
                 }
-                total += b.len();
+                total += q.len();
                 run += 1;
             }
         }
         let chunk = if run == 0 {
-            first
+            first.into_bytes()
         } else {
             let mut out = BytesMut::with_capacity(total);
-            out.extend_from_slice(&first);
-            for b in self.queued.drain(..run) {
-                out.extend_from_slice(&b);
+            first.copy_into(&mut out);
+            for q in self.queued.drain(..run) {
+                q.copy_into(&mut out);
             }
             out.freeze()
         };
@@ -267,7 +269,7 @@ impl StreamState {
         Some(chunk)
     }
 
-    fn enqueue(&mut self, chunk: Bytes) {
+    fn enqueue(&mut self, chunk: Queued) {
         self.queued_bytes += chunk.len();
         self.queued.push_back(chunk);
     }
@@ -278,26 +280,77 @@ impl StreamState {
                 if self.subscription.stands_just_after(event.event()) {
                     // One topic: the id line is the event's own cursor, the same for every
                     // subscriber, encoded once with the frame.
-                    self.enqueue(event.encoded::<SseFrameWithId>());
+                    self.enqueue(Queued::frame(event, true));
                 } else {
-                    self.enqueue(event.encoded::<SseFrame>());
+                    self.enqueue(Queued::frame(event, false));
                     let mut token = std::mem::take(&mut self.ids);
                     if token.capacity() < 64 {
                         token.reserve(2048);
                     }
                     frame::put_frame_end(&mut token, &self.subscription.cursor());
-                    self.enqueue(token.split().freeze());
+                    self.enqueue(Queued::Bytes(token.split().freeze()));
                     self.ids = token;
                 }
             }
             Delivery::Gap(gap) => {
-                self.enqueue(frame::gap_frame(&gap, &self.subscription.cursor()));
+                self.enqueue(Queued::Bytes(frame::gap_frame(&gap, &self.subscription.cursor())));
             }
             Delivery::Closing(closing) => {
                 self.done = true;
-                self.enqueue(Bytes::from(format!("retry: {}\n\n", closing.reconnect_after.as_millis())));
+                self.enqueue(Queued::Bytes(Bytes::from(format!("retry: {}\n\n", closing.reconnect_after.as_millis()))));
             }
             _ => {}
+        }
+    }
+}
+
+/// A chunk waiting to be written: bytes of this stream's own, or an event's shared frame, kept
+/// as the event itself (which the delivery handed over) so that copying its frame into a burst
+/// touches no reference count shared with other subscribers.
+enum Queued {
+    Bytes(Bytes),
+    Frame {
+        event: Arc<SharedEvent>,
+        /// [`SseFrameWithId`] rather than [`SseFrame`].
+        with_id: bool,
+        len: usize,
+    },
+}
+
+impl Queued {
+    fn frame(event: Arc<SharedEvent>, with_id: bool) -> Queued {
+        let len = if with_id {
+            event.with_encoded::<SseFrameWithId, _>(Bytes::len)
+        } else {
+            event.with_encoded::<SseFrame, _>(Bytes::len)
+        };
+        Queued::Frame { event, with_id, len }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Queued::Bytes(bytes) => bytes.len(),
+            Queued::Frame { len, .. } => *len,
+        }
+    }
+
+    fn copy_into(&self, out: &mut BytesMut) {
+        match self {
+            Queued::Bytes(bytes) => out.extend_from_slice(bytes),
+            Queued::Frame { event, with_id: true, .. } => {
+                event.with_encoded::<SseFrameWithId, _>(|bytes| out.extend_from_slice(bytes));
+            }
+            Queued::Frame { event, with_id: false, .. } => {
+                event.with_encoded::<SseFrame, _>(|bytes| out.extend_from_slice(bytes));
+            }
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Queued::Bytes(bytes) => bytes,
+            Queued::Frame { event, with_id: true, .. } => event.encoded::<SseFrameWithId>(),
+            Queued::Frame { event, with_id: false, .. } => event.encoded::<SseFrame>(),
         }
     }
 }
