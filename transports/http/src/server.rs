@@ -479,7 +479,7 @@ async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
 
 /// Calls the router for `request`, watching the socket meanwhile: a long-poll may wait a
 /// while, and a client that hangs up ends it at once (`None`). Also says whether more bytes
-/// came meanwhile (a pipelined request, for hyper to read).
+/// came meanwhile (a pipelined request, read once this one is answered).
 async fn answer(
     router: &Router,
     request: Request<axum::body::Body>,
@@ -508,9 +508,9 @@ fn answer_settled<'a>(
     request: Request<axum::body::Body>,
     stream: &'a TcpStream,
 ) -> impl Future<Output = Option<Answered>> + Send + 'a {
+    use http_body::Body as _;
     // Boxed here, so that neither the request nor the router's future is kept in this future
     // while the body is made.
-    use http_body::Body as _;
     let answering = Box::pin(answer(router, request, stream));
     async move {
         let settling = {
