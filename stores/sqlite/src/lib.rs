@@ -195,12 +195,15 @@ impl Inner {
         let Some((id, last)) = row else {
             return Ok((None, Bounds { epoch: self.epoch, first: 1, last: 0 }));
         };
+        // The oldest event within the age limit: the first one in key order that is not too
+        // old. `+at` keeps the planner from reading the age index for that term (which made
+        // this a scan of the whole topic for `MIN(seq)`, on every page of a replay); rows
+        // past the age limit are trimmed by appends, so few are stepped over.
         let first: Option<i64> = conn
-            .query_row(
-                "SELECT MIN(seq) FROM events WHERE topic_id = ?1 AND at >= ?2",
-                params![id, self.cutoff().unwrap_or(i64::MIN)],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT seq FROM events WHERE topic_id = ?1 AND +at >= ?2 ORDER BY seq LIMIT 1")
+            .and_then(|mut stmt| {
+                stmt.query_row(params![id, self.cutoff().unwrap_or(i64::MIN)], |r| r.get(0)).optional()
+            })
             .map_err(err("sqlite read failed"))?;
         let keep = self.retention.max_events_per_topic() as i64;
         let first = first.unwrap_or(last + 1).max(last - keep + 1).max(1);
