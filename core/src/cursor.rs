@@ -197,25 +197,71 @@ impl Cursor {
 
     /// Writes the token into `out` (what `to_string` returns, without allocating a new string).
     pub fn encode_into(&self, out: &mut String) {
-        let mut bytes = Vec::with_capacity(1 + 8 + 2 + self.positions.len() * 12 + 2);
-        bytes.push(VERSION);
-        bytes.extend_from_slice(&self.epoch.0.to_le_bytes());
-        put_varint(&mut bytes, self.positions.len() as u64);
+        // Writing to a `String` cannot fail.
+        let _ = self.write_token(out);
+    }
+
+    /// Writes the token to `out`, without allocating for cursors of up to four topics.
+    pub fn write_token(&self, out: &mut impl fmt::Write) -> fmt::Result {
+        // version, epoch, count, (key, seq) per topic (a varint is at most 10 bytes), check
+        let len = 1 + 8 + 10 + self.positions.len() * 18 + 2;
+        let mut stack = [0u8; 96];
+        let mut heap = Vec::new();
+        let buf: &mut [u8] = if len <= stack.len() {
+            &mut stack
+        } else {
+            heap.resize(len, 0);
+            &mut heap
+        };
+        let mut at = 0;
+        let mut put = |bytes: &[u8]| {
+            buf[at..at + bytes.len()].copy_from_slice(bytes);
+            at += bytes.len();
+        };
+        put(&[VERSION]);
+        put(&self.epoch.0.to_le_bytes());
+        put(varint(self.positions.len() as u64).as_slice());
         for &(key, seq) in &self.positions {
-            bytes.extend_from_slice(&key.to_le_bytes());
-            put_varint(&mut bytes, seq);
+            put(&key.to_le_bytes());
+            put(varint(seq).as_slice());
         }
-        let check = fnv1a(&bytes) as u16;
-        bytes.extend_from_slice(&check.to_le_bytes());
-        base64url_encode(&bytes, out);
+        let check = fnv1a(&buf[..at]) as u16;
+        buf[at..at + 2].copy_from_slice(&check.to_le_bytes());
+        at += 2;
+        base64url_write(&buf[..at], out)
+    }
+}
+
+/// A varint's bytes (LEB128, at most 10).
+struct Varint {
+    bytes: [u8; 10],
+    len: usize,
+}
+
+impl Varint {
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+fn varint(mut value: u64) -> Varint {
+    let mut out = Varint { bytes: [0; 10], len: 0 };
+    loop {
+        let b = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.bytes[out.len] = b;
+            out.len += 1;
+            return out;
+        }
+        out.bytes[out.len] = b | 0x80;
+        out.len += 1;
     }
 }
 
 impl fmt::Display for Cursor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut s = String::new();
-        self.encode_into(&mut s);
-        f.write_str(&s)
+        self.write_token(f)
     }
 }
 
@@ -250,31 +296,22 @@ impl Reader<'_> {
     }
 }
 
-fn put_varint(out: &mut Vec<u8>, mut value: u64) {
-    loop {
-        let b = (value & 0x7f) as u8;
-        value >>= 7;
-        if value == 0 {
-            out.push(b);
-            return;
-        }
-        out.push(b | 0x80);
-    }
-}
-
 const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
-fn base64url_encode(bytes: &[u8], out: &mut String) {
-    out.reserve(bytes.len().div_ceil(3) * 4);
+fn base64url_write(bytes: &[u8], out: &mut impl fmt::Write) -> fmt::Result {
+    let mut chars = [0u8; 4];
     for chunk in bytes.chunks(3) {
         let n = (u32::from(chunk[0]) << 16)
             | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
             | u32::from(*chunk.get(2).unwrap_or(&0));
-        let chars = chunk.len() + 1;
-        for i in 0..chars {
-            out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+        let count = chunk.len() + 1;
+        for (i, c) in chars.iter_mut().enumerate().take(count) {
+            *c = ALPHABET[((n >> (18 - 6 * i)) & 63) as usize];
         }
+        // The alphabet is ASCII.
+        out.write_str(std::str::from_utf8(&chars[..count]).map_err(|_| fmt::Error)?)?;
     }
+    Ok(())
 }
 
 fn base64url_decode(text: &[u8]) -> Option<Vec<u8>> {
@@ -330,6 +367,18 @@ mod tests {
     }
 
     #[test]
+    fn round_trips_with_more_topics_than_the_stack_buffer_holds() {
+        let mut c = Cursor::new(Epoch::random());
+        for i in 0..64u64 {
+            c.set(&Topic::new(&format!("topic-{i}")), u64::MAX - i);
+        }
+        let mut token = String::new();
+        c.encode_into(&mut token);
+        assert_eq!(token, c.to_string());
+        assert_eq!(Cursor::parse(&token), Ok(c));
+    }
+
+    #[test]
     fn one_topic_cursor_is_compact() {
         let mut c = Cursor::new(Epoch::random());
         c.set(&Topic::new("demo"), 1);
@@ -348,7 +397,7 @@ mod tests {
                 let mut flipped = bytes.clone();
                 flipped[i] ^= 1 << bit;
                 let mut t = String::new();
-                base64url_encode(&flipped, &mut t);
+                base64url_write(&flipped, &mut t).unwrap();
                 assert!(Cursor::parse(&t).is_err(), "byte {i} bit {bit}");
             }
         }
@@ -375,7 +424,7 @@ mod tests {
     fn base64_matches_rfc4648_vectors() {
         for (raw, enc) in [("", ""), ("f", "Zg"), ("fo", "Zm8"), ("foo", "Zm9v"), ("foob", "Zm9vYg")] {
             let mut s = String::new();
-            base64url_encode(raw.as_bytes(), &mut s);
+            base64url_write(raw.as_bytes(), &mut s).unwrap();
             assert_eq!(s, enc);
             assert_eq!(base64url_decode(enc.as_bytes()).unwrap(), raw.as_bytes());
         }

@@ -14,18 +14,26 @@ pub struct SseFrame;
 
 impl WireFormat for SseFrame {
     fn encode(event: &Event) -> Bytes {
-        let data = event.data.as_bytes();
-        let type_len = event.event_type.as_ref().map_or(0, |t| t.as_str().len() + 8);
-        let mut out = BytesMut::with_capacity(type_len + data.len() + 7 * (1 + data.len() / 64));
-        if let Some(event_type) = &event.event_type {
-            out.put_slice(b"event: ");
-            out.put_slice(event_type.as_str().as_bytes());
-            out.put_u8(b'\n');
-        }
-        put_data_lines(&mut out, data);
-        out.freeze()
+        frame_with_room(event, 0).freeze()
     }
 }
+
+/// The frame of `event` without its end, in a buffer with `room` bytes to spare after it.
+fn frame_with_room(event: &Event, room: usize) -> BytesMut {
+    let data = event.data.as_bytes();
+    let type_len = event.event_type.as_ref().map_or(0, |t| t.as_str().len() + 8);
+    let mut out = BytesMut::with_capacity(type_len + data.len() + 7 * (1 + data.len() / 64) + room);
+    if let Some(event_type) = &event.event_type {
+        out.put_slice(b"event: ");
+        out.put_slice(event_type.as_str().as_bytes());
+        out.put_u8(b'\n');
+    }
+    put_data_lines(&mut out, data);
+    out
+}
+
+/// Room for `id: CURSOR` and the blank line of a one-topic cursor (its token is 36 characters).
+const FRAME_END_ROOM: usize = 64;
 
 /// [`SseFrame`] followed by `id: CURSOR` and the blank line, where the cursor is the event's own
 /// ([`Event::cursor`]): the whole frame of a single-topic subscriber, the same bytes for every
@@ -35,7 +43,8 @@ pub struct SseFrameWithId;
 
 impl WireFormat for SseFrameWithId {
     fn encode(event: &Event) -> Bytes {
-        let mut out = BytesMut::from(SseFrame::encode(event));
+        // One buffer, sized for the end too (a replay encodes every event it sends).
+        let mut out = frame_with_room(event, FRAME_END_ROOM);
         put_frame_end(&mut out, &event.cursor());
         out.freeze()
     }
@@ -65,11 +74,10 @@ pub(crate) fn put_data_lines(out: &mut BytesMut, data: &[u8]) {
 
 /// Appends `id: CURSOR` and the blank line that dispatches the event.
 pub(crate) fn put_frame_end(out: &mut BytesMut, cursor: &Cursor) {
-    let mut token = String::with_capacity(48);
-    token.push_str("id: ");
-    cursor.encode_into(&mut token);
-    token.push_str("\n\n");
-    out.put_slice(token.as_bytes());
+    out.put_slice(b"id: ");
+    // Writes the token straight into `out` (`BytesMut` is a `fmt::Write`).
+    let _ = cursor.write_token(out);
+    out.put_slice(b"\n\n");
 }
 
 /// The gap notice: `event: tidings.gap`, JSON data naming the topics, and the cursor after it.
