@@ -246,21 +246,30 @@ async fn a_stream_is_written_straight_to_its_socket_and_other_requests_keep_thei
     assert!(third.contains("second"), "{third:.300}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_long_poll_whose_client_hangs_up_ends_at_once() {
-    let (addr, hub, _) = start(|s| s).await;
-    // A poll without a cursor answers at once with where the log ends; one with it waits.
-    let answer = request(addr, b"GET /poll?topic=quiet HTTP/1.1\r\nHost: x\r\n\r\n").await;
+/// A connection whose poll on `topic` waits (it brings the cursor of the log's end, and a 60 s
+/// timeout), returned once the hub counts its subscription. A poll without a cursor answers at
+/// once with where the log ends.
+async fn open_waiting_poll(addr: SocketAddr, hub: &Hub, topic: &str) -> TcpStream {
+    let first = format!("GET /poll?topic={topic} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let answer = request(addr, first.as_bytes()).await;
     let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
     let cursor = serde_json::from_str::<serde_json::Value>(body).unwrap()["cursor"].as_str().unwrap().to_owned();
-    let mut poll = TcpStream::connect(addr).await.unwrap();
-    let wait = format!("GET /poll?topic=quiet&timeout=60&cursor={cursor} HTTP/1.1\r\nHost: x\r\n\r\n");
-    poll.write_all(wait.as_bytes()).await.unwrap();
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    let wait = format!("GET /poll?topic={topic}&timeout=60&cursor={cursor} HTTP/1.1\r\nHost: x\r\n\r\n");
+    conn.write_all(wait.as_bytes()).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while hub.subscriber_count() == 0 {
         assert!(Instant::now() < deadline, "the poll never arrived");
         tokio::task::yield_now().await;
     }
+    conn
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_whose_client_hangs_up_ends_at_once() {
+    let (addr, hub, _) = start(|s| s).await;
+    let poll = open_waiting_poll(addr, &hub, "quiet").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
     drop(poll);
     // Well before its 60 s timeout, the subscription is gone.
     while hub.subscriber_count() > 0 {
@@ -293,17 +302,7 @@ async fn polls_share_a_keep_alive_connection_until_the_client_says_close() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_poll_goes_out_with_its_length_and_a_request_sent_meanwhile_is_answered_after_it() {
     let (addr, hub, _) = start(|s| s).await;
-    let answer = request(addr, b"GET /poll?topic=later HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
-    let cursor = serde_json::from_str::<serde_json::Value>(body).unwrap()["cursor"].as_str().unwrap().to_owned();
-    let mut conn = TcpStream::connect(addr).await.unwrap();
-    let wait = format!("GET /poll?topic=later&timeout=60&cursor={cursor} HTTP/1.1\r\nHost: x\r\n\r\n");
-    conn.write_all(wait.as_bytes()).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while hub.subscriber_count() == 0 {
-        assert!(Instant::now() < deadline, "the poll never arrived");
-        tokio::task::yield_now().await;
-    }
+    let mut conn = open_waiting_poll(addr, &hub, "later").await;
     // A second request while the first waits (the client pipelines): it must wait its turn.
     conn.write_all(b"GET /poll?topic=later&cursor=x&timeout=0 HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     let event = hub.publish(NewEvent::new(Topic::new("later"), "worth the wait")).await.unwrap();

@@ -33,7 +33,7 @@ impl PartialEq for Topic {
     /// compares each event's topic with each subscription's, and a store hands out its own
     /// copy of each name with every event.
     fn eq(&self, other: &Topic) -> bool {
-        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+        self.same_name_object(other) || self.0 == other.0
     }
 }
 
@@ -67,6 +67,11 @@ impl fmt::Display for TopicError {
 impl std::error::Error for TopicError {}
 
 impl Topic {
+    /// Whether both are clones of one name (not only equal names).
+    pub(crate) fn same_name_object(&self, other: &Topic) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// Validates `name` as a topic.
     pub fn parse(name: &str) -> Result<Topic, TopicError> {
         if name.is_empty() {
@@ -116,13 +121,6 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
     hash
-}
-
-impl Topic {
-    /// Whether both are clones of one name (not only equal names).
-    pub(crate) fn same_name_object(&self, other: &Topic) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
 }
 
 impl fmt::Debug for Topic {

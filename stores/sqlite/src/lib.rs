@@ -91,7 +91,7 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
     // A panic inside a transaction rolls it back when the transaction is dropped, so a
     // poisoned connection is still consistent.
     m.lock().unwrap_or_else(|e| e.into_inner())
