@@ -559,15 +559,20 @@ async fn subscribers(mode: &str) {
     let mut publisher = connect(addr, 0, 1).await.expect("publisher connection");
     let (cpu0, t0) = (cpu_seconds(pid), Instant::now());
     let mut refused = 0u64;
+    // Each publish's round trip (µs): how long the one publisher waits for the server's answer.
+    let mut round_trips: Vec<u32> = Vec::with_capacity(events as usize);
     for i in 0..events {
         if rate > 0 {
             tokio::time::sleep_until(TokioInstant::from_std(t0 + Duration::from_secs_f64(i as f64 / rate as f64))).await;
         }
+        let sent = Instant::now();
         if !publish(&mut publisher, kind, addr, &event_data(i, payload)).await.unwrap_or(false) {
             refused += 1;
         }
+        round_trips.push(u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX));
     }
     let publish_seconds = t0.elapsed().as_secs_f64();
+    round_trips.sort_unstable();
     let _ = deadline_tx.send(Some(TokioInstant::now() + Duration::from_secs(30)));
     let mut results = Vec::with_capacity(n);
     for task in tasks {
@@ -585,6 +590,7 @@ async fn subscribers(mode: &str) {
             "seconds": seconds, "deliveries_per_second": t.deliveries as f64 / seconds,
             "server_cpu_seconds": cpu, "deliveries_per_cpu_second": t.deliveries as f64 / cpu.max(0.01),
             "latency_ms": { "p50": percentile(&t.latencies, 0.5), "p99": percentile(&t.latencies, 0.99), "max": percentile(&t.latencies, 1.0) },
+            "publish_ms": { "p50": percentile(&round_trips, 0.5), "p99": percentile(&round_trips, 0.99), "max": percentile(&round_trips, 1.0) },
             "rss_before_kib": rss_before, "rss_after_kib": rss_after,
             "kib_per_connection": (rss_after as f64 - rss_before as f64) / opened.max(1) as f64,
         })

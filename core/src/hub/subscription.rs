@@ -152,6 +152,16 @@ struct TopicState {
     pos: u64,
 }
 
+/// What one step of [`Subscription::advance`] came to.
+enum Step {
+    /// A delivery, to hand out now.
+    Deliver(Delivery),
+    /// State changed (a page read, an item skipped): look again.
+    Progress,
+    /// Nothing is ready and the caller does not want to wait.
+    Idle,
+}
+
 #[derive(Debug)]
 enum Pending {
     Event { index: usize, event: Arc<SharedEvent> },
@@ -369,12 +379,13 @@ impl Subscription {
             let step = match self.catch_up {
                 // Boxed: a replay step holds a store read; a subscription waiting for live
                 // events (nearly always) should not carry room for it.
-                Some(index) => Box::pin(self.catch_up_step(index)).await.map(|()| true),
+                Some(index) => Box::pin(self.catch_up_step(index)).await.map(|()| Step::Progress),
                 None => self.live_step(wait).await,
             };
             match step {
-                Ok(true) => backoff = Duration::from_millis(50),
-                Ok(false) => {
+                Ok(Step::Deliver(delivery)) => return Some(delivery),
+                Ok(Step::Progress) => backoff = Duration::from_millis(50),
+                Ok(Step::Idle) => {
                     // Nothing ready: the transport is about to write and wait. Report now,
                     // once per burst rather than once per event; give back the room a replay's
                     // page took (up to `page_size` entries), which a waiting subscription would
@@ -478,16 +489,17 @@ impl Subscription {
         Ok(())
     }
 
-    /// Takes the ring's next item (waiting for one if `wait`) and acts on it. `Ok(false)`: the
-    /// ring is empty and `wait` is false.
-    async fn live_step(&mut self, wait: bool) -> Result<bool, StoreError> {
+    /// Takes the ring's next item (waiting for one if `wait`) and acts on it: the next event in
+    /// order is delivered at once, without a stop in `pending` (only ever called with nothing
+    /// pending). `Step::Idle`: the ring is empty and `wait` is false.
+    async fn live_step(&mut self, wait: bool) -> Result<Step, StoreError> {
         let item = if wait {
             // A shutdown comes through the ring too (`RingItem::Shutdown`).
             self.ring.recv().await
         } else {
             match self.ring.try_recv() {
                 Ok(item) => Ok(item),
-                Err(broadcast::error::TryRecvError::Empty) => return Ok(false),
+                Err(broadcast::error::TryRecvError::Empty) => return Ok(Step::Idle),
                 Err(broadcast::error::TryRecvError::Lagged(n)) => {
                     Err(broadcast::error::RecvError::Lagged(n))
                 }
@@ -498,7 +510,7 @@ impl Subscription {
             Ok(RingItem::Event(shared)) => {
                 let event = shared.event();
                 let Some(index) = self.topics.iter().position(|s| s.topic == event.topic) else {
-                    return Ok(true);
+                    return Ok(Step::Progress);
                 };
                 if !self.topics[index].topic.same_name_object(&event.topic) {
                     // Take the store's copy of the name: later events compare by address.
@@ -508,7 +520,7 @@ impl Subscription {
                 if event.epoch != self.epoch || event.seq > pos.saturating_add(1) {
                     self.catch_up = Some(0);
                 } else if event.seq == pos.saturating_add(1) {
-                    self.pending.push_back(Pending::Event { index, event: shared });
+                    return Ok(Step::Deliver(self.deliver(Pending::Event { index, event: shared })));
                 }
             }
             Ok(RingItem::Resync) => self.catch_up = Some(0),
@@ -524,7 +536,7 @@ impl Subscription {
                 self.hub.close();
             }
         }
-        Ok(true)
+        Ok(Step::Progress)
     }
 
     /// Adds the deliveries made since the last report to the metric.

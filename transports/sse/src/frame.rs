@@ -33,7 +33,7 @@ fn frame_with_room(event: &Event, room: usize) -> BytesMut {
 }
 
 /// Room for `id: CURSOR` and the blank line of a one-topic cursor (its token is 36 characters).
-const FRAME_END_ROOM: usize = 64;
+pub(crate) const FRAME_END_ROOM: usize = 64;
 
 /// [`SseFrame`] followed by `id: CURSOR` and the blank line, where the cursor is the event's own
 /// ([`Event::cursor`]): the whole frame of a single-topic subscriber, the same bytes for every

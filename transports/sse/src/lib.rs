@@ -149,23 +149,30 @@ impl Sse {
     }
 }
 
-/// Frames smaller than this are copied into one chunk with their neighbours; larger ones go
-/// out as the shared bytes themselves.
+/// Frames smaller than this are copied into the chunk being gathered; larger ones go out as
+/// the shared bytes themselves.
 const COALESCE_BELOW: usize = 16 * 1024;
 /// A burst of ready deliveries is gathered until it holds this much.
 const WRITE_BUFFER: usize = 64 * 1024;
+/// Room taken at once for a burst of small frames (grown if the burst needs more).
+const GATHER_ROOM: usize = 4 * 1024;
 
-/// One SSE response body. Memory per stream is a few hundred bytes while idle: frames are
-/// queued as shared `Bytes` (reference counts, not copies) and only a burst of several small
-/// frames is copied, once, into a chunk of exactly their size; the scratch space for cursor
-/// tokens and the queue are released whenever the stream goes idle.
+/// One SSE response body. Memory per stream is a few hundred bytes while idle. A delivery that
+/// goes out alone is written as the event's shared frame itself (no copy); a burst of small
+/// frames is copied, once, straight from the shared events into one chunk (no queue of
+/// references per delivery); large frames are queued as the shared bytes. The chunk's room is
+/// released whenever the stream goes idle.
 struct StreamState {
     subscription: Subscription,
-    /// Chunks ready to send, in order, and their total length.
-    queued: VecDeque<Queued>,
+    /// Finished chunks, in order, to send before `lone` or `gathering`.
+    queued: VecDeque<Bytes>,
+    /// The burst's first small frame while it is alone (never together with `gathering`): the
+    /// event itself, which the delivery handed over, and whether its frame carries the `id:`.
+    lone: Option<(Arc<SharedEvent>, bool)>,
+    /// Small frames of the current burst, copied together.
+    gathering: BytesMut,
+    /// Total length of `queued`, `lone` and `gathering`.
     queued_bytes: usize,
-    /// `id:` lines of multi-topic subscribers, split off one allocation per burst.
-    ids: BytesMut,
     /// Fires at most once per interval; what it does depends on `last_write`.
     heartbeat: Pin<Box<tokio::time::Sleep>>,
     interval: Duration,
@@ -179,8 +186,9 @@ impl StreamState {
         StreamState {
             subscription,
             queued_bytes: preamble.len(),
-            queued: VecDeque::from([Queued::Bytes(preamble)]),
-            ids: BytesMut::new(),
+            queued: VecDeque::from([preamble]),
+            lone: None,
+            gathering: BytesMut::new(),
             heartbeat: Box::pin(tokio::time::sleep_until(now + interval)),
             interval,
             last_write: now,
@@ -209,14 +217,14 @@ impl StreamState {
                         None => break,
                     }
                 }
-                if !self.queued.is_empty() {
+                if self.queued_bytes > 0 {
                     continue;
                 }
                 // Idle: give back what a burst needed, then wait for an event or the heartbeat.
                 if self.queued.capacity() > 8 {
                     self.queued = VecDeque::new();
                 }
-                self.ids = BytesMut::new();
+                self.gathering = BytesMut::new();
                 tokio::select! {
                     delivery = self.subscription.next() => match delivery {
                         Some(delivery) => self.push(delivery),
@@ -239,39 +247,62 @@ impl StreamState {
         }
     }
 
-    /// The next chunk to write: one queued frame as it is, or a run of small frames copied
-    /// into one chunk of exactly their size.
+    /// The next chunk to write: a finished one, the lone frame, or the small frames gathered.
     fn next_chunk(&mut self) -> Option<Bytes> {
-        let first = self.queued.pop_front()?;
-        let small = |q: &Queued| q.len() < COALESCE_BELOW;
-        let mut total = first.len();
-        let mut run = 0;
-        if small(&first) {
-            for q in &self.queued {
-                if !small(q) || total + q.len() > WRITE_BUFFER {
-                    break;
-                }
-                total += q.len();
-                run += 1;
-            }
-        }
-        let chunk = if run == 0 {
-            first.into_bytes()
+        let chunk = if let Some(chunk) = self.queued.pop_front() {
+            chunk
+        } else if let Some((event, with_id)) = self.lone.take() {
+            shared_frame(&event, with_id)
+        } else if !self.gathering.is_empty() {
+            self.gathering.split().freeze()
         } else {
-            let mut out = BytesMut::with_capacity(total);
-            first.copy_into(&mut out);
-            for q in self.queued.drain(..run) {
-                q.copy_into(&mut out);
-            }
-            out.freeze()
+            return None;
         };
         self.queued_bytes -= chunk.len();
         Some(chunk)
     }
 
-    fn enqueue(&mut self, chunk: Queued) {
+    /// Appends to the chunk being gathered what `write` writes (`room`: the length expected),
+    /// after the lone frame if there is one.
+    fn gather(&mut self, room: usize, write: impl FnOnce(&mut BytesMut)) {
+        let lone = self.lone.take();
+        let lone_len = lone.as_ref().map_or(0, |(event, with_id)| frame_len(event, *with_id));
+        if self.gathering.capacity() - self.gathering.len() < lone_len + room {
+            self.gathering.reserve((lone_len + room).max(GATHER_ROOM));
+        }
+        if let Some((event, with_id)) = lone {
+            // Counted in `queued_bytes` already.
+            copy_frame(&mut self.gathering, &event, with_id);
+        }
+        let before = self.gathering.len();
+        write(&mut self.gathering);
+        self.queued_bytes += self.gathering.len() - before;
+    }
+
+    /// Queues `chunk` as it is, after what the burst holds so far.
+    fn enqueue(&mut self, chunk: Bytes) {
+        if let Some((event, with_id)) = self.lone.take() {
+            self.queued.push_back(shared_frame(&event, with_id));
+        } else if !self.gathering.is_empty() {
+            let gathered = self.gathering.split().freeze();
+            self.queued.push_back(gathered);
+        }
         self.queued_bytes += chunk.len();
         self.queued.push_back(chunk);
+    }
+
+    /// Adds an event's shared frame to the burst: kept as the event while it is alone, copied
+    /// if small and not alone, else queued as the shared bytes.
+    fn put_frame(&mut self, event: Arc<SharedEvent>, with_id: bool) {
+        let len = frame_len(&event, with_id);
+        if len >= COALESCE_BELOW {
+            self.enqueue(shared_frame(&event, with_id));
+        } else if self.lone.is_none() && self.gathering.is_empty() {
+            self.queued_bytes += len;
+            self.lone = Some((event, with_id));
+        } else {
+            self.gather(len, |out| copy_frame(out, &event, with_id));
+        }
     }
 
     fn push(&mut self, delivery: Delivery) {
@@ -280,77 +311,47 @@ impl StreamState {
                 if self.subscription.stands_just_after(event.event()) {
                     // One topic: the id line is the event's own cursor, the same for every
                     // subscriber, encoded once with the frame.
-                    self.enqueue(Queued::frame(event, true));
+                    self.put_frame(event, true);
                 } else {
-                    self.enqueue(Queued::frame(event, false));
-                    let mut token = std::mem::take(&mut self.ids);
-                    if token.capacity() < 64 {
-                        token.reserve(2048);
-                    }
-                    frame::put_frame_end(&mut token, &self.subscription.cursor());
-                    self.enqueue(Queued::Bytes(token.split().freeze()));
-                    self.ids = token;
+                    self.put_frame(event, false);
+                    let cursor = self.subscription.cursor();
+                    self.gather(frame::FRAME_END_ROOM, |out| frame::put_frame_end(out, &cursor));
                 }
             }
             Delivery::Gap(gap) => {
-                self.enqueue(Queued::Bytes(frame::gap_frame(&gap, &self.subscription.cursor())));
+                let notice = frame::gap_frame(&gap, &self.subscription.cursor());
+                self.gather(notice.len(), |out| out.extend_from_slice(&notice));
             }
             Delivery::Closing(closing) => {
                 self.done = true;
-                self.enqueue(Queued::Bytes(Bytes::from(format!("retry: {}\n\n", closing.reconnect_after.as_millis()))));
+                let retry = format!("retry: {}\n\n", closing.reconnect_after.as_millis());
+                self.gather(retry.len(), |out| out.extend_from_slice(retry.as_bytes()));
             }
             _ => {}
         }
     }
 }
 
-/// A chunk waiting to be written: bytes of this stream's own, or an event's shared frame, kept
-/// as the event itself (which the delivery handed over) so that copying its frame into a burst
-/// touches no reference count shared with other subscribers.
-enum Queued {
-    Bytes(Bytes),
-    Frame {
-        event: Arc<SharedEvent>,
-        /// [`SseFrameWithId`] rather than [`SseFrame`].
-        with_id: bool,
-        len: usize,
-    },
+/// The length of `event`'s shared frame, [`SseFrameWithId`] or [`SseFrame`].
+fn frame_len(event: &SharedEvent, with_id: bool) -> usize {
+    if with_id {
+        event.with_encoded::<SseFrameWithId, _>(Bytes::len)
+    } else {
+        event.with_encoded::<SseFrame, _>(Bytes::len)
+    }
 }
 
-impl Queued {
-    fn frame(event: Arc<SharedEvent>, with_id: bool) -> Queued {
-        let len = if with_id {
-            event.with_encoded::<SseFrameWithId, _>(Bytes::len)
-        } else {
-            event.with_encoded::<SseFrame, _>(Bytes::len)
-        };
-        Queued::Frame { event, with_id, len }
+/// Copies `event`'s shared frame into `out` (without taking a reference to it: thousands of
+/// subscribers copying one frame never write to the memory they share).
+fn copy_frame(out: &mut BytesMut, event: &SharedEvent, with_id: bool) {
+    if with_id {
+        event.with_encoded::<SseFrameWithId, _>(|frame| out.extend_from_slice(frame));
+    } else {
+        event.with_encoded::<SseFrame, _>(|frame| out.extend_from_slice(frame));
     }
+}
 
-    fn len(&self) -> usize {
-        match self {
-            Queued::Bytes(bytes) => bytes.len(),
-            Queued::Frame { len, .. } => *len,
-        }
-    }
-
-    fn copy_into(&self, out: &mut BytesMut) {
-        match self {
-            Queued::Bytes(bytes) => out.extend_from_slice(bytes),
-            Queued::Frame { event, with_id: true, .. } => {
-                event.with_encoded::<SseFrameWithId, _>(|bytes| out.extend_from_slice(bytes));
-            }
-            Queued::Frame { event, with_id: false, .. } => {
-                event.with_encoded::<SseFrame, _>(|bytes| out.extend_from_slice(bytes));
-            }
-        }
-    }
-
-    fn into_bytes(self) -> Bytes {
-        match self {
-            Queued::Bytes(bytes) => bytes,
-            Queued::Frame { event, with_id: true, .. } => event.encoded::<SseFrameWithId>(),
-            Queued::Frame { event, with_id: false, .. } => event.encoded::<SseFrame>(),
-        }
-    }
+/// `event`'s shared frame itself.
+fn shared_frame(event: &SharedEvent, with_id: bool) -> Bytes {
+    if with_id { event.encoded::<SseFrameWithId>() } else { event.encoded::<SseFrame>() }
 }

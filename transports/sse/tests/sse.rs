@@ -211,6 +211,47 @@ async fn single_topic_subscribers_share_the_whole_frame_with_its_id() {
 }
 
 #[tokio::test]
+async fn a_burst_is_written_together_in_order_around_a_large_frame() {
+    let hub = Hub::new(MemoryStore::new());
+    let router = Sse::new(hub.clone()).into_router();
+    let mut single = open_body(&router, "/?topic=t", None).await;
+    chunk(&mut single).await;
+    let mut multi = open_body(&router, "/?topic=t&topic=u", None).await;
+    chunk(&mut multi).await;
+    // Published before either body is polled again: each stream finds a burst of four.
+    let big = "x".repeat(20_000);
+    let mut published = Vec::new();
+    for data in ["a", big.as_str(), "b", "c"] {
+        published.push((data, hub.publish(NewEvent::new(topic("t"), data)).await.unwrap()));
+    }
+    let frame = |(data, event): &(&str, tidings_core::Event)| format!("data: {data}\nid: {}\n\n", event.cursor());
+    // The large frame goes out alone, as the shared bytes, and so does the small one before it;
+    // the small ones after it are gathered into one chunk.
+    let mut chunks = Vec::new();
+    for _ in 0..3 {
+        chunks.push(String::from_utf8(chunk(&mut single).await.to_vec()).unwrap());
+    }
+    assert_eq!(chunks[0], frame(&published[0]));
+    assert_eq!(chunks[1], frame(&published[1]));
+    assert_eq!(chunks[2], frame(&published[2]) + &frame(&published[3]));
+    // A subscriber of two topics: the same data in the same order, each frame with its own
+    // cursor standing on that event.
+    let mut text = String::new();
+    while text.matches("\n\n").count() < 4 {
+        text.push_str(std::str::from_utf8(&chunk(&mut multi).await).unwrap());
+    }
+    let frames: Vec<&str> = text.strip_suffix("\n\n").unwrap().split("\n\n").collect();
+    assert_eq!(frames.len(), 4);
+    for (frame, (data, event)) in frames.iter().zip(&published) {
+        let (head, id) = frame.split_once("\nid: ").unwrap();
+        assert_eq!(head, format!("data: {data}"));
+        let cursor = Cursor::parse(id).unwrap();
+        assert_eq!(cursor.position(&topic("t")), Some(event.seq));
+        assert!(cursor.position(&topic("u")).is_some());
+    }
+}
+
+#[tokio::test]
 async fn gap_comes_before_any_cursor() {
     let hub = Hub::new(MemoryStore::new());
     let router = Sse::new(hub.clone()).into_router();
