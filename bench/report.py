@@ -109,7 +109,8 @@ def machine():
 
 
 def report(rows, seconds):
-    fan = [r for r in rows if r["mode"] == "fanout" and r.get("rate", 0) == 0]
+    pinned = [r for r in rows if r["mode"] == "fanout" and str(r.get("label", "")).startswith("pinned")]
+    fan = [r for r in rows if r["mode"] == "fanout" and r.get("rate", 0) == 0 and r not in pinned]
     lat = [r for r in rows if r["mode"] == "fanout" and r.get("rate", 0) > 0]
     lp = [r for r in rows if r["mode"] == "longpoll"]
     rep = [r for r in rows if r["mode"] == "replay"]
@@ -147,6 +148,34 @@ def report(rows, seconds):
     for n in counts:
         md.append(f"| {fmt(n)} | " + " | ".join(rng(ratio("tidings", b, n), 2) + "x" for b in ["handwritten", "shared", "nchan"]) + " |")
     md += [""]
+
+    if pinned:
+        pn = pinned[0]["subscribers"]
+        pby = defaultdict(dict)
+        for r in pinned:
+            pby[server_of(r)][r["label"]] = r
+        rounds = sorted({r["label"] for r in pinned})
+        md += [f"### Fan-out at {fmt(pn)} subscribers, each process on its own core", "",
+               "The same measurement with the server held to CPU 0 and the load generator to CPU 1 "
+               "(`taskset`; nginx's workers inherit it), so that neither process takes the other's "
+               "core (above, the two processes share both cores, and the one publisher waits for "
+               "whichever process the scheduler runs). Publish: the median round trip of a `POST` as "
+               "the publisher sees it.", "",
+               "| round | " + " | ".join(NAMES[s] for s in ORDER) + " | tidings / by hand | tidings / shared bytes | tidings / Nchan |",
+               "|---|" + "---|" * (len(ORDER) + 3)]
+        for k in rounds:
+            cells = []
+            for s in ORDER:
+                r = pby[s].get(k)
+                cells.append("–" if r is None else f"{fmt(r['deliveries_per_cpu_second'])} (publish p50 "
+                             f"{fmt(r.get('publish_ms', {}).get('p50', 0), 1)} ms)")
+            t = pby["tidings"].get(k)
+            ratios = []
+            for b in ["handwritten", "shared", "nchan"]:
+                rb = pby[b].get(k)
+                ratios.append("–" if not t or not rb else f"{t['deliveries_per_cpu_second'] / rb['deliveries_per_cpu_second']:.2f}x")
+            md.append(f"| {k.removeprefix('pinned ')} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+        md += [""]
 
     md += ["### Fan-out: memory, throughput and latency", "",
            "| server | subscribers | KiB per idle connection | deliveries / s | p50 ms | p99 ms | lost |",
