@@ -163,12 +163,12 @@ async fn a_thousand_long_polls_lose_nothing() {
     report("1000 long-polls", &demo, before);
 }
 
-/// Publishes 6000 events of 4 KiB (24 MiB) to a demo (retaining 1000 events per topic) while
+/// Publishes 10 000 events of 4 KiB (40 MiB) to a demo (retaining 1000 events per topic) while
 /// one client reads them all, with or without a second client that asked for the stream and
 /// then stopped reading; returns how much the server's resident memory grew, in KiB, over the
-/// last 4000 (16 MiB): the first 2000 fill the store's retention and the allocator's pools,
+/// last 8000 (32 MiB): the first 2000 fill the store's retention and the allocator's pools,
 /// whose high-water mark depends on timing (measured from the start, the same run grew by
-/// 12 MiB or by 20 MiB).
+/// 12 MiB or by 20 MiB; after the warm-up, by 0 to 10 MiB, in one step).
 async fn flood_past(stalled: bool) -> u64 {
     use tokio::io::AsyncWriteExt;
     let demo = Demo::start(0, &["--store", "memory", "--quiet", "--retain", "1000"]);
@@ -187,7 +187,7 @@ async fn flood_past(stalled: bool) -> u64 {
     while seen.cursor.is_none() {
         seen.take(reader.frame().await); // the opening frame
     }
-    const EVENTS: usize = 6000;
+    const EVENTS: usize = 10_000;
     const WARM: usize = 2000;
     let publisher = {
         let (http, base) = (http.clone(), base.clone());
@@ -210,7 +210,7 @@ async fn flood_past(stalled: bool) -> u64 {
     let data: Vec<String> = seen.data.iter().map(|d| d.split(' ').next().unwrap().to_owned()).collect();
     assert_eq!(data, expected("s", EVENTS), "the reading client got everything, in order");
     let grew = demo.memory_kib().0.saturating_sub(before.0);
-    let label = if stalled { "a client that stops reading (16 MiB go past it)" } else { "the same flood without it" };
+    let label = if stalled { "a client that stops reading (32 MiB go past it)" } else { "the same flood without it" };
     report(label, &demo, before);
     drop(stalled_client);
     grew
@@ -221,9 +221,12 @@ async fn a_client_that_stops_reading_slows_nobody_and_costs_bounded_memory() {
     let with = flood_past(true).await;
     let without = flood_past(false).await;
     println!("stalled client: the server grew {with} KiB with it, {without} KiB without");
-    // What it holds is at most a page of the log and its connection's buffers, all taken before
-    // the measurement; a queue of what it misses would grow by the 16 MiB that went past it.
-    assert!(with < without + 4 * 1024, "the stalled client cost {} KiB", with.saturating_sub(without));
+    // What it holds is at most a page of the log and its connection's buffers, taken before the
+    // measurement; a queue of what it misses would grow by the 32 MiB that went past it. The
+    // margin is the allocator's: a buffer that stays allocated (the stalled connection's) keeps
+    // its heap from shrinking, so the resident size steps up to the heap's peak once, by up to
+    // 10 MiB, at a moment that depends on timing; it does not grow with the flood.
+    assert!(with < without + 16 * 1024, "the stalled client cost {} KiB", with.saturating_sub(without));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
