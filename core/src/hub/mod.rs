@@ -190,7 +190,7 @@ impl fmt::Debug for LocalTail {
 /// ```
 #[derive(Debug, Default)]
 pub struct LocalTails {
-    attached: std::sync::atomic::AtomicBool,
+    attached: AtomicBool,
     queued: std::sync::Mutex<Vec<Event>>,
     /// The hubs; held while announcing, which keeps announcements in queue order.
     hubs: std::sync::Mutex<Vec<LocalTail>>,
@@ -431,9 +431,7 @@ impl HubInner {
         self.authorize.authorize(request).await?;
         Ok(self.authorize.identify(request))
     }
-}
 
-impl HubInner {
     /// Starts the shutdown: the flag first, then the ring's wake-up, so a subscription woken
     /// by it sees the flag.
     pub(crate) fn close(&self) {
