@@ -251,8 +251,10 @@ pub const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 pub struct SubscribeParams {
     /// The topics named by `topic=` parameters, in order (possibly none).
     pub topics: Vec<Topic>,
-    /// The cursor: the `Last-Event-ID` header if present, else the given query parameter.
-    /// An unreadable header is kept as a token that will not parse (so it yields a gap).
+    /// The cursor, chosen by [`choose_cursor`] from the `Last-Event-ID` header and the
+    /// transport's query parameter. `None`: the request carries no cursor. A place that carries
+    /// something unusable (bytes that are not text, two different values) yields
+    /// [`UNKNOWN_CURSOR`], which the hub reads as "position unknown": a gap, never a loss.
     pub cursor: Option<String>,
     /// Every query parameter, decoded, for [`Credentials::query`].
     pub query: Vec<(String, String)>,
@@ -261,8 +263,9 @@ pub struct SubscribeParams {
 }
 
 impl SubscribeParams {
-    /// Reads the request. The cursor comes from the `Last-Event-ID` header or, failing that,
-    /// from the query parameter `cursor_param`. An invalid topic is an error (a 400).
+    /// Reads the request. The cursor is chosen by [`choose_cursor`] from the `Last-Event-ID`
+    /// header and the query parameter `cursor_param` (`lastEventId` for SSE, `cursor` for
+    /// long-polling). An invalid topic is an error (a 400).
     pub fn from_parts(parts: &Parts, cursor_param: &str) -> Result<SubscribeParams, HttpError> {
         let query = parse_query(parts.uri.query().unwrap_or(""))?;
         let mut topics = Vec::new();
@@ -274,16 +277,79 @@ impl SubscribeParams {
                 topics.push(topic);
             }
         }
-        let header = parts.headers.get(LAST_EVENT_ID).map(|v| match v.to_str() {
-            Ok(s) => s.to_owned(),
-            Err(_) => "\u{fffd}".to_owned(),
-        });
-        let cursor = header
-            .or_else(|| query.iter().find(|(k, _)| k == cursor_param).map(|(_, v)| v.clone()))
-            .filter(|c| !c.is_empty());
+        let cursor = choose_cursor(&parts.headers, &query, cursor_param);
         let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
         Ok(SubscribeParams { topics, cursor, query, peer })
     }
+}
+
+/// What [`SubscribeParams::cursor`] holds when a request's cursor cannot be read: bytes that are
+/// not text, or one place giving two different cursors. No cursor token parses as this, so the
+/// subscription starts with a gap notice for every topic (the position is unknown), as for any
+/// malformed cursor.
+pub const UNKNOWN_CURSOR: &str = "~unknown";
+
+/// The one rule for a request's cursor, for every transport (`docs/protocol.md`, "Choosing the
+/// cursor"):
+///
+/// 1. The places are, in this order: the `Last-Event-ID` header, then the query parameter
+///    `param` (`lastEventId` for SSE, `cursor` for long-polling).
+/// 2. A place that carries no cursor counts as absent: not there, or empty once spaces and tabs
+///    around it are removed (an EventSource sends an empty `Last-Event-ID` when the last `id:`
+///    it saw was empty; a form may send `lastEventId=`).
+/// 3. The first place that carries a cursor wins. The header comes first because it is the
+///    newer position: an EventSource sets it from the last `id:` it received each time it
+///    reconnects, while its URL, query included, stays as it was when it was created
+///    (Mercure's draft gives the header precedence for the same reason).
+/// 4. A place given more than once (two header lines, a parameter repeated) counts once if
+///    every value that carries a cursor is the same; if they differ, nothing says which is the
+///    client's, and the cursor is [`UNKNOWN_CURSOR`] (a gap notice, then the retained events).
+///    So is a header whose bytes are not text.
+///
+/// Returns the chosen token, trimmed, or `None` when no place carries one (the subscription
+/// starts at the end of the log).
+///
+/// ```
+/// use tidings_http::{choose_cursor, UNKNOWN_CURSOR};
+/// let mut headers = http::HeaderMap::new();
+/// let query = vec![("lastEventId".to_owned(), "C1".to_owned())];
+/// headers.insert("last-event-id", http::HeaderValue::from_static(""));
+/// // An empty header carries no cursor: the query's counts.
+/// assert_eq!(choose_cursor(&headers, &query, "lastEventId").as_deref(), Some("C1"));
+/// headers.insert("last-event-id", http::HeaderValue::from_static("C3"));
+/// assert_eq!(choose_cursor(&headers, &query, "lastEventId").as_deref(), Some("C3"));
+/// headers.append("last-event-id", http::HeaderValue::from_static("C2"));
+/// assert_eq!(choose_cursor(&headers, &query, "lastEventId").as_deref(), Some(UNKNOWN_CURSOR));
+/// ```
+pub fn choose_cursor(headers: &HeaderMap, query: &[(String, String)], param: &str) -> Option<String> {
+    let header = one_place(headers.get_all(LAST_EVENT_ID).iter().map(|v| v.to_str().ok()));
+    header.or_else(|| one_place(query.iter().filter(|(k, _)| k == param).map(|(_, v)| Some(v.as_str()))))
+}
+
+/// The cursor a place's value carries, by rule 2 of [`choose_cursor`]: the value without the
+/// spaces and tabs around it, or `None` when nothing is left. For places outside a request's
+/// head too, such as the `cursor` of a Web Push registration.
+///
+/// ```
+/// assert_eq!(tidings_http::carried_cursor(" \tC1 "), Some("C1"));
+/// assert_eq!(tidings_http::carried_cursor("  "), None);
+/// ```
+pub fn carried_cursor(value: &str) -> Option<&str> {
+    Some(value.trim_matches([' ', '\t'])).filter(|v| !v.is_empty())
+}
+
+/// The cursor one place carries (see [`choose_cursor`]): each value is `None` when unreadable.
+fn one_place<'a>(values: impl Iterator<Item = Option<&'a str>>) -> Option<String> {
+    let mut chosen: Option<&str> = None;
+    for value in values {
+        let Some(value) = value else { return Some(UNKNOWN_CURSOR.to_owned()) };
+        let Some(value) = carried_cursor(value) else { continue };
+        match chosen {
+            Some(seen) if seen != value => return Some(UNKNOWN_CURSOR.to_owned()),
+            _ => chosen = Some(value),
+        }
+    }
+    chosen.map(str::to_owned)
 }
 
 /// Opens the subscription a request asks for: its topics (or `default_topics` when it names
@@ -472,6 +538,44 @@ mod tests {
     fn unreadable_header_is_a_garbage_cursor_not_an_error() {
         let p = SubscribeParams::from_parts(&parts("/?topic=a", Some(b"\xff\xfe")), "lastEventId").unwrap();
         assert!(tidings_core::Cursor::parse(p.cursor.as_deref().unwrap()).is_err());
+        // Unreadable is not absent: the query's cursor does not stand in for it.
+        let p = SubscribeParams::from_parts(&parts("/?topic=a&lastEventId=q", Some(b"\xff")), "lastEventId").unwrap();
+        assert_eq!(p.cursor.as_deref(), Some(UNKNOWN_CURSOR));
+        assert!(tidings_core::Cursor::parse(UNKNOWN_CURSOR).is_err());
+    }
+
+    #[test]
+    fn a_place_without_a_cursor_counts_as_absent() {
+        for empty in [&b""[..], b" ", b"\t \t"] {
+            let p = SubscribeParams::from_parts(&parts("/?topic=a&lastEventId=q", Some(empty)), "lastEventId").unwrap();
+            assert_eq!(p.cursor.as_deref(), Some("q"), "header {empty:?}");
+            let p = SubscribeParams::from_parts(&parts("/?topic=a&lastEventId=", Some(empty)), "lastEventId").unwrap();
+            assert_eq!(p.cursor, None, "header {empty:?}, empty query");
+        }
+        let p = SubscribeParams::from_parts(&parts("/?topic=a&cursor=+%20+", None), "cursor").unwrap();
+        assert_eq!(p.cursor, None);
+        let p = SubscribeParams::from_parts(&parts("/?topic=a&cursor=%20q%09", None), "cursor").unwrap();
+        assert_eq!(p.cursor.as_deref(), Some("q"));
+        // Another transport's parameter is not a place for this one.
+        let p = SubscribeParams::from_parts(&parts("/?topic=a&lastEventId=q", None), "cursor").unwrap();
+        assert_eq!(p.cursor, None);
+    }
+
+    #[test]
+    fn a_place_given_twice_counts_once_or_is_unknown() {
+        let p = SubscribeParams::from_parts(&parts("/?topic=a&cursor=q&cursor=&cursor=q", None), "cursor").unwrap();
+        assert_eq!(p.cursor.as_deref(), Some("q"));
+        let p = SubscribeParams::from_parts(&parts("/?topic=a&cursor=q&cursor=r", None), "cursor").unwrap();
+        assert_eq!(p.cursor.as_deref(), Some(UNKNOWN_CURSOR));
+        let mut two = parts("/?topic=a&cursor=q", Some(b"h1"));
+        two.headers.append(LAST_EVENT_ID, http::HeaderValue::from_static("h2"));
+        let p = SubscribeParams::from_parts(&two, "cursor").unwrap();
+        assert_eq!(p.cursor.as_deref(), Some(UNKNOWN_CURSOR));
+        let mut same = parts("/?topic=a&cursor=q", Some(b"h1"));
+        same.headers.append(LAST_EVENT_ID, http::HeaderValue::from_static(""));
+        same.headers.append(LAST_EVENT_ID, http::HeaderValue::from_static("h1"));
+        let p = SubscribeParams::from_parts(&same, "cursor").unwrap();
+        assert_eq!(p.cursor.as_deref(), Some("h1"));
     }
 
     #[test]

@@ -81,7 +81,9 @@ async fn register(State(push): State<WebPush>, request: axum::extract::Request) 
         .unwrap_or_default();
     let credentials = HttpCredentials::new(headers, &query);
     let request = RegisterRequest::new(subscription, body.topics, &credentials)
-        .cursor(body.cursor)
+        // An empty `cursor` carries none (the rule of `tidings_http::choose_cursor`): pushing
+        // starts at the end of the log, as without one.
+        .cursor(body.cursor.as_deref().and_then(tidings_http::carried_cursor).map(str::to_owned))
         .peer(peer);
     match push.register(request).await {
         Ok(cursor) => (StatusCode::CREATED, axum::Json(serde_json::json!({ "cursor": cursor }))).into_response(),

@@ -351,6 +351,31 @@ async fn a_registration_may_resume_from_a_cursor_and_a_lost_cursor_is_one_gap_pu
     assert_eq!(m[2].json()["data"], "two");
 }
 
+/// The cursor rule of every transport (`docs/protocol.md`): a `cursor` that is empty or blank
+/// carries none, so pushing starts at the end of the log, as without one (not a gap).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_registration_cursor_counts_as_absent() {
+    let s = Setup::new().await;
+    s.publish("t", "before").await;
+    let mut answers = Vec::new();
+    for cursor in [serde_json::json!(""), serde_json::json!(" \t "), serde_json::Value::Null] {
+        let sub = s.service.subscribe();
+        let mut body = sub.subscription.to_json();
+        body["topics"] = serde_json::json!(["t"]);
+        body["cursor"] = cursor;
+        let response = s.post(body).await;
+        assert_eq!(response.status(), 201);
+        let json: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+        answers.push((sub, json["cursor"].as_str().unwrap().to_owned()));
+    }
+    s.publish("t", "after").await;
+    for (sub, cursor) in &answers {
+        assert_eq!(cursor, &answers[0].1, "every one starts at the end of the log");
+        let m = s.service.wait_for_messages(&sub.id, 1, WAIT).await;
+        assert_eq!(m[0].json()["data"], "after", "no gap push, nothing from before");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_offline_policy_skips_recipients_with_a_live_connection() {
     let presence = Presence::with_grace(Duration::ZERO);
