@@ -22,12 +22,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::extract::State;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::get;
 use tidings::longpoll::LongPoll;
 use tidings::sse::Sse;
-use tidings::{Connection, Disconnect, Hub, Lifecycle, MemoryStore, NewEvent, Topic};
+use tidings::{Connection, Disconnect, Hub, Lifecycle, MemoryStore};
 
 #[path = "common/login.rs"]
 mod login;
@@ -72,7 +71,7 @@ pub(crate) fn app_with_secret(secret: Arc<[u8]>) -> (Router, Hub, Arc<Presence>)
     let router = Router::new()
         .route("/events", Sse::new(hub.clone()).method_router())
         .route("/poll", LongPoll::new(hub.clone()).method_router())
-        .route("/publish", post(publish))
+        .route("/publish", tidings::http::publish_route(hub.clone()))
         .route("/login", login::route(secret))
         .route(
             "/presence",
@@ -86,22 +85,6 @@ pub(crate) fn app_with_secret(secret: Arc<[u8]>) -> (Router, Hub, Arc<Presence>)
         )
         .with_state(hub.clone());
     (router, hub, presence)
-}
-
-#[derive(serde::Deserialize)]
-struct Publish {
-    topic: String,
-    data: String,
-}
-
-async fn publish(State(hub): State<Hub>, axum::Json(body): axum::Json<Publish>) -> impl IntoResponse {
-    let Ok(topic) = Topic::parse(&body.topic) else {
-        return (axum::http::StatusCode::BAD_REQUEST, "invalid topic").into_response();
-    };
-    match hub.publish(NewEvent::new(topic, body.data)).await {
-        Ok(event) => (axum::http::StatusCode::CREATED, event.cursor().to_string()).into_response(),
-        Err(err) => tidings::http::HttpError::from(err).into_response(),
-    }
 }
 
 #[tokio::main]

@@ -45,11 +45,16 @@ struct Login {
 
 /// `POST /login`.
 pub(crate) fn route<S: Clone + Send + Sync + 'static>(secret: Arc<[u8]>) -> MethodRouter<S> {
-    post(move |body: axum::body::Bytes| {
+    let handler = move |body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>| {
         let secret = secret.clone();
-        async move { login(&secret, &body) }
-    })
-    .layer(tidings::http::limit_body(1024))
+        async move {
+            match body {
+                Ok(body) => login(&secret, &body),
+                Err(e) => HttpError::new(e.status(), e.body_text()).into_response(),
+            }
+        }
+    };
+    post(axum::handler::Handler::layer(handler, tidings::http::limit_body(1024)))
 }
 
 fn login(secret: &[u8], body: &[u8]) -> Response {

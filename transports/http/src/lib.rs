@@ -31,6 +31,7 @@ use tidings_core::{
 };
 use tower_http::cors::CorsLayer;
 
+mod host;
 mod server;
 #[cfg(feature = "jwt")]
 pub mod jwt;
@@ -111,10 +112,14 @@ pub fn stall_timeout(timeout: Duration) -> impl FnMut(&mut tokio::net::TcpStream
 /// connection is then closed); a body without a length (chunked) is cut off at `max` bytes by
 /// axum's body extractors, which this also configures (it is axum's `DefaultBodyLimit`).
 ///
+/// Every tidings route that reads a body is bounded this way, and only this way (a test walks
+/// them: `tests/body_limits.rs`). Put it on the handler that reads the body, so that another
+/// method on the same path stays a `405`:
+///
 /// ```
-/// # use axum::routing::post;
-/// let route = post(|body: axum::body::Bytes| async move { body.len().to_string() })
-///     .layer(tidings_http::limit_body(64 * 1024));
+/// use axum::handler::Handler;
+/// let read = |body: axum::body::Bytes| async move { body.len().to_string() };
+/// let route = axum::routing::post(read.layer(tidings_http::limit_body(64 * 1024)));
 /// # let _: axum::routing::MethodRouter = route;
 /// ```
 pub fn limit_body(max: usize) -> BodyLimit {
@@ -220,26 +225,27 @@ pub fn parse_publish(body: &[u8]) -> Result<NewEvent, HttpError> {
 /// 4xx/5xx with `{"error": ...}`. Put it behind the application's own authentication: whoever
 /// reaches it may publish to any topic.
 pub fn publish_route<S: Clone + Send + Sync + 'static>(hub: Hub) -> MethodRouter<S> {
-    axum::routing::post(move |body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>| {
+    let handler = move |body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>| {
         let hub = hub.clone();
-        async move {
-            let body = match body {
-                Ok(body) => body,
-                Err(e) => return HttpError::new(e.status(), e.body_text()).into_response(),
-            };
-            let event = match parse_publish(&body) {
-                Ok(event) => event,
-                Err(e) => return e.into_response(),
-            };
-            match hub.publish(event).await {
-                Ok(event) => {
-                    (StatusCode::CREATED, Json(serde_json::json!({ "id": event.cursor().to_string() }))).into_response()
-                }
-                Err(e) => HttpError::from(e).into_response(),
-            }
-        }
-    })
-    .layer(limit_body(MAX_PUBLISH_BODY))
+        async move { publish(&hub, body).await }
+    };
+    // On the handler, not the method router: another method is a 405, whatever its length.
+    axum::routing::post(axum::handler::Handler::layer(handler, limit_body(MAX_PUBLISH_BODY)))
+}
+
+async fn publish(hub: &Hub, body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(e) => return HttpError::new(e.status(), e.body_text()).into_response(),
+    };
+    let event = match parse_publish(&body) {
+        Ok(event) => event,
+        Err(e) => return e.into_response(),
+    };
+    match hub.publish(event).await {
+        Ok(event) => (StatusCode::CREATED, Json(serde_json::json!({ "id": event.cursor().to_string() }))).into_response(),
+        Err(e) => HttpError::from(e).into_response(),
+    }
 }
 
 /// The header a browser's EventSource sends on reconnection.

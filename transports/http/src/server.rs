@@ -23,6 +23,7 @@ use tokio::sync::{Notify, watch};
 use tracing::Instrument;
 
 use crate::HttpError;
+use crate::host::{HostError, check_host};
 
 /// A hardened HTTP/1.1 server loop for a tidings [`Router`]: every connection a client can
 /// open is bounded, and every refusal is a clear status with a JSON body.
@@ -41,6 +42,12 @@ use crate::HttpError;
 /// | [`grace_period`](Server::grace_period) after shutdown is asked | 10 s | connections still open are dropped |
 ///
 /// Request bodies are bounded per route: see [`limit_body`](crate::limit_body).
+///
+/// Every request is held to the `Host` rule of RFC 9112 §3.2, whichever path below answers it:
+/// an HTTP/1.1 request without `Host`, or any request with two `Host` lines or an invalid one,
+/// is answered `400` (JSON) and its connection closed; HTTP/1.0 requests may lack `Host`, and
+/// an absolute-form target makes `Host` ignored, as the RFC says. `axum::serve` checks none of
+/// this.
 ///
 /// ```no_run
 /// # async fn run(hub: tidings_core::Hub, app: axum::Router) -> std::io::Result<()> {
@@ -567,6 +574,7 @@ async fn serve_with_hyper(
     let max_header_bytes = config.max_header_bytes;
     let service = service_fn(move |mut request: Request<Incoming>| {
         let too_large = head_len(&request) > max_header_bytes;
+        let host = request_host(&request);
         request.extensions_mut().insert(ConnectInfo(peer));
         let mut router = router.clone();
         let stats = stats.clone();
@@ -577,6 +585,12 @@ async fn serve_with_hyper(
                 return Ok::<_, Infallible>(
                     HttpError::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, message).into_response(),
                 );
+            }
+            if let Err(err) = host {
+                // Its body (if any) is not read: the connection cannot carry another request.
+                let mut response = HttpError::bad_request(err.to_string()).into_response();
+                response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                return Ok(response);
             }
             tower::Service::call(&mut router, request).await
         }
@@ -647,8 +661,19 @@ fn bodiless_get(head: &[u8], peer: SocketAddr, max_header_bytes: usize) -> Optio
         request = request.header(header.name, http::HeaderValue::from_bytes(header.value).ok()?);
     }
     let mut request = request.body(axum::body::Body::empty()).ok()?;
+    // A request that breaks the Host rule goes to hyper's path, which answers it 400.
+    request_host(&request).ok()?;
     request.extensions_mut().insert(ConnectInfo(peer));
     Some((request, keep_alive))
+}
+
+/// The Host rule (see [`host`](crate::host)) for a request as either path reads it.
+fn request_host<B>(request: &Request<B>) -> Result<(), HostError> {
+    check_host(
+        request.version() == http::Version::HTTP_11,
+        request.uri().scheme().is_some(),
+        request.headers().get_all(http::header::HOST).iter().map(http::HeaderValue::as_bytes),
+    )
 }
 
 fn has_body_status(status: StatusCode) -> bool {

@@ -10,7 +10,8 @@ use std::net::SocketAddr;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::extract::{ConnectInfo, State};
+use axum::handler::Handler;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -20,7 +21,10 @@ use tidings_http::{HttpCredentials, HttpError};
 use crate::dispatch::{RegisterRequest, WebPush};
 use crate::subscription::{KeysJson, PushSubscription};
 
-/// The largest registration body accepted (16 KiB); larger is a 413.
+/// The largest body `POST` and `DELETE /push/subscriptions` accept (16 KiB): a request whose
+/// `Content-Length` announces more is answered `413` at once, before any of its body is read
+/// (and without `100 Continue`); a chunked body is cut off at the limit with a `413`
+/// ([`tidings_http::limit_body`], the one body limit of every tidings route).
 pub const MAX_BODY: usize = 16 * 1024;
 
 #[derive(Deserialize)]
@@ -47,8 +51,11 @@ impl WebPush {
     pub fn router(&self) -> Router {
         Router::new()
             .route("/push/vapid-public-key", get(public_key))
-            .route("/push/subscriptions", axum::routing::post(register).delete(unregister))
-            .layer(DefaultBodyLimit::max(MAX_BODY))
+            .route(
+                "/push/subscriptions",
+                axum::routing::post(register.layer(tidings_http::limit_body(MAX_BODY)))
+                    .delete(unregister.layer(tidings_http::limit_body(MAX_BODY))),
+            )
             .with_state(self.clone())
     }
 }
@@ -59,6 +66,8 @@ async fn public_key(State(push): State<WebPush>) -> Response {
 
 async fn register(State(push): State<WebPush>, request: axum::extract::Request) -> Response {
     let (parts, body) = request.into_parts();
+    // `limit_body` refused an announced length over the limit already; this cuts off a chunked
+    // body at it.
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(body) => body,
         Err(_) => {

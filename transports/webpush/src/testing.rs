@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -191,9 +191,9 @@ impl LocalPushService {
             changed: watch::channel(0).0,
         });
         let app = Router::new()
-            .route("/push/{id}", post(receive))
+            // A push service answers 413 to a payload over its limit (RFC 8030 section 7.2).
+            .route("/push/{id}", post(axum::handler::Handler::layer(receive, tidings_http::limit_body(64 * 1024))))
             .route("/stats", get(stats))
-            .layer(DefaultBodyLimit::max(64 * 1024))
             .with_state(shared.clone());
         let listener = TlsListener::spawn(listener, TlsAcceptor::from(Arc::new(tls)));
         let task = tokio::spawn(async move {
