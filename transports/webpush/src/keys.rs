@@ -28,7 +28,7 @@ pub struct VapidKeys {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum KeyError {
-    /// Not unpadded base64url.
+    /// Not base64 (either alphabet of RFC 4648, padded or not).
     NotBase64,
     /// Not a 32-byte P-256 scalar in range.
     NotAKey,
@@ -37,7 +37,7 @@ pub enum KeyError {
 impl fmt::Display for KeyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            KeyError::NotBase64 => f.write_str("vapid private key is not unpadded base64url"),
+            KeyError::NotBase64 => f.write_str("vapid private key is not base64 or base64url"),
             KeyError::NotAKey => f.write_str("vapid private key is not a p-256 private key"),
         }
     }
@@ -51,10 +51,12 @@ impl VapidKeys {
         VapidKeys::from_signing(SigningKey::random(&mut OsRng))
     }
 
-    /// The key pair of a private key given as 32 bytes in unpadded base64url (the format of
-    /// [`VapidKeys::private_key_base64`], and of the npm `web-push` tool's private keys).
+    /// The key pair of a private key given as 32 bytes in base64: unpadded base64url (the format
+    /// of [`VapidKeys::private_key_base64`], and of the npm `web-push` tool's private keys), or
+    /// the standard alphabet, padded or not (what `openssl ... | base64` and many other tools
+    /// write). Spaces and line ends around it are ignored.
     pub fn from_private_base64(private: &str) -> Result<VapidKeys, KeyError> {
-        let bytes = Base64UrlUnpadded::decode_vec(private.trim()).map_err(|_| KeyError::NotBase64)?;
+        let bytes = crate::subscription::decode_b64(private.trim()).ok_or(KeyError::NotBase64)?;
         let signing = SigningKey::from_slice(&bytes).map_err(|_| KeyError::NotAKey)?;
         if bytes.len() != 32 {
             return Err(KeyError::NotAKey);
@@ -128,6 +130,17 @@ mod tests {
         // Zero is not a valid scalar.
         let zero = Base64UrlUnpadded::encode_string(&[0u8; 32]);
         assert_eq!(VapidKeys::from_private_base64(&zero).unwrap_err(), KeyError::NotAKey);
+    }
+
+    #[test]
+    fn private_keys_in_standard_base64_are_the_same_key() {
+        let keys = VapidKeys::generate();
+        let bytes = Base64UrlUnpadded::decode_vec(&keys.private_key_base64()).unwrap();
+        for text in [base64ct::Base64::encode_string(&bytes), base64ct::Base64Unpadded::encode_string(&bytes), format!(" {}\n", base64ct::Base64Url::encode_string(&bytes))] {
+            assert_eq!(VapidKeys::from_private_base64(&text).unwrap().public_key_base64(), keys.public_key_base64(), "{text}");
+        }
+        let mixed = "AB-CD+EF".repeat(5) + "ABC";
+        assert_eq!(VapidKeys::from_private_base64(&mixed).unwrap_err(), KeyError::NotBase64);
     }
 
     #[test]

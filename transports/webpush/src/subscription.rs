@@ -36,9 +36,9 @@ pub enum SubscriptionError {
     Json(String),
     /// The endpoint is not an absolute URL, or is too long.
     Endpoint(String),
-    /// `keys.p256dh` is not a P-256 public key in base64url.
+    /// `keys.p256dh` is not a P-256 public key in base64 (either alphabet, padded or not).
     P256dh,
-    /// `keys.auth` is not 16 bytes in base64url.
+    /// `keys.auth` is not 16 bytes in base64 (either alphabet, padded or not).
     Auth,
 }
 
@@ -48,9 +48,9 @@ impl fmt::Display for SubscriptionError {
             SubscriptionError::Json(e) => write!(f, "push subscription is not valid json: {e}"),
             SubscriptionError::Endpoint(e) => write!(f, "push endpoint is not a valid url: {e}"),
             SubscriptionError::P256dh => {
-                f.write_str("keys.p256dh is not a p-256 public key (65 bytes, base64url)")
+                f.write_str("keys.p256dh is not a p-256 public key (65 bytes, base64 or base64url)")
             }
-            SubscriptionError::Auth => f.write_str("keys.auth is not a 16-byte secret (base64url)"),
+            SubscriptionError::Auth => f.write_str("keys.auth is not a 16-byte secret (base64 or base64url)"),
         }
     }
 }
@@ -70,9 +70,27 @@ pub(crate) struct KeysJson {
     pub(crate) auth: String,
 }
 
-fn decode_b64(text: &str) -> Option<Vec<u8>> {
-    // Browsers send unpadded base64url; accept padding too.
-    Base64UrlUnpadded::decode_vec(text.trim_end_matches('=')).ok()
+/// Decodes base64 in either alphabet of RFC 4648, padded or not: browsers send unpadded
+/// base64url (`PushSubscription.toJSON()`), while `btoa` and many server libraries write the
+/// standard alphabet (`+`, `/`) with `=` padding; other Web Push libraries accept both. `None`
+/// for anything else: the two alphabets mixed, padding that is not the right length for the
+/// text, a character of neither alphabet, or bits left over.
+pub(crate) fn decode_b64(text: &str) -> Option<Vec<u8>> {
+    let unpadded = text.trim_end_matches('=');
+    let padding = text.len() - unpadded.len();
+    if padding > 0 && (padding > 2 || text.len() % 4 != 0) {
+        return None;
+    }
+    let url = unpadded.contains(['-', '_']);
+    let standard = unpadded.contains(['+', '/']);
+    if url && standard {
+        return None;
+    }
+    if standard {
+        base64ct::Base64Unpadded::decode_vec(unpadded).ok()
+    } else {
+        Base64UrlUnpadded::decode_vec(unpadded).ok()
+    }
 }
 
 impl PushSubscription {
@@ -167,6 +185,30 @@ mod tests {
         assert!(PushSubscription::new("mailto:a@b", P256DH, AUTH).is_err());
         for json in ["", "null", "[]", "{}", r#"{"endpoint":1}"#, r#"{"endpoint":"https://a/","keys":{}}"#] {
             assert!(matches!(PushSubscription::from_json(json), Err(SubscriptionError::Json(_))), "{json}");
+        }
+    }
+
+    /// The standard alphabet (what `btoa` writes), padded or not, is the same key; what is not
+    /// base64 in one alphabet is still refused.
+    #[test]
+    fn keys_in_standard_base64_are_accepted() {
+        let e = "https://push.example.net/x";
+        let url = PushSubscription::new(e, P256DH, AUTH).unwrap();
+        let key = Base64UrlUnpadded::decode_vec(P256DH).unwrap();
+        let auth = Base64UrlUnpadded::decode_vec(AUTH).unwrap();
+        let std_padded = (base64ct::Base64::encode_string(&key), base64ct::Base64::encode_string(&auth));
+        assert!(std_padded.0.contains(['+', '/']) && std_padded.1.ends_with("=="), "the fixture uses both alphabets' own characters");
+        let std_unpadded = (base64ct::Base64Unpadded::encode_string(&key), base64ct::Base64Unpadded::encode_string(&auth));
+        let url_padded = (base64ct::Base64Url::encode_string(&key), base64ct::Base64Url::encode_string(&auth));
+        for (p256dh, auth) in [&std_padded, &std_unpadded, &url_padded] {
+            assert_eq!(PushSubscription::new(e, p256dh, auth).as_ref(), Ok(&url), "{p256dh} {auth}");
+        }
+        // Mixed alphabets, wrong padding, foreign characters, leftover bits.
+        let mixed = format!("{}+{}", &P256DH[..10], &P256DH[11..]);
+        assert!(P256DH[..10].contains('-') || P256DH[..10].contains('_'));
+        assert_eq!(PushSubscription::new(e, &mixed, AUTH), Err(SubscriptionError::P256dh));
+        for bad_auth in [format!("{AUTH}="), format!("{AUTH}==="), format!("{}=", &std_padded.1[..22]), "_ordMnz7uTCmrpBTeUV4B*".to_owned(), "_ordMnz7uTCmrpBTeUV4Bx".to_owned()] {
+            assert_eq!(PushSubscription::new(e, P256DH, &bad_auth), Err(SubscriptionError::Auth), "{bad_auth}");
         }
     }
 

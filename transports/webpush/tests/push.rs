@@ -351,6 +351,41 @@ async fn a_registration_may_resume_from_a_cursor_and_a_lost_cursor_is_one_gap_pu
     assert_eq!(m[2].json()["data"], "two");
 }
 
+/// Found by replaying a bug report: keys written in the standard base64 alphabet with padding
+/// (as `btoa` writes them) were refused with "keys.p256dh is not a p-256 public key". They are
+/// the same bytes: the registration is accepted, and the push service decrypts what it gets with
+/// the subscriber's private key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_in_standard_base64_register_and_decrypt() {
+    use base64ct::Encoding;
+    let s = Setup::new().await;
+    let sub = s.service.subscribe();
+    let mut body = sub.subscription.to_json();
+    for key in ["p256dh", "auth"] {
+        let bytes = base64ct::Base64UrlUnpadded::decode_vec(body["keys"][key].as_str().unwrap()).unwrap();
+        body["keys"][key] = serde_json::json!(base64ct::Base64::encode_string(&bytes));
+    }
+    assert!(body["keys"]["auth"].as_str().unwrap().ends_with("=="), "{body}");
+    body["topics"] = serde_json::json!(["t"]);
+    let before = s.hub.subscriber_count();
+    let response = s.post(body).await;
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    let hub = s.hub.clone();
+    wait_for(|| hub.subscriber_count() > before).await;
+    s.publish("t", "decrypted").await;
+    let m = s.service.wait_for_messages(&sub.id, 1, WAIT).await;
+    assert_eq!(m[0].json()["data"], "decrypted");
+
+    // Not base64 in either alphabet: still a 400 naming the key.
+    let other = s.service.subscribe();
+    let mut body = other.subscription.to_json();
+    body["keys"]["p256dh"] = serde_json::json!(format!("{}+", body["keys"]["p256dh"].as_str().unwrap()));
+    body["topics"] = serde_json::json!(["t"]);
+    let response = s.post(body).await;
+    assert_eq!(response.status(), 400);
+    assert!(response.text().await.unwrap().contains("keys.p256dh"));
+}
+
 /// The cursor rule of every transport (`docs/protocol.md`): a `cursor` that is empty or blank
 /// carries none, so pushing starts at the end of the log, as without one (not a gap).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
