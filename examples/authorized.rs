@@ -14,8 +14,9 @@
 //! (`/events`) and long-polling (`/poll`), and replay after a cursor never leaks a topic the
 //! token does not list.
 //!
-//! `PORT` changes the port (default 8889); `TIDINGS_JWT_SECRET` sets the signing secret. Publish
-//! with `curl -d '{"topic":"private/alice","data":"hi"}' localhost:8889/publish`.
+//! `--port` or `PORT` changes the port (default 8889); `--jwt-secret` or `TIDINGS_JWT_SECRET`
+//! sets the signing secret; `--help` lists them. Publish with
+//! `curl -d '{"topic":"private/alice","data":"hi"}' localhost:8889/publish`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -56,11 +57,6 @@ impl Lifecycle for Presence {
     }
 }
 
-/// The example's routes, over a fresh hub.
-pub(crate) fn app() -> (Router, Hub, Arc<Presence>) {
-    app_with_secret(login::secret())
-}
-
 /// The example's routes, over a fresh hub, signing and checking tokens with `secret`.
 pub(crate) fn app_with_secret(secret: Arc<[u8]>) -> (Router, Hub, Arc<Presence>) {
     let presence = Arc::new(Presence::default());
@@ -87,13 +83,30 @@ pub(crate) fn app_with_secret(secret: Arc<[u8]>) -> (Router, Hub, Arc<Presence>)
     (router, hub, presence)
 }
 
+/// The `authorized` example: private topics behind JWTs, and presence counts.
+#[derive(Debug, clap::Parser)]
+#[command(about, long_about = None)]
+struct Args {
+    /// The port to listen on (127.0.0.1 only).
+    #[arg(long, env = "PORT", default_value_t = 8889)]
+    port: u16,
+    /// The secret that signs and checks tokens, at least 32 bytes (default: 32 random bytes
+    /// per process).
+    #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true, value_parser = login::parse_secret)]
+    jwt_secret: Option<String>,
+}
+
 #[tokio::main]
 async fn main() {
-    let port: u16 = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(8889);
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port)))
-        .await
-        .unwrap_or_else(|e| panic!("cannot listen on port {port}: {e}"));
+    let args = <Args as clap::Parser>::parse();
+    let listener = match tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], args.port))).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("cannot listen on port {}: {e} (set PORT or --port to use another port)", args.port);
+            std::process::exit(1);
+        }
+    };
     println!("authorized example: http://localhost:{}/events?topic=private/alice", listener.local_addr().unwrap().port());
-    let (router, _hub, _presence) = app();
+    let (router, _hub, _presence) = app_with_secret(login::secret(args.jwt_secret.as_deref()));
     tidings::http::Server::new(router).serve(listener, tidings::http::shutdown_signal()).await.unwrap();
 }

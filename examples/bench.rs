@@ -8,12 +8,16 @@
 //!
 //! And, on the memory store, fan-out: events per second delivered to N SSE clients at once.
 //!
-//! `BENCH_EVENTS` (default 20000), `BENCH_BYTES` (payload size, default 256) and `BENCH_CLIENTS`
-//! (default 500) change the sizes. Results go to standard output as a Markdown table.
+//! `--events` / `BENCH_EVENTS` (default 20000), `--bytes` / `BENCH_BYTES` (payload size, default
+//! 256), `--clients` / `BENCH_CLIENTS` (default 500) and `--fanout-events` /
+//! `BENCH_FANOUT_EVENTS` (default 1000) change the sizes, e.g.
+//! `cargo run --release --example bench -- --events 5000` (`-- --help` lists them). Results go
+//! to standard output as a Markdown table.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use futures_util::StreamExt;
 use tidings::redis::{RedisOptions, RedisStore};
 use tidings::sqlite::{Durability, SqliteStore};
@@ -21,8 +25,25 @@ use tidings::sse::Sse;
 use tidings::{Cursor, Delivery, Hub, MemoryStore, NewEvent, Retention, Store, SubscribeRequest, Topic};
 use tidings_test_support::RedisServer;
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+/// The command line; each size may also come from its environment variable.
+#[derive(Parser, Debug)]
+#[command(
+    about = "Measures publish and replay per store (memory, SQLite, Redis) and SSE fan-out on the memory store; prints Markdown tables",
+    long_about = None
+)]
+struct Cli {
+    /// Events published (and replayed) per store
+    #[arg(long, env = "BENCH_EVENTS", default_value_t = 20_000)]
+    events: usize,
+    /// Payload size of each event, in bytes
+    #[arg(long, env = "BENCH_BYTES", default_value_t = 256)]
+    bytes: usize,
+    /// SSE clients in the fan-out
+    #[arg(long, env = "BENCH_CLIENTS", default_value_t = 500)]
+    clients: usize,
+    /// Events published in the fan-out
+    #[arg(long, env = "BENCH_FANOUT_EVENTS", default_value_t = 1000)]
+    fanout_events: usize,
 }
 
 fn rate(n: usize, elapsed: Duration) -> String {
@@ -116,9 +137,8 @@ async fn bench_fanout(clients: usize, events: usize, bytes: usize) -> String {
 
 #[tokio::main]
 async fn main() {
-    let events = env("BENCH_EVENTS", 20_000);
-    let bytes = env("BENCH_BYTES", 256);
-    let clients = env("BENCH_CLIENTS", 500);
+    let cli = Cli::parse();
+    let (events, bytes, clients) = (cli.events, cli.bytes, cli.clients);
     let retention = Retention::default().max_events(events);
     let dir = std::env::temp_dir().join(format!("tidings-bench-{}", std::process::id()));
 
@@ -136,5 +156,5 @@ async fn main() {
     let _ = std::fs::remove_dir_all(&dir);
 
     println!("\n| fan-out over SSE (memory store) | delivered | time |\n|---|---|---|");
-    println!("{}", bench_fanout(clients, env("BENCH_FANOUT_EVENTS", 1000), bytes).await);
+    println!("{}", bench_fanout(clients, cli.fanout_events, bytes).await);
 }

@@ -11,7 +11,7 @@
 //! - `GET /stats` → `{"accepted": N}`.
 //!
 //! It prints one line: `push service https://127.0.0.1:P control http://127.0.0.1:C`.
-//! `--record false` counts messages without keeping them (benchmarks).
+//! `--record false` counts messages without keeping them (benchmarks); `--help` lists the flags.
 
 use std::sync::Arc;
 
@@ -20,22 +20,24 @@ use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use tidings_webpush::testing::LocalPushService;
 
-fn arg(name: &str) -> Option<String> {
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        if a == name {
-            return args.next();
-        }
-    }
-    None
+/// A local Web Push service for tests and benchmarks.
+#[derive(Debug, clap::Parser)]
+#[command(about, long_about = None)]
+struct Args {
+    /// Where to write the service's self-signed certificate (PEM), for the sender to trust.
+    #[arg(long, value_name = "PATH")]
+    cert: Option<std::path::PathBuf>,
+    /// Keep each message (`true`), or only count them (`false`, for benchmarks).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    record: bool,
 }
 
 #[tokio::main]
 async fn main() {
-    let record = arg("--record").is_none_or(|v| v != "false");
-    let service = Arc::new(LocalPushService::start_with(0, record).await);
-    if let Some(path) = arg("--cert") {
-        std::fs::write(&path, service.root_certificate_pem()).expect("the certificate file is writable");
+    let args = <Args as clap::Parser>::parse();
+    let service = Arc::new(LocalPushService::start_with(0, args.record).await);
+    if let Some(path) = &args.cert {
+        std::fs::write(path, service.root_certificate_pem()).expect("the certificate file is writable");
     }
     let control = Router::new()
         .route(

@@ -11,8 +11,8 @@
 //! - `GET /stats`: the hub's counters as JSON (open subscriptions, connections, lags, gaps).
 //! - `POST /login` with `{"user": "alice"}`: a JWT (and an HttpOnly cookie) that lets alice
 //!   read the private topic `private/alice`; `private/…` topics need such a token, sent as
-//!   `Authorization: Bearer` or in the cookie (`TIDINGS_JWT_SECRET` sets the secret, else a
-//!   random one per process). A stand-in for an application's log-in: no password.
+//!   `Authorization: Bearer` or in the cookie (`--jwt-secret` or `TIDINGS_JWT_SECRET` sets the
+//!   secret, else a random one per process). A stand-in for an application's log-in: no password.
 //! - `GET /metrics`: every metric of the library in Prometheus text (connections by
 //!   transport, deliveries, replays, gaps, refusals, push results, store latency).
 //! - `GET /push/vapid-public-key`, `POST /push/subscriptions`, `DELETE /push/subscriptions`:
@@ -21,7 +21,8 @@
 //! - `POST /publish` with `{"topic": "...", "event": "optional-type", "data": "..."}`:
 //!   answers `201 {"id": "<cursor>"}`, or a 4xx with `{"error": "..."}`.
 //!
-//! `PORT` (environment) or `--port N` changes the port (default 8888). The server binds
+//! `--help` lists every flag with its default and environment variable; an unknown flag is an
+//! error (exit status 2). `--port N` or `PORT` changes the port (default 8888). The server binds
 //! 127.0.0.1 only. `--store` chooses the log: `sqlite:PATH` (the default,
 //! `sqlite:./tidings-data/events.db`: events survive restarts, so the page catches up exactly),
 //! `memory` (lost on restart: the page shows a gap), or `redis://HOST:PORT/` (several demo
@@ -35,11 +36,11 @@
 //!
 //! Web Push: the VAPID key is created on first start as `vapid.key` next to the data (the
 //! SQLite file's directory, else `./tidings-data/`) and reused; push subscriptions and their
-//! cursors are kept in `push.db` there. `TIDINGS_PUSH_ALLOW_HOSTS` (comma-separated
-//! `host:port`, empty by default) lets push endpoints on those hosts through the endpoint
-//! policy (public `https` only otherwise); `TIDINGS_PUSH_CA_FILE` adds a root certificate (PEM)
-//! for a private push service; `TIDINGS_PUSH_CONTACT` sets the VAPID contact (default
-//! `mailto:tidings-demo@example.com`).
+//! cursors are kept in `push.db` there. `--push-allow-hosts` or `TIDINGS_PUSH_ALLOW_HOSTS`
+//! (comma-separated `host:port`, empty by default) lets push endpoints on those hosts through the
+//! endpoint policy (public `https` only otherwise); `--push-ca-file` or `TIDINGS_PUSH_CA_FILE`
+//! adds a root certificate (PEM) for a private push service; `--push-contact` or
+//! `TIDINGS_PUSH_CONTACT` sets the VAPID contact (default `mailto:tidings-demo@example.com`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -97,18 +98,56 @@ impl Lifecycle for Console {
     }
 }
 
-/// The value of `--name VALUE` or `--name=VALUE`.
-fn arg(name: &str) -> Option<String> {
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        if let Some(v) = arg.strip_prefix(&format!("{name}=")) {
-            return Some(v.to_owned());
-        }
-        if arg == name {
-            return args.next();
-        }
-    }
-    None
+/// The demo's command line (`--help` prints it with every default and environment variable).
+#[derive(Debug, clap::Parser)]
+#[command(about = "The tidings demo: a page where events roll in, and replay exactly what was missed", long_about = None)]
+pub(crate) struct Args {
+    /// The port to listen on (127.0.0.1 only).
+    #[arg(long, env = "PORT", default_value_t = 8888)]
+    port: u16,
+    /// Where the log lives: `memory` (lost on restart), `sqlite:PATH` (kept across restarts) or
+    /// `redis://HOST:PORT/` (shared by several demo processes).
+    #[arg(long, default_value = "sqlite:./tidings-data/events.db", value_parser = parse_store)]
+    store: String,
+    /// Events kept per topic.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    retain: usize,
+    /// No console line per client arriving and leaving (for benchmarks).
+    #[arg(long)]
+    quiet: bool,
+    /// Connections at once; one more gets a 503 [default: 90 % of the open-file limit].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Connections at once from one address (IPv6: one /64); one more gets a 429.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    max_connections_per_ip: usize,
+    /// Seconds a client has to send its request head before it is cut off.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    header_timeout: u64,
+    /// Push endpoints let through the endpoint policy besides public `https` ones:
+    /// comma-separated `host:port`.
+    #[arg(long, env = "TIDINGS_PUSH_ALLOW_HOSTS", value_name = "HOST:PORT,...", default_value = "")]
+    push_allow_hosts: String,
+    /// A root certificate (PEM) to trust for a private push service.
+    #[arg(long, env = "TIDINGS_PUSH_CA_FILE", value_name = "PATH")]
+    push_ca_file: Option<std::path::PathBuf>,
+    /// The VAPID contact push services may write to.
+    #[arg(long, env = "TIDINGS_PUSH_CONTACT", default_value = "mailto:tidings-demo@example.com")]
+    push_contact: String,
+    /// The secret that signs and checks `/login` tokens, at least 32 bytes [default: 32 random
+    /// bytes per process].
+    #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true, value_parser = login::parse_secret)]
+    jwt_secret: Option<String>,
+}
+
+/// Checks `--store` before anything starts.
+fn parse_store(spec: &str) -> Result<String, String> {
+    let known = spec == "memory"
+        || spec.strip_prefix("sqlite:").is_some_and(|path| !path.is_empty())
+        || spec.starts_with("redis://")
+        || spec.starts_with("rediss://")
+        || spec.starts_with("redis+unix://");
+    if known { Ok(spec.to_owned()) } else { Err("expected memory, sqlite:PATH or redis://HOST:PORT/".to_owned()) }
 }
 
 fn fail(message: String) -> ! {
@@ -116,59 +155,41 @@ fn fail(message: String) -> ! {
     std::process::exit(2)
 }
 
-fn port() -> u16 {
-    if let Some(v) = arg("--port") {
-        return v.parse().unwrap_or_else(|_| fail(format!("--port takes a number, got {v:?}")));
-    }
-    match std::env::var("PORT") {
-        Ok(v) => v.parse().unwrap_or_else(|_| fail(format!("PORT must be a number, got {v:?}"))),
-        Err(_) => 8888,
-    }
-}
-
-fn store_spec() -> String {
-    arg("--store").unwrap_or_else(|| "sqlite:./tidings-data/events.db".to_owned())
-}
-
 /// Where the demo keeps its files besides the log: the SQLite file's directory, else
 /// `./tidings-data`.
-fn data_dir() -> std::path::PathBuf {
-    let spec = store_spec();
-    spec.strip_prefix("sqlite:")
+fn data_dir(args: &Args) -> std::path::PathBuf {
+    args.store
+        .strip_prefix("sqlite:")
         .and_then(|p| std::path::Path::new(p).parent().map(std::path::Path::to_path_buf))
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or_else(|| "./tidings-data".into())
 }
 
 /// Starts Web Push: key, registry and policy as the module documentation says.
-async fn web_push(hub: Hub) -> WebPush {
-    let dir = data_dir();
+async fn web_push(hub: Hub, args: &Args) -> WebPush {
+    let dir = data_dir(args);
     let keys = VapidKeys::load_or_generate(dir.join("vapid.key"))
         .unwrap_or_else(|e| fail(format!("cannot load or create the VAPID key in {}: {e}", dir.display())));
     let registry = SqlitePushRegistry::open(dir.join("push.db"))
         .await
         .unwrap_or_else(|e| fail(format!("cannot open the push registry in {}: {e}", dir.display())));
-    let allow = std::env::var("TIDINGS_PUSH_ALLOW_HOSTS").unwrap_or_default();
-    let policy = EndpointPolicy::from_list(&allow)
-        .unwrap_or_else(|e| fail(format!("TIDINGS_PUSH_ALLOW_HOSTS: {e}")));
-    let contact = std::env::var("TIDINGS_PUSH_CONTACT").unwrap_or_else(|_| "mailto:tidings-demo@example.com".into());
-    let mut builder = WebPush::builder(hub, registry, keys, &contact)
-        .unwrap_or_else(|e| fail(format!("TIDINGS_PUSH_CONTACT: {e}")))
+    let policy = EndpointPolicy::from_list(&args.push_allow_hosts)
+        .unwrap_or_else(|e| fail(format!("--push-allow-hosts (TIDINGS_PUSH_ALLOW_HOSTS): {e}")));
+    let mut builder = WebPush::builder(hub, registry, keys, &args.push_contact)
+        .unwrap_or_else(|e| fail(format!("--push-contact (TIDINGS_PUSH_CONTACT): {e}")))
         .endpoint_policy(policy);
-    if let Ok(path) = std::env::var("TIDINGS_PUSH_CA_FILE") {
-        let pem = std::fs::read_to_string(&path).unwrap_or_else(|e| fail(format!("TIDINGS_PUSH_CA_FILE {path}: {e}")));
+    if let Some(path) = &args.push_ca_file {
+        let pem = std::fs::read_to_string(path)
+            .unwrap_or_else(|e| fail(format!("--push-ca-file (TIDINGS_PUSH_CA_FILE) {}: {e}", path.display())));
         builder = builder.add_root_certificate(pem);
     }
     builder.start().await.unwrap_or_else(|e| fail(format!("cannot start Web Push: {e}")))
 }
 
 /// Opens the store `--store` names; returns it with a description for the console.
-async fn store() -> (std::sync::Arc<dyn tidings::Store>, String) {
-    let spec = store_spec();
-    let retain = arg("--retain").map_or(10_000, |v| {
-        v.parse().unwrap_or_else(|_| fail(format!("--retain takes a number of events, got {v:?}")))
-    });
-    let retention = Retention::default().max_events(retain);
+async fn store(args: &Args) -> (std::sync::Arc<dyn tidings::Store>, String) {
+    let spec = &args.store;
+    let retention = Retention::default().max_events(args.retain);
     if spec == "memory" {
         return (std::sync::Arc::new(MemoryStore::with_retention(retention)), "memory (lost on restart)".into());
     }
@@ -179,13 +200,10 @@ async fn store() -> (std::sync::Arc<dyn tidings::Store>, String) {
         let shown = std::fs::canonicalize(path).map_or_else(|_| path.to_owned(), |p| p.display().to_string());
         return (std::sync::Arc::new(store), format!("sqlite at {shown}"));
     }
-    if spec.starts_with("redis://") || spec.starts_with("rediss://") || spec.starts_with("redis+unix://") {
-        let store = RedisStore::connect(&spec, RedisOptions::default().retention(retention))
-            .await
-            .unwrap_or_else(|e| fail(format!("cannot connect to Redis at {spec}: {e}")));
-        return (std::sync::Arc::new(store), format!("redis at {spec}"));
-    }
-    fail(format!("--store takes memory, sqlite:PATH or redis://HOST:PORT/, got {spec:?}"))
+    let store = RedisStore::connect(spec, RedisOptions::default().retention(retention))
+        .await
+        .unwrap_or_else(|e| fail(format!("cannot connect to Redis at {spec}: {e}")));
+    (std::sync::Arc::new(store), format!("redis at {spec}"))
 }
 
 async fn stats(State(hub): State<Hub>) -> Response {
@@ -235,14 +253,15 @@ pub(crate) fn app(hub: Hub, push: &WebPush) -> Router {
 
 #[tokio::main]
 async fn main() {
-    let (store, described) = store().await;
+    let args = <Args as clap::Parser>::parse();
+    let (store, described) = store(&args).await;
     // `private/<user>` topics need a JWT listing them (from `POST /login`); others are open.
-    let secret = login::secret();
+    let secret = login::secret(args.jwt_secret.as_deref());
     let hub = Hub::builder_shared(store)
-        .lifecycle(Console { quiet: std::env::args().any(|a| a == "--quiet") })
+        .lifecycle(Console { quiet: args.quiet })
         .authorize(login::authorizer(&secret))
         .build();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port()));
+    let addr = SocketAddr::from(([127, 0, 0, 1], args.port));
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -253,12 +272,12 @@ async fn main() {
     let addr = listener.local_addr().expect("bound address");
     println!("Server-Sent Events demo: open http://localhost:{}/ (store: {described})", addr.port());
     // After the banner: resumed push subscriptions print their lifecycle lines.
-    let push = web_push(hub.clone()).await;
+    let push = web_push(hub.clone(), &args).await;
     let app = app(hub.clone(), &push);
     println!(
         "Web Push: VAPID key {} in {}, {} push subscription(s)",
         push.public_key(),
-        data_dir().display(),
+        data_dir(&args).display(),
         push.stats().subscriptions
     );
     tokio::spawn(ticker(hub.clone(), Duration::from_millis(2500)));
@@ -282,15 +301,11 @@ async fn main() {
             }
         }),
     );
-    let mut server = tidings::http::Server::new(app);
-    if let Some(n) = number_arg("--max-connections") {
+    let mut server = tidings::http::Server::new(app)
+        .max_connections_per_ip(args.max_connections_per_ip)
+        .header_timeout(Duration::from_secs(args.header_timeout));
+    if let Some(n) = args.max_connections {
         server = server.max_connections(n);
-    }
-    if let Some(n) = number_arg("--max-connections-per-ip") {
-        server = server.max_connections_per_ip(n);
-    }
-    if let Some(secs) = number_arg("--header-timeout") {
-        server = server.header_timeout(Duration::from_secs(secs as u64));
     }
 
     // SIGTERM or Ctrl-C: stop accepting, tell SSE streams when to come back (`retry:`, jittered
@@ -306,9 +321,4 @@ async fn main() {
         })
         .await
         .expect("server error");
-}
-
-/// The value of `--name N` as a number, if given.
-fn number_arg(name: &str) -> Option<usize> {
-    arg(name).map(|v| v.parse().unwrap_or_else(|_| fail(format!("{name} takes a number, got {v:?}"))))
 }

@@ -1,5 +1,8 @@
 //! Run with: `node bench/peers/webpush.mjs` (it builds nothing: first
-//! `cargo build --release --example push_service --example webpush_bench`).
+//! `cargo build --release --example push_service --example webpush_bench`), which runs
+//! `webpush_bench --control URL --cert PEM [--mode sender|dispatch] [--runtime multi|current]
+//! [--subscriptions N] [--messages N] [--concurrency N]`; `--help` lists every flag with its
+//! default.
 //!
 //! Sends Web Push messages to a push service started by `examples/push_service.rs` and reports
 //! sends per second and per CPU-second of this process, as one JSON line:
@@ -11,22 +14,82 @@
 //!   subscriptions to one topic, `--messages / --subscriptions` events published, every push
 //!   delivered (`max_in_flight` = `--concurrency`).
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use clap::{Parser, ValueEnum};
 use tidings::webpush::{
     Contact, EndpointPolicy, MemoryRegistry, PushOptions, PushSender, PushSubscription, RegisterRequest,
     VapidKeys, WebPush,
 };
 use tidings::{Hub, MemoryStore, NewEvent, NoCredentials, Topic};
 
-fn arg(name: &str, default: &str) -> String {
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        if a == name {
-            return args.next().unwrap_or_default();
+/// The command line.
+#[derive(Parser, Debug)]
+#[command(
+    about = "Sends Web Push messages to the push service of examples/push_service.rs and reports sends per second and per CPU-second, as one JSON line",
+    long_about = None
+)]
+struct Cli {
+    /// The push service's control URL, where test subscriptions are created
+    #[arg(long)]
+    control: String,
+    /// The push service's TLS certificate (a PEM file), trusted as a root
+    #[arg(long)]
+    cert: PathBuf,
+    /// What to measure
+    #[arg(long, value_enum, default_value_t = Mode::Sender)]
+    mode: Mode,
+    /// tokio's runtime
+    #[arg(long, value_enum, default_value_t = Runtime::Multi)]
+    runtime: Runtime,
+    /// How many push subscriptions to create (and send to, round-robin)
+    #[arg(long, default_value_t = 100)]
+    subscriptions: usize,
+    /// How many pushes to send in all
+    #[arg(long, default_value_t = 20000)]
+    messages: usize,
+    /// How many sends at once (dispatch: the transport's `max_in_flight`)
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+}
+
+/// What to measure.
+#[derive(Clone, Copy, PartialEq, Debug, ValueEnum)]
+enum Mode {
+    /// PushSender::send alone (encrypt, VAPID, HTTPS POST), round-robin over the subscriptions
+    Sender,
+    /// The whole transport: a hub, the subscriptions registered to one topic, events published
+    Dispatch,
+}
+
+impl Mode {
+    /// Its name on the command line and in the report.
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Sender => "sender",
+            Mode::Dispatch => "dispatch",
         }
     }
-    default.to_owned()
+}
+
+/// Which tokio runtime runs the benchmark.
+#[derive(Clone, Copy, PartialEq, Debug, ValueEnum)]
+enum Runtime {
+    /// One thread (tokio's current-thread runtime)
+    Current,
+    /// tokio's default: one worker per core
+    Multi,
+}
+
+impl Runtime {
+    /// Its name on the command line and in the report.
+    fn name(self) -> &'static str {
+        match self {
+            Runtime::Current => "current",
+            Runtime::Multi => "multi",
+        }
+    }
 }
 
 /// This process's CPU time (user + system), from /proc/self/stat.
@@ -39,21 +102,22 @@ fn cpu_seconds() -> f64 {
 }
 
 fn main() {
+    let cli = Cli::parse();
     // `--runtime current` (one thread) or `multi` (tokio's default, one worker per core).
-    let mut runtime = match arg("--runtime", "multi").as_str() {
-        "current" => tokio::runtime::Builder::new_current_thread(),
-        _ => tokio::runtime::Builder::new_multi_thread(),
+    let mut runtime = match cli.runtime {
+        Runtime::Current => tokio::runtime::Builder::new_current_thread(),
+        Runtime::Multi => tokio::runtime::Builder::new_multi_thread(),
     };
-    runtime.enable_all().build().expect("a runtime").block_on(run());
+    runtime.enable_all().build().expect("a runtime").block_on(run(cli));
 }
 
-async fn run() {
-    let control = arg("--control", "");
-    let cert = std::fs::read_to_string(arg("--cert", "")).expect("--cert names the push service's certificate");
-    let mode = arg("--mode", "sender");
-    let subscribers: usize = arg("--subscriptions", "100").parse().expect("a number");
-    let messages: usize = arg("--messages", "20000").parse().expect("a number");
-    let concurrency: usize = arg("--concurrency", "64").parse().expect("a number");
+async fn run(cli: Cli) {
+    let control = cli.control;
+    let cert = std::fs::read_to_string(&cli.cert).expect("--cert names the push service's certificate");
+    let mode = cli.mode;
+    let subscribers = cli.subscriptions;
+    let messages = cli.messages;
+    let concurrency = cli.concurrency;
     let http = reqwest::Client::new();
     let mut subs = Vec::new();
     for _ in 0..subscribers {
@@ -70,7 +134,7 @@ async fn run() {
     let payload = serde_json::json!({ "id": "AQ", "topic": "bench", "event": null, "data": "x".repeat(200) }).to_string();
 
     let (cpu0, t0) = (cpu_seconds(), Instant::now());
-    let delivered = if mode == "sender" {
+    let delivered = if mode == Mode::Sender {
         let sender = PushSender::new(
             VapidKeys::generate(),
             Contact::parse("mailto:bench@example.com").unwrap(),
@@ -131,7 +195,7 @@ async fn run() {
     println!(
         "{}",
         serde_json::json!({
-            "sender": format!("tidings ({mode}, {} runtime)", arg("--runtime", "multi")), "delivered": delivered, "seconds": secs, "cpu_seconds": cpu,
+            "sender": format!("tidings ({}, {} runtime)", mode.name(), cli.runtime.name()), "delivered": delivered, "seconds": secs, "cpu_seconds": cpu,
             "per_second": delivered as f64 / secs, "per_cpu_second": delivered as f64 / cpu.max(0.01),
         })
     );

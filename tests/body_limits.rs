@@ -134,7 +134,7 @@ async fn every_demo_route_that_reads_a_body_refuses_an_oversized_one_from_its_he
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_authorized_example_route_that_reads_a_body_refuses_an_oversized_one_from_its_head() {
-    let (router, _hub, _presence) = authorized::app();
+    let (router, _hub, _presence) = authorized::app_with_secret(std::sync::Arc::from(&[7u8; 32][..]));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(tidings::http::Server::new(router).serve(listener, std::future::pending()));

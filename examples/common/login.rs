@@ -3,8 +3,8 @@
 //! lets alice read `private/alice`, and sets it as the cookie `tidingsAuthorization` (HttpOnly,
 //! SameSite=Strict), which the browser's `EventSource` then sends by itself.
 //!
-//! The signing secret comes from `TIDINGS_JWT_SECRET` (at least 32 bytes), else 32 random
-//! bytes drawn at start (tokens then end with the process).
+//! The signing secret comes from `--jwt-secret` or `TIDINGS_JWT_SECRET` (at least 32 bytes),
+//! else 32 random bytes drawn at start (tokens then end with the process).
 
 use std::io::Read;
 use std::sync::Arc;
@@ -20,17 +20,26 @@ use tidings::http::jwt::{COOKIE, JwtAuthorizer, sign_hs256};
 /// How long a token from `/login` is valid.
 const TOKEN_TTL: Duration = Duration::from_secs(3600);
 
-/// The signing secret: `TIDINGS_JWT_SECRET`, else fresh random bytes.
-pub(crate) fn secret() -> Arc<[u8]> {
-    if let Ok(secret) = std::env::var("TIDINGS_JWT_SECRET") {
-        assert!(secret.len() >= 32, "TIDINGS_JWT_SECRET must be at least 32 bytes long");
-        return secret.into_bytes().into();
+/// The signing secret: `given` (the examples' `--jwt-secret`, or `TIDINGS_JWT_SECRET`), else 32
+/// fresh random bytes.
+pub(crate) fn secret(given: Option<&str>) -> Arc<[u8]> {
+    if let Some(secret) = given {
+        return secret.as_bytes().into();
     }
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))
         .expect("/dev/urandom gives a secret (or set TIDINGS_JWT_SECRET)");
     bytes.to_vec().into()
+}
+
+/// Checks a `--jwt-secret` on the command line: at least 32 bytes (HS256 wants a key as long
+/// as its hash).
+pub(crate) fn parse_secret(secret: &str) -> Result<String, String> {
+    if secret.len() < 32 {
+        return Err(format!("the secret is {} bytes long; it must be at least 32", secret.len()));
+    }
+    Ok(secret.to_owned())
 }
 
 /// The authorization hook: `private/…` topics need a token listing them, others are open.

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! handwritten [--port N] [--variant events|shared]
+//! handwritten --help            (every flag, with its default)
 //! ```
 //!
 //! - `events` (default): each subscriber turns the published text into an
@@ -24,6 +25,7 @@ use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use clap::{Parser, ValueEnum};
 use futures_util::StreamExt;
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
@@ -35,14 +37,28 @@ struct App {
     frames: broadcast::Sender<Bytes>,
 }
 
-fn arg(name: &str) -> Option<String> {
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        if a == name {
-            return args.next();
-        }
-    }
-    None
+/// The command line.
+#[derive(Parser, Debug)]
+#[command(
+    about = "The server a user would write by hand (axum's Sse over a broadcast channel): the baseline of bench/run",
+    long_about = None
+)]
+struct Cli {
+    /// The port to listen on, on 127.0.0.1 (0: any free port)
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// How each frame is encoded
+    #[arg(long, value_enum, default_value_t = Variant::Events)]
+    variant: Variant,
+}
+
+/// How each frame is encoded.
+#[derive(Clone, Copy, PartialEq, Debug, ValueEnum)]
+enum Variant {
+    /// Each subscriber turns the published text into an axum SSE Event
+    Events,
+    /// Each frame is encoded once, as Bytes shared by every subscriber
+    Shared,
 }
 
 async fn events(State(app): State<App>) -> Response {
@@ -81,8 +97,9 @@ async fn publish(State(app): State<App>, body: Bytes) -> Response {
 
 #[tokio::main]
 async fn main() {
-    let port: u16 = arg("--port").map_or(0, |p| p.parse().expect("--port takes a number"));
-    let shared = arg("--variant").is_some_and(|v| v == "shared");
+    let cli = Cli::parse();
+    let port = cli.port;
+    let shared = cli.variant == Variant::Shared;
     let app = App { shared, text: broadcast::channel(4096).0, frames: broadcast::channel(4096).0 };
     let router = Router::new().route("/events", get(events)).route("/publish", post(publish)).with_state(app);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind");

@@ -5,10 +5,12 @@
 //! its children), and deliveries per server CPU-second.
 //!
 //! ```text
-//! loadgen fanout   --kind tidings|handwritten|nchan --addr 127.0.0.1:PORT --pid PID
-//!                  --subscribers N --events M [--rate EVENTS_PER_S] [--payload BYTES] [--sources K]
-//! loadgen longpoll --addr ... --pid ... --subscribers N --events M [--rate R]   (tidings)
-//! loadgen replay   --addr ... --pid ... --events M                             (tidings)
+//! loadgen fanout   --addr 127.0.0.1:PORT [--pid PID] [--kind tidings|handwritten|nchan]
+//!                  [--subscribers N] [--events M] [--rate EVENTS_PER_S] [--payload BYTES]
+//!                  [--sources K] [--server NAME] [--label LABEL]
+//! loadgen longpoll (the same flags as fanout)                                  (tidings)
+//! loadgen replay   --addr ... [--pid ...] [--events M] [--payload BYTES] [--label LABEL] (tidings)
+//! loadgen MODE --help                                  (every flag, with its default)
 //! ```
 //!
 //! Each event's data is `"<n> <unix time in ns> xxx…"`, padded to `--payload` bytes; clients
@@ -21,33 +23,110 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant as TokioInstant;
 
-fn arg(name: &str) -> Option<String> {
-    let mut args = std::env::args().skip(2);
-    while let Some(a) = args.next() {
-        if a == name {
-            return args.next();
-        }
-    }
-    None
+/// The command line.
+#[derive(Parser, Debug)]
+#[command(
+    about = "The load generator of bench/run: subscribes to a server on loopback, publishes numbered events, and reports one JSON line",
+    long_about = None
+)]
+struct Cli {
+    /// What to measure.
+    #[command(subcommand)]
+    mode: Mode,
 }
 
-fn num(name: &str, default: u64) -> u64 {
-    arg(name).map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("{name} takes a number")))
+/// The measurements.
+#[derive(Subcommand, Debug)]
+enum Mode {
+    /// SSE subscribers: opens them, publishes, and waits until each has every event
+    Fanout(SubscriberArgs),
+    /// Long-poll clients (tidings): opens them, publishes, and waits until each has every event
+    Longpoll(SubscriberArgs),
+    /// One SSE client (tidings) reconnecting from before every event published
+    Replay(ReplayArgs),
 }
 
-#[derive(Clone, Copy, PartialEq)]
+/// The server measured, and what every mode reports.
+#[derive(Args, Debug)]
+struct Target {
+    /// The server's address (loopback only)
+    #[arg(long)]
+    addr: SocketAddr,
+    /// The server's process id: its CPU seconds and resident memory, its children's included, are reported
+    #[arg(long, default_value_t = 0)]
+    pid: u32,
+    /// A label copied into the report
+    #[arg(long)]
+    label: Option<String>,
+    /// The size of each event's data in bytes (its number and time, padded with `x`)
+    #[arg(long, default_value_t = 256)]
+    payload: usize,
+}
+
+/// The flags of `fanout` and `longpoll`.
+#[derive(Args, Debug)]
+struct SubscriberArgs {
+    /// The server and the report.
+    #[command(flatten)]
+    target: Target,
+    /// The kind of server, which decides the paths to subscribe and publish on
+    #[arg(long, value_enum, default_value_t = Kind::Tidings)]
+    kind: Kind,
+    /// The server's name, copied into the report
+    #[arg(long)]
+    server: Option<String>,
+    /// How many subscriptions to open
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    /// How many events to publish
+    #[arg(long, default_value_t = 300)]
+    events: u64,
+    /// Events published per second (0: as fast as one publisher goes)
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// How many loopback source addresses (127.0.0.1, .2, ...) the connections are spread over
+    #[arg(long, default_value_t = 8)]
+    sources: usize,
+}
+
+/// The flags of `replay`.
+#[derive(Args, Debug)]
+struct ReplayArgs {
+    /// The server and the report.
+    #[command(flatten)]
+    target: Target,
+    /// How many events to publish before the client reconnects from before the first
+    #[arg(long, default_value_t = 100_000)]
+    events: u64,
+}
+
+/// The kind of server measured.
+#[derive(Clone, Copy, PartialEq, Debug, ValueEnum)]
 enum Kind {
+    /// tidings (examples/sse_demo)
     Tidings,
+    /// bench/src/bin/handwritten.rs, either variant
     Handwritten,
+    /// nginx with Nchan
     Nchan,
 }
 
 impl Kind {
+    /// Its name on the command line and in the report.
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Tidings => "tidings",
+            Kind::Handwritten => "handwritten",
+            Kind::Nchan => "nchan",
+        }
+    }
+
     fn sse_path(self) -> &'static str {
         match self {
             Kind::Tidings => "/events?topic=bench",
@@ -517,20 +596,16 @@ async fn wait_open(shared: &Shared, n: usize) {
     }
 }
 
-async fn subscribers(mode: &str) {
-    let kind = match arg("--kind").as_deref() {
-        Some("handwritten") => Kind::Handwritten,
-        Some("nchan") => Kind::Nchan,
-        _ => Kind::Tidings,
-    };
-    let addr: SocketAddr = arg("--addr").expect("--addr").parse().expect("an address");
+async fn subscribers(mode: &str, args: &SubscriberArgs) {
+    let kind = args.kind;
+    let addr = args.target.addr;
     assert!(addr.ip().is_loopback(), "the load generator only targets loopback");
-    let pid = num("--pid", 0) as u32;
-    let n = num("--subscribers", 1000) as usize;
-    let events = num("--events", 300);
-    let rate = num("--rate", 0);
-    let payload = num("--payload", 256) as usize;
-    let sources = num("--sources", 8) as usize;
+    let pid = args.target.pid;
+    let n = args.subscribers;
+    let events = args.events;
+    let rate = args.rate;
+    let payload = args.target.payload;
+    let sources = args.sources;
     let shared = Arc::new(Shared {
         opened: AtomicUsize::new(0),
         failed: AtomicUsize::new(0),
@@ -583,7 +658,7 @@ async fn subscribers(mode: &str) {
     println!(
         "{}",
         serde_json::json!({
-            "mode": mode, "kind": arg("--kind").unwrap_or_else(|| "tidings".into()), "server": arg("--server"), "label": arg("--label"),
+            "mode": mode, "kind": kind.name(), "server": args.server, "label": args.target.label,
             "subscribers": n, "opened": opened, "failed": shared.failed.load(Ordering::Relaxed), "open_seconds": open_seconds,
             "events": events, "rate": rate, "payload": payload, "publish_refused": refused, "publish_seconds": publish_seconds,
             "deliveries": t.deliveries, "missing": t.missing, "repeated": t.repeated, "out_of_order": t.out_of_order,
@@ -622,12 +697,12 @@ async fn starting_cursor(addr: SocketAddr) -> String {
     }
 }
 
-async fn replay() {
-    let addr: SocketAddr = arg("--addr").expect("--addr").parse().expect("an address");
+async fn replay(args: &ReplayArgs) {
+    let addr = args.target.addr;
     assert!(addr.ip().is_loopback(), "the load generator only targets loopback");
-    let pid = num("--pid", 0) as u32;
-    let events = num("--events", 100_000);
-    let payload = num("--payload", 256) as usize;
+    let pid = args.target.pid;
+    let events = args.events;
+    let payload = args.target.payload;
     let cursor = starting_cursor(addr).await;
     let mut publisher = connect(addr, 0, 1).await.expect("publisher connection");
     let t_publish = Instant::now();
@@ -643,7 +718,7 @@ async fn replay() {
     println!(
         "{}",
         serde_json::json!({
-            "mode": "replay", "kind": "tidings", "label": arg("--label"), "events": events, "payload": payload,
+            "mode": "replay", "kind": "tidings", "label": args.target.label, "events": events, "payload": payload,
             "publish_seconds": publish_seconds, "publish_per_second": events as f64 / publish_seconds,
             "replayed": seen.unique, "missing": events - seen.unique, "repeated": seen.repeated, "out_of_order": seen.out_of_order,
             "seconds": seconds, "events_per_second": seen.unique as f64 / seconds, "server_cpu_seconds": cpu,
@@ -652,14 +727,11 @@ async fn replay() {
 }
 
 fn main() {
-    let mode = std::env::args().nth(1).unwrap_or_default();
+    let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a runtime");
-    match mode.as_str() {
-        "fanout" | "longpoll" => runtime.block_on(subscribers(&mode)),
-        "replay" => runtime.block_on(replay()),
-        _ => {
-            eprintln!("usage: loadgen fanout|longpoll|replay [options] (see the source's header)");
-            std::process::exit(2);
-        }
+    match &cli.mode {
+        Mode::Fanout(args) => runtime.block_on(subscribers("fanout", args)),
+        Mode::Longpoll(args) => runtime.block_on(subscribers("longpoll", args)),
+        Mode::Replay(args) => runtime.block_on(replay(args)),
     }
 }
