@@ -10,6 +10,15 @@
 // Events: "event" {id, topic, type, data}; "gap" {id, topics}; "state" {state, transport,
 // leader} where state is "connecting", "open" or "unavailable"; "error" {status, message}
 // when the server refuses the subscription (400/401/403), after which the client stops.
+//
+// Reserved event types: an EventSource dispatches its connection's own events as `open` and
+// `error`, in the same namespace as the events the server sends, and tidings sends its own as
+// `tidings.open` and `tidings.gap` (the `tidings.` prefix is reserved). connect() throws when
+// `eventTypes` names one of them; the server refuses to publish them. An app event under such
+// a name that a server sends all the same is delivered as an "event" like any other, and never
+// taken for the connection's state: only a plain Event is the connection speaking, a
+// MessageEvent is always something the server sent.
+//
 // No build step, no dependency. See docs/client.md.
 
 const FNV_OFFSET = 0xcbf29ce484222325n;
@@ -60,6 +69,23 @@ export function decodeCursor(token) {
   }
 }
 
+/**
+ * Why `type` cannot be one of the app's event types, or null when it can: `open` and `error`
+ * are the names EventSource dispatches itself, `tidings.*` are tidings' own.
+ */
+function reservedType(type) {
+  if (type === "open" || type === "error") {
+    return `tidings: event type "${type}" is dispatched by EventSource itself; publish under another name`;
+  }
+  if (typeof type === "string" && type.startsWith("tidings.")) {
+    return `tidings: event type "${type}" is reserved for tidings' own events; publish under another name`;
+  }
+  return null;
+}
+
+/** Whether an EventSource event came from the server (a MessageEvent), not from the connection. */
+const fromServer = (e) => e instanceof MessageEvent;
+
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const jitter = (ms) => ms / 2 + Math.random() * ms;
 
@@ -68,7 +94,8 @@ const jitter = (ms) => ms / 2 + Math.random() * ms;
  * - topics: the topics (required)
  * - sse: the SSE endpoint (default "/events"); poll: the long-poll endpoint (default "/poll")
  * - eventTypes: the event types the app publishes (EventSource only hands over named events
- *   it listens for; "message" is always included)
+ *   it listens for; "message" is always included). "open", "error" and "tidings.*" are
+ *   refused: EventSource and tidings dispatch those names themselves
  * - transport: "auto" (default: SSE, falling back to long-polling), "sse" or "poll"
  * - share: share one connection between the tabs of this origin (default true)
  * - storageKey: where the cursor is kept in sessionStorage (default from the topics)
@@ -86,6 +113,10 @@ export class Feed extends EventTarget {
     super();
     const topics = [...new Set(options.topics || [])];
     if (!topics.length) throw new Error("tidings: connect() needs at least one topic");
+    for (const type of options.eventTypes || []) {
+      const reason = reservedType(type);
+      if (reason) throw new Error(reason);
+    }
     this.options = {
       sse: "/events", poll: "/poll", eventTypes: [], transport: "auto", share: true,
       openTimeout: 5000, sseFailures: 2, pollTimeout: 25, upgradeAfter: 300000, ...options, topics,
@@ -277,19 +308,29 @@ export class Feed extends EventTarget {
           clearTimeout(timer);
           timer = setTimeout(() => { if (!delivered) finish(true); }, this.options.openTimeout * 2);
         }
+        // One namespace holds both the connection's events and the server's: EventSource fires
+        // `onopen`/`onerror` for the connection (a plain Event) and for a server-sent event
+        // named `open`/`error` (a MessageEvent). Only the former is about the connection.
+        // The latter is an app event from a server that still sends these names (a foreign
+        // hub, or a log written before tidings refused them): it goes to the app as the event
+        // it is (the Feed's own "event", where its name collides with nothing), and it does
+        // not count as the stream delivering, so it never changes the connection's state.
+        const stray = (e) => this._deliver("event", { id: e.lastEventId, topic: null, type: e.type, data: e.data });
         const delivering = () => {
           delivered = true;
           failures = 0;
           clearTimeout(timer);
           this._setState("open", "sse");
         };
-        source.onopen = () => {
+        source.onopen = (e) => {
+          if (fromServer(e)) return stray(e);
           // Headers arrived. If the first bytes (the stream's opening event) do not follow,
           // something between us and the server buffers the stream.
           clearTimeout(timer);
           timer = setTimeout(() => { if (!delivered) finish(this.options.transport === "auto"); }, this.options.openTimeout);
         };
-        source.onerror = () => {
+        source.onerror = (e) => {
+          if (fromServer(e)) return stray(e);
           clearTimeout(timer);
           if (!delivered) failures += 1;
           delivered = false;
@@ -304,6 +345,7 @@ export class Feed extends EventTarget {
           // Otherwise the browser reconnects by itself, sending Last-Event-ID.
         };
         source.addEventListener("tidings.open", (e) => {
+          if (!fromServer(e)) return;
           this._everOpened = true;
           delivering();
           // The stream starts where our cursor was, or where the log ends if we had none. Never
@@ -312,11 +354,13 @@ export class Feed extends EventTarget {
           if (!mine || !theirs || mine.epoch !== theirs.epoch) this._setCursor(e.lastEventId);
         });
         source.addEventListener("tidings.gap", (e) => {
+          if (!fromServer(e)) return;
           this._everOpened = true;
           delivering();
           this._deliver("gap", { id: e.lastEventId, topics: JSON.parse(e.data).topics });
         });
         const onEvent = (e) => {
+          if (!fromServer(e)) return; // never something about the connection
           delivering();
           this._deliver("event", { id: e.lastEventId, topic: null, type: e.type, data: e.data });
         };

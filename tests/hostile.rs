@@ -106,6 +106,10 @@ async fn hostile_requests_get_clear_answers_and_the_server_survives() {
         (post(r#"{"topic":"a\u0000","data":"x"}"#), "400"),
         (post(r#"{"topic":"demo","data":"x","extra":true}"#), "400"),
         (post(r#"{"topic":"demo","data":"\ud800"}"#), "400"),
+        // Event types an EventSource dispatches itself, and tidings' own.
+        (post(r#"{"topic":"demo","event":"error","data":"x"}"#), "dispatched by EventSource itself"),
+        (post(r#"{"topic":"demo","event":"open","data":"x"}"#), "dispatched by EventSource itself"),
+        (post(r#"{"topic":"demo","event":"tidings.gap","data":"x"}"#), "reserved"),
         // Push subscriptions: endpoints the server must never call, and malformed JSON.
         (subscribe("https://127.0.0.1/x"), "loopback"),
         (subscribe("https://10.0.0.1/x"), "private"),

@@ -16,13 +16,23 @@ pub const MAX_EVENT_TYPE_LEN: usize = 128;
 /// The prefix reserved for events that tidings itself emits (such as `tidings.gap`).
 pub const RESERVED_EVENT_PREFIX: &str = "tidings.";
 
+/// The event types an `EventSource` dispatches itself, about its connection: `open` when it
+/// connects, `error` when it fails (WHATWG HTML, "Server-sent events"). They share one namespace
+/// with the events a server sends: an event named `error` reaches every `onerror` handler, and
+/// a page cannot tell it from a failed connection. So no event may be published under them.
+pub const EVENTSOURCE_EVENT_TYPES: [&str; 2] = ["open", "error"];
+
 /// A validated event type (the SSE `event:` field): 1 to [`MAX_EVENT_TYPE_LEN`] bytes of UTF-8,
-/// no control characters, not starting with [`RESERVED_EVENT_PREFIX`].
+/// no control characters, not starting with [`RESERVED_EVENT_PREFIX`], and not one of
+/// [`EVENTSOURCE_EVENT_TYPES`] (`open`, `error`). `message`, the type of an event without one,
+/// is allowed and arrives as such.
 ///
 /// ```
 /// use tidings_core::EventType;
 /// assert!(EventType::parse("my-custom-event").is_ok());
 /// assert!(EventType::parse("tidings.gap").is_err());
+/// assert!(EventType::parse("error").is_err()); // EventSource's own
+/// assert!(EventType::parse("Error").is_ok()); // names are case-sensitive
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct EventType(Arc<str>);
@@ -42,6 +52,8 @@ pub enum EventTypeError {
     ControlCharacter,
     /// The name starts with [`RESERVED_EVENT_PREFIX`].
     Reserved,
+    /// The name is one that `EventSource` dispatches itself ([`EVENTSOURCE_EVENT_TYPES`]).
+    EventSourceName,
 }
 
 impl fmt::Display for EventTypeError {
@@ -56,6 +68,9 @@ impl fmt::Display for EventTypeError {
             }
             EventTypeError::Reserved => {
                 write!(f, "event types starting with {RESERVED_EVENT_PREFIX:?} are reserved")
+            }
+            EventTypeError::EventSourceName => {
+                f.write_str("event types \"open\" and \"error\" are dispatched by EventSource itself; use another name")
             }
         }
     }
@@ -77,6 +92,9 @@ impl EventType {
         }
         if name.starts_with(RESERVED_EVENT_PREFIX) {
             return Err(EventTypeError::Reserved);
+        }
+        if EVENTSOURCE_EVENT_TYPES.contains(&name) {
+            return Err(EventTypeError::EventSourceName);
         }
         Ok(EventType(Arc::from(name)))
     }
@@ -323,6 +341,10 @@ mod tests {
         assert_eq!(EventType::parse(""), Err(EventTypeError::Empty));
         assert_eq!(EventType::parse("a\nb"), Err(EventTypeError::ControlCharacter));
         assert_eq!(EventType::parse("tidings.x"), Err(EventTypeError::Reserved));
+        assert_eq!(EventType::parse("open"), Err(EventTypeError::EventSourceName));
+        assert_eq!(EventType::parse("error"), Err(EventTypeError::EventSourceName));
+        assert!(EventType::parse("message").is_ok());
+        assert!(EventType::parse("errors").is_ok());
         assert!(matches!(
             EventType::parse(&"e".repeat(MAX_EVENT_TYPE_LEN + 1)),
             Err(EventTypeError::TooLong { .. })

@@ -259,6 +259,8 @@ impl Entry<'_> {
             .field("t")
             .and_then(bytes)
             .and_then(|t| std::str::from_utf8(t).ok())
+            // None for "" (no type); a type an earlier version stored and that is refused now
+            // (`open`, `error`: EventSource's own) is read back without one too.
             .and_then(|t| EventType::parse(t).ok());
         Ok(Event { epoch, topic, seq, event_type, data: data.into() })
     }

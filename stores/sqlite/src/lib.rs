@@ -302,6 +302,8 @@ impl Store for SqliteStore {
                         seq: seq as u64,
                         // Written through EventType::parse, so valid; a hand-edited row that is
                         // not is delivered without a type rather than failing the replay.
+                        // A type an earlier version stored and that is refused now (`open`,
+                        // `error`: EventSource's own) is read back without one.
                         event_type: kind.and_then(|k| EventType::parse(&k).ok()),
                         data: data.into(),
                     });
