@@ -519,7 +519,7 @@ async fn hostile_endpoints_are_refused_with_a_400_naming_the_reason() {
         (serde_json::json!({"endpoint": good["endpoint"], "keys": {"p256dh": keys["p256dh"], "auth": "AAAA"}, "topics": ["t"]}).to_string(), "keys.auth"),
         (serde_json::json!({"endpoint": good["endpoint"], "keys": keys, "topics": []}).to_string(), "no topic"),
         (serde_json::json!({"endpoint": good["endpoint"], "keys": keys, "topics": ["a\nb"]}).to_string(), "invalid topic"),
-        (format!("{{\"endpoint\":\"https://x/{}\"}}", "a".repeat(20_000)), "over"),
+        (format!("{{\"endpoint\":\"https://x/{}\"}}", "a".repeat(20_000)), "the limit is 16384"),
     ] {
         let r = s.http.post(format!("{}/push/subscriptions", s.base)).body(body).send().await.unwrap();
         let status = r.status().as_u16();
