@@ -86,8 +86,52 @@ function reservedType(type) {
 /** Whether an EventSource event came from the server (a MessageEvent), not from the connection. */
 const fromServer = (e) => e instanceof MessageEvent;
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const jitter = (ms) => ms / 2 + Math.random() * ms;
+const backoff = (failures, base) => jitter(Math.min(30000, base * 2 ** Math.min(failures, 6)));
+
+/**
+ * How every transport takes an HTTP answer that is not a stream or a batch (one table: see
+ * docs/client.md, "Failures"). 400, 401 and 403 are final: the server (or a proxy in front of
+ * it) refuses this subscription, and asking again changes nothing, so the feed ends with an
+ * "error" event. Anything else (429, 5xx, 404 from a proxy being redeployed, ...) is
+ * transient: the feed stays, reports "unavailable", and tries again after the delay the answer
+ * asks for (`retry_ms` in a tidings JSON body, else `Retry-After` in seconds or as an HTTP
+ * date), or after a backoff with jitter when it asks for none.
+ */
+export function classifyStatus(status) {
+  return status === 400 || status === 401 || status === 403 ? "refused" : "transient";
+}
+
+/** The delay an answer asks for, in ms, or null: `retry_ms` in its JSON body, else `Retry-After`. */
+export function retryDelay(headers, body) {
+  if (body && Number.isFinite(body.retry_ms) && body.retry_ms >= 0) return body.retry_ms;
+  const value = headers && headers.get("retry-after");
+  if (!value) return null;
+  if (/^\s*\d+\s*$/.test(value)) return Number(value) * 1000;
+  const at = Date.parse(value);
+  return Number.isNaN(at) ? null : Math.max(0, at - Date.now());
+}
+
+/** Asks `url` once and reads its answer's status, retry delay and message (a failure's probe). */
+async function probe(url, signal) {
+  const abort = new AbortController();
+  const stop = () => abort.abort();
+  signal.addEventListener("abort", stop);
+  try {
+    const response = await fetch(url, { cache: "no-store", credentials: "same-origin", signal: abort.signal });
+    if (response.ok) return { status: response.status, delay: null, message: "" }; // a stream: not read
+    const text = await response.text().catch(() => "");
+    let body = null;
+    try { body = JSON.parse(text); } catch { /* a proxy's page */ }
+    const message = (body && body.error) || `HTTP ${response.status}`;
+    return { status: response.status, delay: retryDelay(response.headers, body), message };
+  } catch {
+    return null; // the network, not an answer
+  } finally {
+    abort.abort();
+    signal.removeEventListener("abort", stop);
+  }
+}
 
 /**
  * Opens a subscription. Options:
@@ -97,8 +141,10 @@ const jitter = (ms) => ms / 2 + Math.random() * ms;
  *   it listens for; "message" is always included). "open", "error" and "tidings.*" are
  *   refused: EventSource and tidings dispatch those names themselves
  * - transport: "auto" (default: SSE, falling back to long-polling), "sse" or "poll"
- * - share: share one connection between the tabs of this origin (default true)
- * - storageKey: where the cursor is kept in sessionStorage (default from the topics)
+ * - share: share one connection between the tabs of this origin that ask for the same thing
+ *   (same endpoints, topics, event types and transport; default true)
+ * - storageKey: where the cursor is kept in sessionStorage (default from the endpoint, the
+ *   topics and the event types)
  * - openTimeout: ms to wait for an opened SSE stream to deliver its first bytes before
  *   deciding a proxy buffers it (default 5000); sseFailures: failed SSE opens before
  *   falling back (default 2); pollTimeout: seconds a poll may wait (default 25);
@@ -123,7 +169,14 @@ export class Feed extends EventTarget {
     };
     this.topics = topics;
     this.keys = new Map(topics.map((t) => [topicKey(t), t]));
-    this.storageKey = this.options.storageKey || "tidings:" + this.options.sse + ":" + topics.join("\u0000");
+    // What the connection carries: tabs share one only when it carries what each asked for, and
+    // a cursor is kept per what it counts.
+    const types = [...new Set(this.options.eventTypes)].filter((t) => t !== "message").sort();
+    const o = this.options;
+    this.storageKey = o.storageKey ||
+      "tidings:" + o.sse + ":" + topics.join("\u0000") + (types.length ? "\u0001" + types.join("\u0000") : "");
+    this.shareName = "tidings-share:" +
+      JSON.stringify([o.sse, o.poll, [...topics].sort(), types, o.transport, this.storageKey]);
     this.cursor = this._load();
     this.positions = null; // per-topic sequence numbers of this.cursor, for de-duplication
     this._setCursor(this.cursor);
@@ -131,14 +184,18 @@ export class Feed extends EventTarget {
     this.transport = null;
     this.leader = false;
     this.closed = false;
-    this._stop = [];
-    this._start();
+    this._session = null;
+    this._wake = new EventTarget(); // "online": backoffs end at once
+    this._lifecycle();
+    this._join();
   }
 
   /** Stops the subscription for good. */
   close() {
+    if (this.closed) return;
     this.closed = true;
-    for (const stop of this._stop.splice(0)) stop();
+    this._leave();
+    for (const stop of this._unlisten || []) stop();
   }
 
   _load() {
@@ -164,7 +221,7 @@ export class Feed extends EventTarget {
     this.transport = transport;
     const detail = { state, transport, leader: this.leader };
     this._emit("state", detail);
-    this._broadcast({ kind: "state", detail });
+    this._broadcast({ kind: "state", detail, cursor: this.cursor });
   }
 
   /** Which topic an event belongs to, and whether it is new, from its cursor. */
@@ -197,92 +254,229 @@ export class Feed extends EventTarget {
     this._broadcast({ kind, detail });
   }
 
-  _broadcast(message) {
-    if (this.leader && this.channel) this.channel.postMessage(message);
+  /** Takes `token` as this tab's position if it has none yet (a tab joining without a cursor). */
+  _adopt(token) {
+    if (!this.cursor && token) this._setCursor(token);
   }
 
-  _start() {
-    const share = this.options.share && typeof BroadcastChannel !== "undefined" && navigator.locks;
-    if (!share) {
-      this.leader = true;
-      this._run();
-      return;
+  _broadcast(message) {
+    const session = this._session;
+    if (this.leader && session && session.channel) session.channel.postMessage(message);
+  }
+
+  /** The subscription is refused (400/401/403): the app hears it once, and the feed ends. */
+  _refused(detail) {
+    if (this.closed) return;
+    this._setState("unavailable", this.transport);
+    this._broadcast({ kind: "refused", detail });
+    this._emit("error", detail);
+    this.close();
+  }
+
+  /**
+   * Waits `ms`, or less: the feed or its session stops, or (unless `honour`, a delay the
+   * server asked for) the browser comes back online.
+   */
+  _wait(ms, session, honour = false) {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        session.signal.removeEventListener("abort", done);
+        this._wake.removeEventListener("online", done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      session.signal.addEventListener("abort", done);
+      if (!honour) this._wake.addEventListener("online", done);
+    });
+  }
+
+  // ---- Page lifecycle: a page that cannot run its code holds no connection and no lock.
+
+  _lifecycle() {
+    this._unlisten = [];
+    if (typeof window === "undefined" || typeof window.addEventListener !== "function") return;
+    const on = (target, type, handler) => {
+      target.addEventListener(type, handler);
+      this._unlisten.push(() => target.removeEventListener(type, handler));
+    };
+    // The back/forward cache (pagehide with persisted) and a frozen page (freeze) stop running
+    // code without closing: hand the connection (and the lead) over at once, and join again,
+    // from our own cursor, when the page runs again.
+    on(window, "pagehide", (e) => { if (e.persisted) this._leave(); });
+    on(window, "pageshow", (e) => { if (e.persisted) this._join(); });
+    if (typeof document !== "undefined") {
+      on(document, "freeze", () => this._leave());
+      on(document, "resume", () => this._join());
     }
-    this.channel = new BroadcastChannel(this.storageKey);
-    this._stop.push(() => this.channel.close());
-    this.channel.onmessage = (m) => (this.leader ? this._lead(m.data) : this._follow(m.data));
-    this.channel.postMessage({ kind: "hello" });
+    on(window, "online", () => this._wake.dispatchEvent(new Event("online")));
+  }
+
+  // ---- Sessions: one per time the page runs (joined at start and after each resume).
+
+  _join() {
+    if (this.closed || this._session) return;
     const abort = new AbortController();
-    this._stop.push(() => abort.abort());
-    const lead = async () => {
-      if (this.closed) return;
-      this.leader = true;
-      this._setState("connecting", null);
-      await this._run();
+    const session = { abort, signal: abort.signal, channel: null, stops: [] };
+    this._session = session;
+    this.leader = false;
+    this._setState("connecting", null);
+    const locks = typeof navigator !== "undefined" ? navigator.locks : undefined;
+    const share = this.options.share && typeof BroadcastChannel !== "undefined" && locks;
+    if (!share) return this._alone(session);
+    try {
+      session.channel = new BroadcastChannel(this.shareName);
+    } catch {
+      return this._alone(session);
+    }
+    session.stops.push(() => session.channel.close());
+    session.held = [];
+    session.channel.onmessage = (m) => this._onMessage(session, m.data);
+    session.channel.postMessage({ kind: "hello" });
+    const fallBack = (error) => {
+      // Locks refused (site data blocked, an opaque origin): run unshared, as where there are none.
+      if (session.signal.aborted || this._session !== session || session.alone) return;
+      if (error && error.name === "AbortError") return;
+      if (session.channel) session.channel.close();
+      session.channel = null;
+      session.held = null;
+      this._alone(session);
     };
     // Whoever holds the lock holds the connection; the others follow its broadcasts. When the
-    // leader's tab closes, the lock passes to a follower, which resumes from its own cursor.
-    navigator.locks.request(this.storageKey, { ifAvailable: true }, async (lock) => {
-      if (lock) return lead();
-      // Another tab leads: catch up from our own cursor, follow, and wait for our turn.
-      this._catchUp();
-      navigator.locks.request(this.storageKey, { signal: abort.signal }, lead).catch(() => {});
-    }).catch(() => {});
+    // leader's tab closes or stops running, the lock passes to a follower, which opens the
+    // connection from its own cursor.
+    locks.request(this.shareName, { ifAvailable: true }, (lock) => {
+      if (lock) {
+        session.held = null; // nobody leads but us: nothing to wait for
+        session.joined = Promise.resolve();
+        return this._lead(session);
+      }
+      // A tab that may become the leader at any moment must know its position from the start:
+      // with no cursor of its own it takes the log's end now (or the leader's position, if that
+      // comes first), so that a handoff is exact whatever the timing.
+      session.joined = this._position(session);
+      locks.request(this.shareName, { signal: session.signal }, () => this._lead(session)).catch(fallBack);
+      return undefined;
+    }).catch(fallBack);
   }
 
-  _lead(message) {
-    // A tab just joined: tell it where the shared connection stands.
-    if (message.kind === "hello") {
-      this.channel.postMessage({ kind: "state", detail: { state: this.state, transport: this.transport, leader: true } });
+  /** Ends this page's session: its connection closes, its lock (if it leads) goes to another tab. */
+  _leave() {
+    const session = this._session;
+    if (!session) return;
+    this._session = null;
+    this.leader = false;
+    session.abort.abort();
+    for (const stop of session.stops.splice(0)) stop();
+  }
+
+  /** Runs unshared: this tab holds its own connection. */
+  _alone(session) {
+    session.alone = true;
+    this.leader = true;
+    this._run(session);
+  }
+
+  /** Holds the lock (and the connection) until the session ends. */
+  async _lead(session) {
+    if (session.signal.aborted) return;
+    await session.joined; // a follower's position first (and what it was sent meanwhile)
+    if (session.signal.aborted || this.closed) return;
+    this.leader = true;
+    this._setState("connecting", null);
+    this._broadcast({ kind: "state", detail: { state: this.state, transport: this.transport, leader: true }, cursor: this.cursor });
+    const ended = new Promise((resolve) => session.signal.addEventListener("abort", resolve));
+    await Promise.race([this._run(session), ended]);
+  }
+
+  _onMessage(session, message) {
+    if (session !== this._session || this.closed) return;
+    if (this.leader) {
+      // A tab just joined: tell it where the shared connection stands, and our position.
+      if (message.kind === "hello") {
+        session.channel.postMessage({ kind: "state", detail: { state: this.state, transport: this.transport, leader: true }, cursor: this.cursor });
+      }
+      return;
     }
+    if (message.kind === "hello") return;
+    if (session.held) session.held.push(message); // in order, after our catch-up
+    else this._follow(message);
   }
 
   _follow(message) {
-    if (this.leader || this.closed || message.kind === "hello") return;
+    if (this.leader || this.closed) return;
     if (message.kind === "state") {
+      this._adopt(message.cursor);
       this.state = message.detail.state;
       this.transport = message.detail.transport;
       this._emit("state", { ...message.detail, leader: false });
-    } else if (this._catchingUp) {
-      this._held.push(message);
+    } else if (message.kind === "position") {
+      this._adopt(message.cursor);
     } else if (message.kind === "event") {
       this._deliver("event", message.detail);
     } else if (message.kind === "gap") {
       this._deliver("gap", message.detail);
+    } else if (message.kind === "refused") {
+      this._emit("error", message.detail);
+      this.close();
     }
   }
 
-  async _catchUp() {
-    this._catchingUp = true;
-    this._held = [];
+  /**
+   * A follower's start: with a cursor, catch up with immediate polls; without one, take the
+   * end of the log as its position. Then deliver, in order, what the leader sent meanwhile.
+   */
+  async _position(session) {
     try {
-      if (this.cursor) {
-        for (let round = 0; round < 100 && !this.leader && !this.closed; round++) {
-          const batch = await this._pollOnce(0);
+      if (!this.cursor) {
+        const end = await this._endOfLog(session);
+        // What the leader sent while we asked came first: it is queued before this.
+        if (end) session.held.push({ kind: "position", cursor: end });
+      } else {
+        for (let round = 0; round < 100 && !session.signal.aborted; round++) {
+          const batch = await this._pollOnce(0, session);
           if (!batch || (!batch.events.length && !batch.gap)) break;
         }
       }
-    } catch { /* the leader's broadcasts will do */ }
-    this._catchingUp = false;
-    for (const m of this._held.splice(0)) this._follow(m);
+    } catch { /* the leader's broadcasts will do; a refusal comes from the leader too */ }
+    const held = session.held;
+    session.held = null;
+    for (const m of held || []) this._follow(m);
   }
 
-  async _run() {
+  /** The cursor of the log's current end, from an immediate poll without a cursor (or null). */
+  async _endOfLog(session) {
+    const url = new URL(this.options.poll, location.href);
+    for (const t of this.topics) url.searchParams.append("topic", t);
+    url.searchParams.set("timeout", "0");
+    try {
+      const response = await fetch(url, { cache: "no-store", credentials: "same-origin", signal: session.signal });
+      if (response.status !== 200) return null;
+      const body = await response.json();
+      return typeof body.cursor === "string" ? body.cursor : null;
+    } catch {
+      return null;
+    }
+  }
+
+  // ---- Transports.
+
+  async _run(session) {
     const wantSse = this.options.transport !== "poll" && typeof EventSource !== "undefined";
     // After a fallback, try the stream again every `upgradeAfter` ms (the proxy may be gone);
     // the cursor goes along both ways, and de-duplication absorbs any overlap.
     const upgradeAfter = wantSse && this.options.transport === "auto" ? this.options.upgradeAfter : Infinity;
-    while (!this.closed) {
+    while (!this.closed && !session.signal.aborted) {
       if (wantSse) {
-        const fellBack = await this._runSse();
-        if (this.closed || !fellBack) return;
+        const fellBack = await this._runSse(session);
+        if (!fellBack || this.closed || session.signal.aborted) return;
       }
-      if ((await this._runPoll(upgradeAfter)) === "stopped") return;
+      if ((await this._runPoll(upgradeAfter, session)) === "stopped") return;
     }
   }
 
-  /** Runs SSE until closed (returns false) or until it should fall back (returns true). */
-  _runSse() {
+  /** Runs SSE until stopped (returns false) or until it should fall back (returns true). */
+  _runSse(session) {
     return new Promise((resolve) => {
       let failures = 0;
       let source = null;
@@ -295,13 +489,32 @@ export class Feed extends EventTarget {
         if (source) source.close();
         resolve(fallBack);
       };
-      this._stop.push(() => finish(false));
+      session.stops.push(() => finish(false));
+      const url = () => {
+        const u = new URL(this.options.sse, location.href);
+        for (const t of this.topics) u.searchParams.append("topic", t);
+        if (this.cursor) u.searchParams.set("lastEventId", this.cursor);
+        return u;
+      };
+      // The browser gave up on the stream (an HTTP error, or not a stream): ask once more with
+      // fetch to read the answer's status, and take it as every transport does.
+      const closed = async () => {
+        const answer = await probe(url(), session.signal);
+        if (finished || session.signal.aborted) return;
+        if (answer && classifyStatus(answer.status) === "refused") {
+          finish(false);
+          return this._refused({ status: answer.status, message: answer.message });
+        }
+        if (this.options.transport === "auto" && !this._everOpened && failures >= this.options.sseFailures) {
+          return finish(true);
+        }
+        const delay = answer && answer.delay !== null ? answer.delay : null;
+        await this._wait(delay !== null ? delay : backoff(failures, 1000), session, delay !== null);
+        if (!finished) open();
+      };
       const open = () => {
-        if (this.closed) return finish(false);
-        const url = new URL(this.options.sse, location.href);
-        for (const t of this.topics) url.searchParams.append("topic", t);
-        if (this.cursor) url.searchParams.set("lastEventId", this.cursor);
-        source = new EventSource(url);
+        if (this.closed || session.signal.aborted) return finish(false);
+        source = new EventSource(url());
         let delivered = false;
         // A stream that never opens, or opens and never delivers, is as good as none.
         if (!this._everOpened && this.options.transport === "auto") {
@@ -335,12 +548,11 @@ export class Feed extends EventTarget {
           if (!delivered) failures += 1;
           delivered = false;
           this._setState("unavailable", "sse");
-          if (this.options.transport === "auto" && failures >= this.options.sseFailures && !this._everOpened) {
-            return finish(true);
-          }
           if (source.readyState === EventSource.CLOSED) {
-            // Refused (an HTTP error) or closed for good: reopen by hand, with backoff.
-            setTimeout(open, jitter(Math.min(30000, 1000 * 2 ** Math.min(failures, 5))));
+            source.close();
+            closed();
+          } else if (this.options.transport === "auto" && failures >= this.options.sseFailures && !this._everOpened) {
+            finish(true);
           }
           // Otherwise the browser reconnects by itself, sending Last-Event-ID.
         };
@@ -351,7 +563,10 @@ export class Feed extends EventTarget {
           // The stream starts where our cursor was, or where the log ends if we had none. Never
           // step back: a catch-up may have taken us further already.
           const mine = this.positions, theirs = decodeCursor(e.lastEventId);
-          if (!mine || !theirs || mine.epoch !== theirs.epoch) this._setCursor(e.lastEventId);
+          if (!mine || !theirs || mine.epoch !== theirs.epoch) {
+            this._setCursor(e.lastEventId);
+            this._broadcast({ kind: "position", cursor: this.cursor });
+          }
         });
         source.addEventListener("tidings.gap", (e) => {
           if (!fromServer(e)) return;
@@ -370,63 +585,65 @@ export class Feed extends EventTarget {
     });
   }
 
-  /** One poll; delivers what it brings. Returns the batch, or null on a network error. */
-  async _pollOnce(timeout) {
+  /** One poll; delivers what it brings. Returns the batch; throws {status, delay, message}. */
+  async _pollOnce(timeout, session) {
     const url = new URL(this.options.poll, location.href);
     for (const t of this.topics) url.searchParams.append("topic", t);
     if (this.cursor) url.searchParams.set("cursor", this.cursor);
     url.searchParams.set("timeout", String(timeout));
     let response;
     try {
-      response = await fetch(url, { cache: "no-store", credentials: "same-origin" });
+      response = await fetch(url, { cache: "no-store", credentials: "same-origin", signal: session.signal });
     } catch {
       return null;
     }
-    const body = await response.json().catch(() => ({}));
-    if (response.status !== 200) {
-      const error = new Error(body.error || "HTTP " + response.status);
+    const text = await response.text().catch(() => "");
+    let body = null;
+    try { body = JSON.parse(text); } catch { /* a proxy's page */ }
+    if (response.status !== 200 || !body || !Array.isArray(body.events)) {
+      const error = new Error((body && body.error) || "HTTP " + response.status);
       error.status = response.status;
-      error.retryMs = body.retry_ms;
+      error.delay = retryDelay(response.headers, body);
       throw error;
     }
+    if (session.signal.aborted) return null;
     if (body.gap) this._deliver("gap", { id: body.gap.id, topics: body.gap.topics });
     for (const e of body.events) {
       this._deliver("event", { id: e.id, topic: e.topic, type: e.event || "message", data: e.data });
     }
     this._setCursor(body.cursor);
-    if (body.retry_ms) await sleep(body.retry_ms);
+    if (Number.isFinite(body.retry_ms)) await this._wait(body.retry_ms, session, true);
     return body;
   }
 
-  /** Polls until closed or refused ("stopped"), or until `until` ms have passed ("upgrade"). */
-  async _runPoll(until) {
+  /** Polls until stopped or refused ("stopped"), or until `until` ms have passed ("upgrade"). */
+  async _runPoll(until, session) {
     let failures = 0;
     const started = Date.now();
-    while (!this.closed) {
+    while (!this.closed && !session.signal.aborted) {
       if (Date.now() - started >= until) return "upgrade";
+      let delay = null;
       try {
         // A poll never outlasts the moment the stream is due to be tried again.
         const remaining = Math.ceil((until - (Date.now() - started)) / 1000);
         const wait = this.cursor ? Math.max(0, Math.min(this.options.pollTimeout, remaining)) : 0;
-        const batch = await this._pollOnce(wait);
+        const batch = await this._pollOnce(wait, session);
         if (batch) {
           failures = 0;
           this._setState("open", "poll");
           continue;
         }
       } catch (error) {
-        if (error.status === 503) {
-          this._setState("unavailable", "poll");
-          await sleep(error.retryMs || jitter(2000));
-          continue;
+        if (classifyStatus(error.status) === "refused") {
+          this._refused({ status: error.status, message: error.message });
+          return "stopped";
         }
-        this._setState("unavailable", "poll");
-        this._emit("error", { status: error.status, message: error.message });
-        return "stopped";
+        delay = error.delay;
       }
+      if (session.signal.aborted) break;
       failures += 1;
       this._setState("unavailable", "poll");
-      await sleep(jitter(Math.min(30000, 500 * 2 ** Math.min(failures, 6))));
+      await this._wait(delay !== null ? delay : backoff(failures, 500), session, delay !== null);
     }
     return "stopped";
   }
