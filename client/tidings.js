@@ -9,7 +9,12 @@
 //
 // Events: "event" {id, topic, type, data}; "gap" {id, topics}; "state" {state, transport,
 // leader} where state is "connecting", "open" or "unavailable"; "error" {status, message}
-// when the server refuses the subscription (400/401/403), after which the client stops.
+// when the server (or a proxy) refuses the subscription (400/401/403), after which the client
+// stops. Every other failure is retried, on both transports alike (classifyStatus).
+//
+// Tabs that ask for the same thing share one connection: one leads (a Web Lock), the others
+// follow its broadcasts. Every tab has a position from the moment it joins; a leader whose page
+// stops running (back/forward cache, frozen) hands over at once and rejoins when it runs again.
 //
 // Reserved event types: an EventSource dispatches its connection's own events as `open` and
 // `error`, in the same namespace as the events the server sends, and tidings sends its own as
@@ -254,6 +259,18 @@ export class Feed extends EventTarget {
     this._broadcast({ kind, detail });
   }
 
+  /** Whether the app asked for events of `type` (null: untyped, which arrive as "message"). */
+  _wants(type) {
+    return !type || type === "message" || this.options.eventTypes.includes(type);
+  }
+
+  /** Moves past an event the app did not ask for (and, as leader, the other tabs too). */
+  _skip(token) {
+    if (!token || !this._classify(token).fresh) return;
+    this._setCursor(token);
+    this._broadcast({ kind: "skip", cursor: token });
+  }
+
   /** Takes `token` as this tab's position if it has none yet (a tab joining without a cursor). */
   _adopt(token) {
     if (!this.cursor && token) this._setCursor(token);
@@ -330,7 +347,8 @@ export class Feed extends EventTarget {
       return this._alone(session);
     }
     session.stops.push(() => session.channel.close());
-    session.held = [];
+    session.held = []; // messages wait here while we catch up, then are taken in order
+    session.catching = Promise.resolve();
     session.channel.onmessage = (m) => this._onMessage(session, m.data);
     session.channel.postMessage({ kind: "hello" });
     const fallBack = (error) => {
@@ -348,13 +366,13 @@ export class Feed extends EventTarget {
     locks.request(this.shareName, { ifAvailable: true }, (lock) => {
       if (lock) {
         session.held = null; // nobody leads but us: nothing to wait for
-        session.joined = Promise.resolve();
         return this._lead(session);
       }
-      // A tab that may become the leader at any moment must know its position from the start:
-      // with no cursor of its own it takes the log's end now (or the leader's position, if that
-      // comes first), so that a handoff is exact whatever the timing.
-      session.joined = this._position(session);
+      // A follower with a cursor catches up from it; one without takes the leader's position
+      // (the leader's answer to our hello, or its first broadcast), so that it has a position
+      // from the moment it joins and a handoff to it is exact whatever the timing.
+      if (this.cursor) this._catchUp(session);
+      else this._release(session);
       locks.request(this.shareName, { signal: session.signal }, () => this._lead(session)).catch(fallBack);
       return undefined;
     }).catch(fallBack);
@@ -380,11 +398,13 @@ export class Feed extends EventTarget {
   /** Holds the lock (and the connection) until the session ends. */
   async _lead(session) {
     if (session.signal.aborted) return;
-    await session.joined; // a follower's position first (and what it was sent meanwhile)
+    await session.catching; // a follower's catch-up first (and what it was sent meanwhile)
     if (session.signal.aborted || this.closed) return;
     this.leader = true;
     this._setState("connecting", null);
-    this._broadcast({ kind: "state", detail: { state: this.state, transport: this.transport, leader: true }, cursor: this.cursor });
+    // Where we take over from. A follower that is behind it (we caught up further than the
+    // last leader had sent) fills the difference itself: nobody is left behind by a handoff.
+    this._broadcast({ kind: "lead", detail: { state: this.state, transport: this.transport, leader: true }, cursor: this.cursor });
     const ended = new Promise((resolve) => session.signal.addEventListener("abort", resolve));
     await Promise.race([this._run(session), ended]);
   }
@@ -400,18 +420,21 @@ export class Feed extends EventTarget {
     }
     if (message.kind === "hello") return;
     if (session.held) session.held.push(message); // in order, after our catch-up
-    else this._follow(message);
+    else this._follow(session, message);
   }
 
-  _follow(message) {
+  _follow(session, message) {
     if (this.leader || this.closed) return;
-    if (message.kind === "state") {
+    if (message.kind === "state" || message.kind === "lead") {
       this._adopt(message.cursor);
       this.state = message.detail.state;
       this.transport = message.detail.transport;
       this._emit("state", { ...message.detail, leader: false });
+      if (message.kind === "lead" && this._behind(message.cursor)) this._catchUp(session);
     } else if (message.kind === "position") {
       this._adopt(message.cursor);
+    } else if (message.kind === "skip") {
+      this._skip(message.cursor);
     } else if (message.kind === "event") {
       this._deliver("event", message.detail);
     } else if (message.kind === "gap") {
@@ -422,40 +445,50 @@ export class Feed extends EventTarget {
     }
   }
 
+  /** Whether `token` stands past our cursor on some topic (or in another epoch of the log). */
+  _behind(token) {
+    const theirs = token && decodeCursor(token);
+    const mine = this.positions;
+    if (!theirs || !mine) return false;
+    if (theirs.epoch !== mine.epoch) return true;
+    for (const [key, seq] of theirs.positions) {
+      const before = mine.positions.get(key);
+      if (before === undefined || before < seq) return true;
+    }
+    return false;
+  }
+
   /**
-   * A follower's start: with a cursor, catch up with immediate polls; without one, take the
-   * end of the log as its position. Then deliver, in order, what the leader sent meanwhile.
+   * A follower catches up from its own cursor with immediate polls, holding what the leader
+   * sends meanwhile; then it takes those messages in order (what it has already is dropped).
    */
-  async _position(session) {
-    try {
-      if (!this.cursor) {
-        const end = await this._endOfLog(session);
-        // What the leader sent while we asked came first: it is queued before this.
-        if (end) session.held.push({ kind: "position", cursor: end });
-      } else {
-        for (let round = 0; round < 100 && !session.signal.aborted; round++) {
+  _catchUp(session) {
+    if (session.catchingUp) return session.catching; // already: the messages wait for it
+    session.catchingUp = true;
+    if (!session.held) session.held = [];
+    session.catching = (async () => {
+      try {
+        for (let round = 0; round < 100 && !session.signal.aborted && !this.leader; round++) {
           const batch = await this._pollOnce(0, session);
           if (!batch || (!batch.events.length && !batch.gap)) break;
         }
-      }
-    } catch { /* the leader's broadcasts will do; a refusal comes from the leader too */ }
-    const held = session.held;
-    session.held = null;
-    for (const m of held || []) this._follow(m);
+      } catch { /* the leader's broadcasts will do; a refusal comes from the leader too */ }
+      session.catchingUp = false;
+      this._release(session);
+    })();
+    return session.catching;
   }
 
-  /** The cursor of the log's current end, from an immediate poll without a cursor (or null). */
-  async _endOfLog(session) {
-    const url = new URL(this.options.poll, location.href);
-    for (const t of this.topics) url.searchParams.append("topic", t);
-    url.searchParams.set("timeout", "0");
-    try {
-      const response = await fetch(url, { cache: "no-store", credentials: "same-origin", signal: session.signal });
-      if (response.status !== 200) return null;
-      const body = await response.json();
-      return typeof body.cursor === "string" ? body.cursor : null;
-    } catch {
-      return null;
+  /** Takes the messages held meanwhile, in order. */
+  _release(session) {
+    const held = session.held || [];
+    session.held = null;
+    for (let i = 0; i < held.length; i++) {
+      this._follow(session, held[i]);
+      if (session.catchingUp) { // that message started another catch-up: the rest waits for it
+        session.held.push(...held.slice(i + 1));
+        return;
+      }
     }
   }
 
@@ -493,6 +526,9 @@ export class Feed extends EventTarget {
       const url = () => {
         const u = new URL(this.options.sse, location.href);
         for (const t of this.topics) u.searchParams.append("topic", t);
+        // The types we listen for: the server sends the others as `tidings.skip` (their
+        // position, no data), so every position is seen and each event's topic is certain.
+        for (const t of new Set(["message", ...this.options.eventTypes])) u.searchParams.append("listen", t);
         if (this.cursor) u.searchParams.set("lastEventId", this.cursor);
         return u;
       };
@@ -568,6 +604,11 @@ export class Feed extends EventTarget {
             this._broadcast({ kind: "position", cursor: this.cursor });
           }
         });
+        source.addEventListener("tidings.skip", (e) => {
+          if (!fromServer(e)) return;
+          delivering();
+          this._skip(e.lastEventId);
+        });
         source.addEventListener("tidings.gap", (e) => {
           if (!fromServer(e)) return;
           this._everOpened = true;
@@ -609,6 +650,9 @@ export class Feed extends EventTarget {
     if (session.signal.aborted) return null;
     if (body.gap) this._deliver("gap", { id: body.gap.id, topics: body.gap.topics });
     for (const e of body.events) {
+      // The same events whatever carries them: an EventSource hands over only the types it
+      // listens for, so polls deliver those too (the cursor still moves past the others).
+      if (!this._wants(e.event)) continue;
       this._deliver("event", { id: e.id, topic: e.topic, type: e.event || "message", data: e.data });
     }
     this._setCursor(body.cursor);

@@ -240,6 +240,41 @@ test("the client names each event's topic, over both transports", () => withDemo
   }
 }));
 
+// Found by the tab-sharing soak: on a stream of several topics, events of a type the page does
+// not listen for move the other topic's position unseen, and the next event was named after
+// the wrong topic. With `listen`, the server sends those as `tidings.skip`: every position is
+// seen. The same events arrive over long-polling (which filters the types itself).
+test("an event's topic is right after events of types the page does not listen for", () => withDemo(async (demo) => {
+  const typed = (data, topic, event) => fetch(demo.url + "/publish", {
+    method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ topic, data, event }),
+  }).then((r) => assert.equal(r.status, 201));
+  for (const transport of ["sse", "poll"]) {
+    const page = await browser.newPage();
+    await page.goto(demo.url + "/stats");
+    await page.evaluate(async (via) => {
+      const { connect } = await import("/tidings.js");
+      window.received = [];
+      const feed = connect({ topics: ["left", "right"], eventTypes: ["kept"], transport: via, share: false, storageKey: "s-" + via });
+      feed.addEventListener("event", (e) => window.received.push([e.detail.topic, e.detail.type, e.detail.data]));
+      await new Promise((resolve) => feed.addEventListener("state", (e) => e.detail.state === "open" && resolve()));
+    }, transport);
+    // Each wanted event follows an unwanted one on the other topic, in both directions.
+    await typed("unwanted right 1", "right", "other");
+    await typed("left 1", "left");
+    await typed("unwanted left 1", "left", "other");
+    await typed("right 1", "right", "kept");
+    await typed("unwanted right 2", "right", "other");
+    await typed("left 2", "left", "kept");
+    await typed("end", "right");
+    await page.waitForFunction(() => window.received.some(([, , data]) => data === "end"), null, { timeout: 20000 });
+    const received = await page.evaluate(() => window.received);
+    assert.deepEqual(received.sort(), [
+      ["left", "kept", "left 2"], ["left", "message", "left 1"], ["right", "kept", "right 1"], ["right", "message", "end"],
+    ].sort(), transport);
+    await page.close();
+  }
+}));
+
 test("after a fallback, the client returns to Server-Sent Events once the stream gets through", () => withDemo(async (demo) => {
   const proxy = await bufferingProxy(demo.port);
   const page = await browser.newPage();

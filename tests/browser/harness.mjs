@@ -18,10 +18,10 @@ export function freshStore() {
   return "sqlite:" + path.join(dir, "events.db");
 }
 
-/** Starts the demo on `port` (0: any free port) with `store`. Resolves once it listens. */
-export function startDemo(port = 0, store = freshStore(), env = {}) {
+/** Starts the demo on `port` (0: any free port) with `store` (and `args`). Resolves once it listens. */
+export function startDemo(port = 0, store = freshStore(), env = {}, args = []) {
   return new Promise((resolve, reject) => {
-    const child = spawn(demoBinary, ["--store", store], {
+    const child = spawn(demoBinary, ["--store", store, ...args], {
       env: { ...process.env, ...env, PORT: String(port) },
       stdio: ["ignore", "pipe", "pipe"],
     });

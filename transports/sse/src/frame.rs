@@ -105,6 +105,10 @@ pub(crate) fn preamble(retry_ms: u128, cursor: Option<&Cursor>) -> Bytes {
     Bytes::from(out)
 }
 
+/// The head of the frame that stands for an event of a type the client does not listen for:
+/// `event: tidings.skip`, no data, then the event's `id:` (see `listen` in `docs/protocol.md`).
+pub(crate) const SKIP: &[u8] = b"event: tidings.skip\ndata: \n";
+
 /// A comment that keeps proxies from closing an idle stream.
 pub(crate) const HEARTBEAT: &[u8] = b":\n\n";
 

@@ -23,6 +23,15 @@
 //! comments on idle streams, and gap notices as events named `tidings.gap` whose data is
 //! `{"topics": [...]}`.
 //!
+//! # Event types a client does not listen for
+//!
+//! An EventSource hands over only the named events it listens for; the others pass unseen, yet
+//! their `id:` moves its cursor. A client may say which types it listens for with `listen=TYPE`
+//! (repeatable): events of any other type then go out as `event: tidings.skip` with empty data
+//! and the event's `id:`, so that the client sees every position (which topic each event it
+//! keeps belongs to stays unambiguous on a stream of several topics) without the payloads it
+//! would drop. Untyped events always go out whole. Without `listen`, every event goes out whole.
+//!
 //! # Errors
 //!
 //! Before any byte of stream: an invalid topic or no topic is a `400`, a refusal by the
@@ -45,8 +54,8 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, StatusCode, header};
 use std::sync::Arc;
 
-use tidings_core::{Delivery, Hub, SharedEvent, Subscription, Topic};
-use tidings_http::SubscribeParams;
+use tidings_core::{Delivery, EventType, Hub, SharedEvent, Subscription, Topic};
+use tidings_http::{HttpError, SubscribeParams};
 use tokio::time::Instant;
 use tower_http::cors::CorsLayer;
 
@@ -129,16 +138,20 @@ impl Sse {
             Ok(params) => params,
             Err(err) => return err.into_response(),
         };
+        let listen = match listened_types(&params.query) {
+            Ok(listen) => listen,
+            Err(err) => return err.into_response(),
+        };
         match tidings_http::subscribe(&self.hub, &parts, &params, &self.default_topics, TRANSPORT).await {
-            Ok(subscription) => self.stream(subscription),
+            Ok(subscription) => self.stream(subscription, listen),
             Err(err) => err.into_response(),
         }
     }
 
-    fn stream(&self, subscription: Subscription) -> Response {
+    fn stream(&self, subscription: Subscription, listen: Option<Box<[EventType]>>) -> Response {
         let start = (!subscription.starts_with_gap()).then(|| subscription.cursor());
         let preamble = frame::preamble(self.retry.as_millis(), start.as_ref());
-        let state = StreamState::new(subscription, self.heartbeat, preamble);
+        let state = StreamState::new(subscription, self.heartbeat, preamble, listen);
         let body = Body::from_stream(futures_util::stream::unfold(state, StreamState::step));
         let mut response = (StatusCode::OK, body).into_response();
         let headers = response.headers_mut();
@@ -147,6 +160,26 @@ impl Sse {
         headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
         response
     }
+}
+
+/// The most `listen` parameters one request may carry.
+pub const MAX_LISTEN_TYPES: usize = 64;
+
+/// The event types a request says its EventSource listens for (`listen`, repeatable), or `None`
+/// when it names none. A `400` for an invalid type or more than [`MAX_LISTEN_TYPES`].
+fn listened_types(query: &[(String, String)]) -> Result<Option<Box<[EventType]>>, HttpError> {
+    let mut listen = Vec::new();
+    for (_, value) in query.iter().filter(|(k, _)| k == "listen") {
+        let kind = EventType::parse(value)
+            .map_err(|e| HttpError::bad_request(format!("invalid listen type {:?}: {e}", value.chars().take(64).collect::<String>())))?;
+        if !listen.contains(&kind) {
+            listen.push(kind);
+        }
+        if listen.len() > MAX_LISTEN_TYPES {
+            return Err(HttpError::bad_request(format!("more than {MAX_LISTEN_TYPES} listen types")));
+        }
+    }
+    Ok((!listen.is_empty()).then(|| listen.into_boxed_slice()))
 }
 
 /// Frames smaller than this are copied into the chunk being gathered; larger ones go out as
@@ -178,10 +211,13 @@ struct StreamState {
     interval: Duration,
     last_write: Instant,
     done: bool,
+    /// The typed events the client listens for (`listen`), when it said: any other typed event
+    /// goes out as a `tidings.skip` frame (its cursor, no data).
+    listen: Option<Box<[EventType]>>,
 }
 
 impl StreamState {
-    fn new(subscription: Subscription, interval: Duration, preamble: Bytes) -> StreamState {
+    fn new(subscription: Subscription, interval: Duration, preamble: Bytes, listen: Option<Box<[EventType]>>) -> StreamState {
         let now = Instant::now();
         StreamState {
             subscription,
@@ -193,6 +229,7 @@ impl StreamState {
             interval,
             last_write: now,
             done: false,
+            listen,
         }
     }
 
@@ -305,8 +342,23 @@ impl StreamState {
         }
     }
 
+    /// Whether `event` is of a type the client does not listen for.
+    fn skips(&self, event: &SharedEvent) -> bool {
+        match (&self.listen, &event.event().event_type) {
+            (Some(listen), Some(kind)) => !listen.contains(kind),
+            _ => false,
+        }
+    }
+
     fn push(&mut self, delivery: Delivery) {
         match delivery {
+            Delivery::Event(event) if self.skips(&event) => {
+                let cursor = self.subscription.cursor();
+                self.gather(frame::SKIP.len() + frame::FRAME_END_ROOM, |out| {
+                    out.extend_from_slice(frame::SKIP);
+                    frame::put_frame_end(out, &cursor);
+                });
+            }
             Delivery::Event(event) => {
                 if self.subscription.stands_just_after(event.event()) {
                     // One topic: the id line is the event's own cursor, the same for every

@@ -157,6 +157,49 @@ async fn wire_bytes_are_exact() {
     );
 }
 
+/// `listen`: a typed event the client does not listen for goes out as `tidings.skip` with its
+/// cursor and no data; untyped and listened events go out whole; without `listen`, all whole.
+#[tokio::test]
+async fn unlistened_types_go_out_as_skip_frames_with_their_cursor() {
+    let hub = Hub::new(MemoryStore::new());
+    let router = Sse::new(hub.clone()).into_router();
+    let mut listening = open_body(&router, "/?topic=a&topic=b&listen=kept&listen=kept", None).await;
+    let mut everything = open_body(&router, "/?topic=a&topic=b", None).await;
+    chunk(&mut listening).await;
+    chunk(&mut everything).await;
+    let mut cursor = Cursor::new(hub.store().bounds(&topic("a")).await.unwrap().epoch);
+    cursor.set(&topic("a"), 0);
+    cursor.set(&topic("b"), 0);
+    let sent = [("a", Some("kept"), "one"), ("b", Some("dropped"), "two"), ("a", None, "three")];
+    let mut want_listening = String::new();
+    let mut want_everything = String::new();
+    for (t, kind, data) in sent {
+        let mut event = NewEvent::new(topic(t), data);
+        if let Some(kind) = kind {
+            event = event.with_type(EventType::new(kind));
+        }
+        let published = hub.publish(event).await.unwrap();
+        cursor.set(&topic(t), published.seq);
+        let head = kind.map(|k| format!("event: {k}\n")).unwrap_or_default();
+        want_everything.push_str(&format!("{head}data: {data}\nid: {cursor}\n\n"));
+        if kind == Some("dropped") {
+            want_listening.push_str(&format!("event: tidings.skip\ndata: \nid: {cursor}\n\n"));
+        } else {
+            want_listening.push_str(&format!("{head}data: {data}\nid: {cursor}\n\n"));
+        }
+    }
+    for (body, want) in [(&mut listening, want_listening), (&mut everything, want_everything)] {
+        let mut got = String::new();
+        while got.len() < want.len() {
+            got.push_str(std::str::from_utf8(&chunk(body).await).unwrap());
+        }
+        assert_eq!(got, want);
+    }
+    // A listen type that is not a valid event type is a 400.
+    let response = router.clone().oneshot(Request::get("/?topic=a&listen=a%0Ab").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(response.status(), 400);
+}
+
 #[tokio::test]
 async fn every_subscriber_gets_the_same_frame_bytes() {
     let hub = Hub::new(MemoryStore::new());
