@@ -234,3 +234,39 @@ async fn an_empty_last_event_id_keeps_the_query_cursor() {
         assert_eq!((gap, data), (None, vec!["e2".to_owned(), "e3".to_owned()]), "{header:?}");
     }
 }
+
+/// Found by the fresh-user review: the other transport's parameter name, and a cursor
+/// parameter that is not UTF-8. Neither may start the subscription at the end in silence, and
+/// neither is an error: the first is understood, the second is a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_other_transports_parameter_and_unreadable_query_cursors() {
+    let demo = start("T").await;
+    let c1 = &demo.cursors[0];
+    let url = format!("{}/poll?topic=T&lastEventId={c1}&timeout=0", demo.base);
+    let json: serde_json::Value = serde_json::from_str(&demo.http.get(url).send().await.unwrap().text().await.unwrap()).unwrap();
+    let data: Vec<&str> = json["events"].as_array().unwrap().iter().map(|e| e["data"].as_str().unwrap()).collect();
+    assert_eq!(data, ["e2", "e3"], "long-polling reads SSE's lastEventId: {json}");
+    for param in ["cursor", "lastEventId"] {
+        let url = format!("{}/poll?topic=T&{param}=%FF%FE&timeout=0", demo.base);
+        let response = demo.http.get(url).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{param}");
+        let json: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+        assert_eq!(json["gap"]["topics"], serde_json::json!(["T"]), "{param}: {json}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_reads_long_pollings_cursor_parameter_too() {
+    let demo = start("T").await;
+    let url = format!("{}/events?topic=T&cursor={}", demo.base, demo.cursors[0]);
+    let mut body = demo.http.get(url).send().await.unwrap().bytes_stream();
+    let mut text = String::new();
+    demo.hub.publish(NewEvent::new(Topic::new("T"), "end")).await.unwrap();
+    while !text.contains("data: end") {
+        let chunk = tokio::time::timeout(Duration::from_secs(30), body.next()).await.expect("a frame");
+        text.push_str(std::str::from_utf8(&chunk.unwrap().unwrap()).unwrap());
+    }
+    let data: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data: ")).filter(|d| !d.is_empty()).collect();
+    assert_eq!(data, ["e2", "e3", "end"], "{text}");
+    assert!(text.contains("event: tidings.open"), "{text}");
+}

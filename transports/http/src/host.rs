@@ -61,21 +61,60 @@ pub(crate) fn check_host<'a>(
     if valid_host(value) { Ok(()) } else { Err(HostError::Invalid) }
 }
 
-/// `uri-host [ ":" port ]`, or empty.
+/// `uri-host [ ":" port ]` (RFC 3986 §3.2.2, §3.2.3), or empty. Written out rather than
+/// borrowed from `http::uri::Authority`, which accepts `[zz]` and `[::1]junk` and refuses the
+/// percent-encoded names the grammar allows.
 fn valid_host(value: &[u8]) -> bool {
-    if value.is_empty() {
-        return true;
-    }
-    // http's authority parser knows IP literals, registered names and their characters; a Host
-    // has no user information, and its port is digits only (possibly none).
-    if value.contains(&b'@') || http::uri::Authority::try_from(value).is_err() {
-        return false;
-    }
-    let port = match value.iter().rposition(|&b| b == b':' || b == b']') {
-        Some(i) if value[i] == b':' => &value[i + 1..],
-        _ => &[][..],
+    let (host_ok, port) = if let Some(rest) = value.strip_prefix(b"[") {
+        // IP-literal = "[" ( IPv6address / IPvFuture ) "]"
+        let Some(end) = rest.iter().position(|&b| b == b']') else { return false };
+        let literal = &rest[..end];
+        let ok = std::str::from_utf8(literal).is_ok_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok()) || ip_future(literal);
+        match &rest[end + 1..] {
+            [] => (ok, &[][..]),
+            [b':', port @ ..] => (ok, port),
+            _ => return false,
+        }
+    } else {
+        // reg-name (an IPv4 address is one too) has no colon: the first one starts the port.
+        match value.iter().position(|&b| b == b':') {
+            Some(i) => (reg_name(&value[..i]), &value[i + 1..]),
+            None => (reg_name(value), &[][..]),
+        }
     };
-    port.iter().all(u8::is_ascii_digit)
+    host_ok && port.iter().all(u8::is_ascii_digit)
+}
+
+/// `reg-name = *( unreserved / pct-encoded / sub-delims )`
+fn reg_name(name: &[u8]) -> bool {
+    let mut i = 0;
+    while i < name.len() {
+        match name[i] {
+            b'%' if name.len() > i + 2 && name[i + 1].is_ascii_hexdigit() && name[i + 2].is_ascii_hexdigit() => i += 3,
+            b if unreserved(b) || sub_delim(b) => i += 1,
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// `IPvFuture = "v" 1*HEXDIG "." 1*( unreserved / sub-delims / ":" )`
+fn ip_future(literal: &[u8]) -> bool {
+    let Some(rest) = literal.strip_prefix(b"v").or_else(|| literal.strip_prefix(b"V")) else { return false };
+    let Some(dot) = rest.iter().position(|&b| b == b'.') else { return false };
+    let (version, tail) = (&rest[..dot], &rest[dot + 1..]);
+    !version.is_empty()
+        && version.iter().all(u8::is_ascii_hexdigit)
+        && !tail.is_empty()
+        && tail.iter().all(|&b| unreserved(b) || sub_delim(b) || b == b':')
+}
+
+fn unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn sub_delim(b: u8) -> bool {
+    matches!(b, b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=')
 }
 
 #[cfg(test)]
@@ -90,10 +129,10 @@ mod tests {
     fn http11_needs_exactly_one_valid_host() {
         assert_eq!(check(true, &[]), Err(HostError::Missing));
         assert_eq!(check(true, &["a", "a"]), Err(HostError::Repeated));
-        for valid in ["", "example.com", "example.com:8080", "localhost:", "127.0.0.1", "[::1]", "[::1]:8888", "xn--bcher-kva.example", "a_b~c!$&'()*+,;=.d"] {
+        for valid in ["", "example.com", "example.com:8080", "localhost:", "127.0.0.1", "[::1]", "[::1]:8888", "[v1.fe80::a+en1]", "xn--bcher-kva.example", "a_b~c!$&'()*+,;=.d", "a%20b"] {
             assert_eq!(check(true, &[valid]), Ok(()), "{valid:?}");
         }
-        for invalid in ["a b", "user@example.com", "example.com/path", "example.com:80a", "[::1", "::1", "a:1:2", "ex\"ample", "a?b", "a#b"] {
+        for invalid in ["a b", "user@example.com", "example.com/path", "example.com:80a", "[::1", "::1", "a:1:2", "ex\"ample", "a?b", "a#b", "[zz]", "[]", "[::1]junk", "[g::1]", "[1.2.3.4]", "[:::::]", "a%2", "a%zz", "a:+80", "[v.x]", "[v1.]"] {
             assert_eq!(check(true, &[invalid]), Err(HostError::Invalid), "{invalid:?}");
         }
     }

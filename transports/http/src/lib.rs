@@ -295,11 +295,17 @@ impl SubscribeParams {
 /// malformed cursor.
 pub const UNKNOWN_CURSOR: &str = "~unknown";
 
+/// The query parameters that carry a cursor: `lastEventId` (SSE's, as EventSource polyfills
+/// send it) and `cursor` (long-polling's).
+pub const CURSOR_PARAMS: [&str; 2] = ["lastEventId", "cursor"];
+
 /// The one rule for a request's cursor, for every transport (`docs/protocol.md`, "Choosing the
 /// cursor"):
 ///
 /// 1. The places are, in this order: the `Last-Event-ID` header, then the query parameter
-///    `param` (`lastEventId` for SSE, `cursor` for long-polling).
+///    `param` (the transport's own: `lastEventId` for SSE, `cursor` for long-polling), then the
+///    other one of [`CURSOR_PARAMS`] (a client that names the other transport's parameter is
+///    understood, rather than started at the end of the log in silence).
 /// 2. A place that carries no cursor counts as absent: not there, or empty once spaces and tabs
 ///    around it are removed (an EventSource sends an empty `Last-Event-ID` when the last `id:`
 ///    it saw was empty; a form may send `lastEventId=`).
@@ -328,8 +334,10 @@ pub const UNKNOWN_CURSOR: &str = "~unknown";
 /// assert_eq!(choose_cursor(&headers, &query, "lastEventId").as_deref(), Some(UNKNOWN_CURSOR));
 /// ```
 pub fn choose_cursor(headers: &HeaderMap, query: &[(String, String)], param: &str) -> Option<String> {
-    let header = one_place(headers.get_all(LAST_EVENT_ID).iter().map(|v| v.to_str().ok()));
-    header.or_else(|| one_place(query.iter().filter(|(k, _)| k == param).map(|(_, v)| Some(v.as_str()))))
+    let in_query = |name: &str| one_place(query.iter().filter(|(k, _)| k == name).map(|(_, v)| Some(v.as_str())));
+    one_place(headers.get_all(LAST_EVENT_ID).iter().map(|v| v.to_str().ok()))
+        .or_else(|| in_query(param))
+        .or_else(|| CURSOR_PARAMS.iter().filter(|&&other| other != param).find_map(|other| in_query(other)))
 }
 
 /// The cursor a place's value carries, by rule 2 of [`choose_cursor`]: the value without the
@@ -393,6 +401,8 @@ where
 
 /// Decodes `application/x-www-form-urlencoded` pairs, refusing (rather than mangling) any that
 /// is not valid UTF-8 once decoded.
+/// A cursor parameter's value that is not UTF-8 is kept as [`UNKNOWN_CURSOR`]: a cursor is never
+/// an error, whichever place carries it.
 fn parse_query(raw: &str) -> Result<Vec<(String, String)>, HttpError> {
     let decode = |part: &str| {
         let spaced = part.replace('+', " ");
@@ -404,7 +414,12 @@ fn parse_query(raw: &str) -> Result<Vec<(String, String)>, HttpError> {
         .filter(|pair| !pair.is_empty())
         .map(|pair| {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            Ok((decode(key)?, decode(value)?))
+            let key = decode(key)?;
+            let value = match decode(value) {
+                Err(_) if CURSOR_PARAMS.contains(&key.as_str()) => UNKNOWN_CURSOR.to_owned(),
+                value => value?,
+            };
+            Ok((key, value))
         })
         .collect()
 }
@@ -562,9 +577,19 @@ mod tests {
         assert_eq!(p.cursor, None);
         let p = SubscribeParams::from_parts(&parts("/?topic=a&cursor=%20q%09", None), "cursor").unwrap();
         assert_eq!(p.cursor.as_deref(), Some("q"));
-        // Another transport's parameter is not a place for this one.
+        // The other transport's parameter is a place too, after the transport's own.
         let p = SubscribeParams::from_parts(&parts("/?topic=a&lastEventId=q", None), "cursor").unwrap();
-        assert_eq!(p.cursor, None);
+        assert_eq!(p.cursor.as_deref(), Some("q"));
+        let p = SubscribeParams::from_parts(&parts("/?topic=a&lastEventId=q&cursor=c", None), "cursor").unwrap();
+        assert_eq!(p.cursor.as_deref(), Some("c"));
+        let p = SubscribeParams::from_parts(&parts("/?topic=a&lastEventId=q&cursor=c", None), "lastEventId").unwrap();
+        assert_eq!(p.cursor.as_deref(), Some("q"));
+        // Not UTF-8 in a cursor parameter: unknown (a gap), not a 400; elsewhere still a 400.
+        let p = SubscribeParams::from_parts(&parts("/?topic=a&cursor=%FF", None), "cursor").unwrap();
+        assert_eq!(p.cursor.as_deref(), Some(UNKNOWN_CURSOR));
+        let p = SubscribeParams::from_parts(&parts("/?topic=a&lastEventId=%FF&cursor=c", None), "lastEventId").unwrap();
+        assert_eq!(p.cursor.as_deref(), Some(UNKNOWN_CURSOR));
+        assert!(SubscribeParams::from_parts(&parts("/?topic=a&x=%FF", None), "cursor").is_err());
     }
 
     #[test]
