@@ -85,7 +85,7 @@ pub(crate) fn app_with_secret(secret: Arc<[u8]>) -> (Router, Hub, Arc<Presence>)
 
 /// The `authorized` example: private topics behind JWTs, and presence counts.
 #[derive(Debug, clap::Parser)]
-#[command(about, long_about = None)]
+#[command(about = "Private topics behind JWTs (POST /login), with presence counts at /presence", long_about = None)]
 struct Args {
     /// The port to listen on (127.0.0.1 only).
     #[arg(long, env = "PORT", default_value_t = 8889)]

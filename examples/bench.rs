@@ -33,17 +33,26 @@ use tidings_test_support::RedisServer;
 )]
 struct Cli {
     /// Events published (and replayed) per store
-    #[arg(long, env = "BENCH_EVENTS", default_value_t = 20_000)]
+    #[arg(long, env = "BENCH_EVENTS", default_value_t = 20_000, value_parser = at_least_one)]
     events: usize,
     /// Payload size of each event, in bytes
     #[arg(long, env = "BENCH_BYTES", default_value_t = 256)]
     bytes: usize,
     /// SSE clients in the fan-out
-    #[arg(long, env = "BENCH_CLIENTS", default_value_t = 500)]
+    #[arg(long, env = "BENCH_CLIENTS", default_value_t = 500, value_parser = at_least_one)]
     clients: usize,
     /// Events published in the fan-out
-    #[arg(long, env = "BENCH_FANOUT_EVENTS", default_value_t = 1000)]
+    #[arg(long, env = "BENCH_FANOUT_EVENTS", default_value_t = 1000, value_parser = at_least_one)]
     fanout_events: usize,
+}
+
+/// A count that must be at least one.
+fn at_least_one(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn rate(n: usize, elapsed: Duration) -> String {

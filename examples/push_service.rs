@@ -22,7 +22,7 @@ use tidings_webpush::testing::LocalPushService;
 
 /// A local Web Push service for tests and benchmarks.
 #[derive(Debug, clap::Parser)]
-#[command(about, long_about = None)]
+#[command(about = "A local Web Push service for tests and benchmarks: TLS, VAPID verified, payloads decrypted; a control API beside it", long_about = None)]
 struct Args {
     /// Where to write the service's self-signed certificate (PEM), for the sender to trust.
     #[arg(long, value_name = "PATH")]

@@ -110,34 +110,62 @@ pub(crate) struct Args {
     #[arg(long, default_value = "sqlite:./tidings-data/events.db", value_parser = parse_store)]
     store: String,
     /// Events kept per topic.
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
-    retain: usize,
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    retain: u64,
     /// No console line per client arriving and leaving (for benchmarks).
     #[arg(long)]
     quiet: bool,
     /// Connections at once; one more gets a 503 [default: 90 % of the open-file limit].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
     max_connections: Option<usize>,
     /// Connections at once from one address (IPv6: one /64); one more gets a 429.
-    #[arg(long, value_name = "N", default_value_t = 1024)]
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = at_least_one)]
     max_connections_per_ip: usize,
     /// Seconds a client has to send its request head before it is cut off.
-    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     header_timeout: u64,
     /// Push endpoints let through the endpoint policy besides public `https` ones:
     /// comma-separated `host:port`.
-    #[arg(long, env = "TIDINGS_PUSH_ALLOW_HOSTS", value_name = "HOST:PORT,...", default_value = "")]
+    #[arg(long, env = "TIDINGS_PUSH_ALLOW_HOSTS", value_name = "HOST:PORT,...", default_value = "", value_parser = parse_allow_hosts)]
     push_allow_hosts: String,
     /// A root certificate (PEM) to trust for a private push service.
-    #[arg(long, env = "TIDINGS_PUSH_CA_FILE", value_name = "PATH")]
-    push_ca_file: Option<std::path::PathBuf>,
-    /// The VAPID contact push services may write to.
-    #[arg(long, env = "TIDINGS_PUSH_CONTACT", default_value = "mailto:tidings-demo@example.com")]
+    #[arg(long, env = "TIDINGS_PUSH_CA_FILE", value_name = "PATH", value_parser = read_pem)]
+    push_ca_file: Option<String>,
+    /// The VAPID contact push services may write to (`mailto:` or `https:`).
+    #[arg(long, env = "TIDINGS_PUSH_CONTACT", default_value = "mailto:tidings-demo@example.com", value_parser = parse_contact)]
     push_contact: String,
     /// The secret that signs and checks `/login` tokens, at least 32 bytes [default: 32 random
     /// bytes per process].
     #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true, value_parser = login::parse_secret)]
     jwt_secret: Option<String>,
+}
+
+/// A count that must be at least one.
+fn at_least_one(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Checks `--push-allow-hosts` before anything starts.
+fn parse_allow_hosts(list: &str) -> Result<String, String> {
+    EndpointPolicy::from_list(list).map(|_| list.to_owned())
+}
+
+/// Checks `--push-contact` before anything starts.
+fn parse_contact(contact: &str) -> Result<String, String> {
+    tidings::webpush::Contact::parse(contact).map(|_| contact.to_owned()).map_err(|e| e.to_string())
+}
+
+/// Reads `--push-ca-file` before anything starts: a PEM file with a certificate.
+fn read_pem(path: &str) -> Result<String, String> {
+    let pem = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!("{path} holds no PEM certificate"));
+    }
+    Ok(pem)
 }
 
 /// Checks `--store` before anything starts.
@@ -178,10 +206,8 @@ async fn web_push(hub: Hub, args: &Args) -> WebPush {
     let mut builder = WebPush::builder(hub, registry, keys, &args.push_contact)
         .unwrap_or_else(|e| fail(format!("--push-contact (TIDINGS_PUSH_CONTACT): {e}")))
         .endpoint_policy(policy);
-    if let Some(path) = &args.push_ca_file {
-        let pem = std::fs::read_to_string(path)
-            .unwrap_or_else(|e| fail(format!("--push-ca-file (TIDINGS_PUSH_CA_FILE) {}: {e}", path.display())));
-        builder = builder.add_root_certificate(pem);
+    if let Some(pem) = &args.push_ca_file {
+        builder = builder.add_root_certificate(pem.clone());
     }
     builder.start().await.unwrap_or_else(|e| fail(format!("cannot start Web Push: {e}")))
 }
@@ -189,7 +215,7 @@ async fn web_push(hub: Hub, args: &Args) -> WebPush {
 /// Opens the store `--store` names; returns it with a description for the console.
 async fn store(args: &Args) -> (std::sync::Arc<dyn tidings::Store>, String) {
     let spec = &args.store;
-    let retention = Retention::default().max_events(args.retain);
+    let retention = Retention::default().max_events(usize::try_from(args.retain).unwrap_or(usize::MAX));
     if spec == "memory" {
         return (std::sync::Arc::new(MemoryStore::with_retention(retention)), "memory (lost on restart)".into());
     }

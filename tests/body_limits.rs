@@ -121,6 +121,8 @@ async fn limits_are_the_documented_ones(addr: SocketAddr, body_routes: &[(&str, 
         let answer = answer.unwrap_or_else(|| panic!("{method} {path}: no answer to a chunked body over the limit"));
         assert_eq!(status(&answer), "413", "{method} {path} chunked: {answer:.300}");
         assert!(answer.contains("application/json"), "{method} {path} chunked: {answer:.300}");
+        assert!(answer.contains(&format!("request body is over the limit of {limit} bytes")), "{method} {path} chunked: {answer:.300}");
+        assert!(answer.to_ascii_lowercase().contains("connection: close"), "{method} {path} chunked: {answer:.300}");
     }
 }
 

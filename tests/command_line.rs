@@ -80,7 +80,22 @@ fn sse_demo_help_lists_every_flag_with_its_default_and_environment_variable() {
 fn sse_demo_refuses_what_it_cannot_use_with_status_2() {
     assert_unknown_flag_refused("sse_demo", "--stroe", "--store");
     let demo = example("sse_demo");
-    for args in [&["--store", "mongodb://x"][..], &["--port", "88888"], &["--retain", "many"], &["--jwt-secret", "short"]] {
+    let not_pem = std::env::current_exe().unwrap();
+    let not_pem = not_pem.to_str().unwrap();
+    for args in [
+        &["--store", "mongodb://x"][..],
+        &["--port", "88888"],
+        &["--retain", "many"],
+        &["--retain", "0"],
+        &["--max-connections", "0"],
+        &["--max-connections-per-ip", "0"],
+        &["--header-timeout", "0"],
+        &["--jwt-secret", "short"],
+        &["--push-allow-hosts", "not a host"],
+        &["--push-contact", "somebody"],
+        &["--push-ca-file", "/nonexistent/ca.pem"],
+        &["--push-ca-file", not_pem],
+    ] {
         let out = run(&demo, args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value"), "{args:?}");
@@ -105,6 +120,12 @@ fn push_service_example_command_line() {
 }
 
 #[test]
+fn vapid_keys_command_line() {
+    assert_help("vapid_keys", &["Prints a fresh VAPID key pair"]);
+    assert_unknown_flag_refused("vapid_keys", "--privte", "--help");
+}
+
+#[test]
 fn benchmark_examples_command_lines() {
     assert_help(
         "webpush_bench",
@@ -116,4 +137,6 @@ fn benchmark_examples_command_lines() {
         &["--events <EVENTS>", "[env: BENCH_EVENTS=]", "[default: 20000]", "[env: BENCH_BYTES=]", "[env: BENCH_CLIENTS=]", "[env: BENCH_FANOUT_EVENTS=]"],
     );
     assert_unknown_flag_refused("bench", "--event", "--events");
+    let out = run(&example("bench"), &["--events", "0"]);
+    assert_eq!(out.status.code(), Some(2), "bench --events 0");
 }

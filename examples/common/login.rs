@@ -59,7 +59,7 @@ pub(crate) fn route<S: Clone + Send + Sync + 'static>(secret: Arc<[u8]>) -> Meth
         async move {
             match body {
                 Ok(body) => login(&secret, &body),
-                Err(e) => HttpError::new(e.status(), e.body_text()).into_response(),
+                Err(e) => tidings::http::body_rejection(e, 1024),
             }
         }
     };

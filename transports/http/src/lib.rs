@@ -183,6 +183,19 @@ where
     }
 }
 
+/// The answer to a body an extractor could not read within `max` bytes (a chunked body cut off
+/// at the limit, see [`limit_body`]): a JSON `413` naming the limit, with `Connection: close`
+/// (the rest of the body is left unread); any other rejection as a JSON error with its status.
+pub fn body_rejection(rejection: axum::extract::rejection::BytesRejection, max: usize) -> Response {
+    if rejection.status() != StatusCode::PAYLOAD_TOO_LARGE {
+        return HttpError::new(rejection.status(), rejection.body_text()).into_response();
+    }
+    let mut response =
+        HttpError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is over the limit of {max} bytes")).into_response();
+    response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+    response
+}
+
 /// The largest publish body [`publish_route`] reads: an event's data may be 1 MiB, and JSON
 /// escaping can make that up to six times larger.
 pub const MAX_PUBLISH_BODY: usize = 8 << 20;
@@ -236,7 +249,7 @@ pub fn publish_route<S: Clone + Send + Sync + 'static>(hub: Hub) -> MethodRouter
 async fn publish(hub: &Hub, body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>) -> Response {
     let body = match body {
         Ok(body) => body,
-        Err(e) => return HttpError::new(e.status(), e.body_text()).into_response(),
+        Err(e) => return body_rejection(e, MAX_PUBLISH_BODY),
     };
     let event = match parse_publish(&body) {
         Ok(event) => event,

@@ -169,7 +169,8 @@ pub const MAX_LISTEN_TYPES: usize = 64;
 /// when it names none. A `400` for an invalid type or more than [`MAX_LISTEN_TYPES`].
 fn listened_types(query: &[(String, String)]) -> Result<Option<Box<[EventType]>>, HttpError> {
     let mut listen = Vec::new();
-    for (_, value) in query.iter().filter(|(k, _)| k == "listen") {
+    // An empty `listen=` names nothing (as an empty cursor parameter carries none).
+    for (_, value) in query.iter().filter(|(k, v)| k == "listen" && !v.is_empty()) {
         let kind = EventType::parse(value)
             .map_err(|e| HttpError::bad_request(format!("invalid listen type {:?}: {e}", value.chars().take(64).collect::<String>())))?;
         if !listen.contains(&kind) {

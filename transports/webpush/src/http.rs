@@ -64,15 +64,16 @@ async fn public_key(State(push): State<WebPush>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], push.public_key().to_owned()).into_response()
 }
 
-async fn register(State(push): State<WebPush>, request: axum::extract::Request) -> Response {
-    let (parts, body) = request.into_parts();
-    // `limit_body` refused an announced length over the limit already; this cuts off a chunked
-    // body at it.
-    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+async fn register(
+    State(push): State<WebPush>,
+    parts: axum::http::request::Parts,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    // `limit_body` refused an announced length over the limit already; a chunked body is cut
+    // off at it here.
+    let body = match body {
         Ok(body) => body,
-        Err(_) => {
-            return json_error(StatusCode::PAYLOAD_TOO_LARGE, format!("registration body is over {MAX_BODY} bytes"));
-        }
+        Err(e) => return tidings_http::body_rejection(e, MAX_BODY),
     };
     let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
     let (uri, headers): (&Uri, &HeaderMap) = (&parts.uri, &parts.headers);
@@ -104,8 +105,9 @@ async fn register(State(push): State<WebPush>, request: axum::extract::Request) 
 }
 
 async fn unregister(State(push): State<WebPush>, body: Result<Bytes, axum::extract::rejection::BytesRejection>) -> Response {
-    let Ok(body) = body else {
-        return json_error(StatusCode::PAYLOAD_TOO_LARGE, format!("body is over {MAX_BODY} bytes"));
+    let body = match body {
+        Ok(body) => body,
+        Err(e) => return tidings_http::body_rejection(e, MAX_BODY),
     };
     let body: UnregisterBody = match serde_json::from_slice(&body) {
         Ok(body) => body,

@@ -88,9 +88,14 @@ impl PushSender {
             .pool_idle_timeout(Duration::from_secs(90))
             .user_agent(concat!("tidings-webpush/", env!("CARGO_PKG_VERSION")));
         for pem in extra_roots {
-            let cert = reqwest::Certificate::from_pem(pem.as_bytes())
+            let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
                 .map_err(|e| SenderError::Certificate(e.to_string()))?;
-            builder = builder.add_root_certificate(cert);
+            if certs.is_empty() {
+                return Err(SenderError::Certificate("no certificate in the PEM text".into()));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
         }
         let client = builder.build().map_err(|e| SenderError::Client(e.to_string()))?;
         Ok(PushSender { client, signer: std::sync::Arc::new(VapidSigner::new(keys, contact)), policy })
