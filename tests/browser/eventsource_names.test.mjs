@@ -14,7 +14,7 @@ import http from "node:http";
 import path from "node:path";
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
-import { launchBrowser } from "./harness.mjs";
+import { launchBrowser, topicKey } from "./harness.mjs";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const clientSource = readFileSync(path.join(root, "client/tidings.js"));
@@ -24,15 +24,6 @@ const clientSource = readFileSync(path.join(root, "client/tidings.js"));
 // bytes, u64 LE) and its sequence number (varint).
 
 const EPOCH = 0x7d1_6e55n;
-
-function topicKey(topic) {
-  let hash = 0xcbf29ce484222325n;
-  for (const byte of Buffer.from(topic, "utf8")) {
-    hash ^= BigInt(byte);
-    hash = (hash * 0x100000001b3n) & ((1n << 64n) - 1n);
-  }
-  return hash;
-}
 
 function u64(value) {
   const bytes = Buffer.alloc(8);

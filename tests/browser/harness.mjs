@@ -161,3 +161,37 @@ export function startPushService() {
     child.on("exit", (code) => { if (!child.origin) reject(new Error(`push service exited ${code}: ${out}`)); });
   });
 }
+
+/** Registers a new subscriber of the local push `service` with the demo; resolves with its id. */
+export async function registerAtDemo(service, demo, topics) {
+  const created = await (await fetch(service.control + "/subscriptions", { method: "POST" })).json();
+  const response = await fetch(demo.url + "/push/subscriptions", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ ...created.subscription, topics }),
+  });
+  if (response.status !== 201) throw new Error("registration refused: " + response.status + " " + await response.text());
+  return created.id;
+}
+
+/** The messages (decrypted) the push `service` accepted for `id`, once there are `n`. */
+export async function pushedMessages(service, id, n) {
+  const deadline = Date.now() + 20000;
+  for (;;) {
+    const messages = await (await fetch(`${service.control}/messages/${id}`)).json();
+    if (messages.length >= n) return messages;
+    if (Date.now() > deadline) throw new Error(`only ${messages.length} of ${n} pushes arrived`);
+    // The push service has no way to wait for a message; it is asked again shortly.
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+/** FNV-1a 64 of a topic's UTF-8 bytes: the key a cursor keeps the topic's position under. */
+export function topicKey(topic) {
+  let hash = 0xcbf29ce484222325n;
+  for (const byte of Buffer.from(topic, "utf8")) {
+    hash ^= BigInt(byte);
+    hash = (hash * 0x100000001b3n) & ((1n << 64n) - 1n);
+  }
+  return hash;
+}

@@ -5,7 +5,7 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startDemo, stopDemo, launchBrowser, publish, startPushService } from "./harness.mjs";
+import { startDemo, stopDemo, launchBrowser, publish, startPushService, registerAtDemo, pushedMessages } from "./harness.mjs";
 
 let browser;
 let service;
@@ -17,29 +17,6 @@ after(async () => {
   await browser?.close();
   service?.kill("SIGKILL");
 });
-
-/** Registers a new subscriber of the push service with the demo; resolves with its id. */
-async function registerAtDemo(demo, topics) {
-  const created = await (await fetch(service.control + "/subscriptions", { method: "POST" })).json();
-  const response = await fetch(demo.url + "/push/subscriptions", {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({ ...created.subscription, topics }),
-  });
-  assert.equal(response.status, 201, await response.text());
-  return created.id;
-}
-
-/** The decrypted payloads the push service accepted for `id`, once there are `n`. */
-async function pushedPayloads(id, n) {
-  const deadline = Date.now() + 20000;
-  for (;;) {
-    const messages = await (await fetch(`${service.control}/messages/${id}`)).json();
-    if (messages.length >= n) return messages;
-    if (Date.now() > deadline) throw new Error(`only ${messages.length} of ${n} pushes arrived`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 
 test("the service worker shows each pushed event once, and fetches a truncated one", async () => {
   const demo = await startDemo(0, undefined, {
@@ -71,12 +48,12 @@ test("the service worker shows each pushed event once, and fetches a truncated o
     await page.click("#notify");
     await page.waitForFunction(() => /Notifications (on|unavailable)/.test(document.getElementById("notify-status").textContent));
 
-    const id = await registerAtDemo(demo, ["demo"]);
+    const id = await registerAtDemo(service, demo, ["demo"]);
     // The dispatcher opens its subscription at once; publish until the first push arrives,
     // then check that everything after it arrives exactly.
     const data = "Pushed ✓ 🦀\nsecond line";
     await publish(demo.url, data);
-    const [first] = await pushedPayloads(id, 1);
+    const [first] = await pushedMessages(service, id, 1);
     const message = JSON.parse(first.payload);
     assert.equal(message.data, data);
     assert.equal(first.audience, service.origin);
@@ -94,7 +71,7 @@ test("the service worker shows each pushed event once, and fetches a truncated o
     await deliver(first.payload);
     const big = "x".repeat(5000) + " the end";
     await publish(demo.url, big);
-    const pushes = await pushedPayloads(id, 2);
+    const pushes = await pushedMessages(service, id, 2);
     const truncated = JSON.parse(pushes[1].payload);
     assert.equal(truncated.truncated, true);
     assert.equal(truncated.data, undefined);

@@ -10,7 +10,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
-import { startDemo, stopDemo } from "./harness.mjs";
+import { startDemo, stopDemo, topicKey } from "./harness.mjs";
 
 const SECONDS = Number(process.env.SOAK_SECONDS || 20);
 const SEED = Number(process.env.SOAK_SEED || Date.now() % 1e9);
@@ -26,16 +26,6 @@ function generator(seed) {
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
-}
-
-/** FNV-1a 64 of a topic's UTF-8 bytes: the key a cursor keeps its position under. */
-function topicKey(topic) {
-  let hash = 0xcbf29ce484222325n;
-  for (const byte of Buffer.from(topic, "utf8")) {
-    hash ^= BigInt(byte);
-    hash = (hash * 0x100000001b3n) & ((1n << 64n) - 1n);
-  }
-  return hash;
 }
 
 /** The per-topic positions of a cursor token (docs/protocol.md, "The cursor token"). */

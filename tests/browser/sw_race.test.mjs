@@ -20,7 +20,7 @@ import http from "node:http";
 import path from "node:path";
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
-import { startDemo, stopDemo, launchBrowser, publish, startPushService } from "./harness.mjs";
+import { startDemo, stopDemo, launchBrowser, publish, startPushService, registerAtDemo, pushedMessages } from "./harness.mjs";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const workerFile = process.env.TIDINGS_SW_FILE || path.join(root, "client/tidings-sw.js");
@@ -62,29 +62,6 @@ async function workerProxy(targetPort) {
   await new Promise((r) => server.listen(0, "127.0.0.1", r));
   server.url = `http://127.0.0.1:${server.address().port}`;
   return server;
-}
-
-/** Registers a new subscriber of the push service with the demo; resolves with its id. */
-async function registerAtDemo(demo, topics) {
-  const created = await (await fetch(service.control + "/subscriptions", { method: "POST" })).json();
-  const response = await fetch(demo.url + "/push/subscriptions", {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({ ...created.subscription, topics }),
-  });
-  assert.equal(response.status, 201, await response.text());
-  return created.id;
-}
-
-/** The decrypted payloads the push service accepted for `id`, once there are `n`. */
-async function pushedPayloads(id, n) {
-  const deadline = Date.now() + 20000;
-  for (;;) {
-    const messages = await (await fetch(`${service.control}/messages/${id}`)).json();
-    if (messages.length >= n) return messages.map((m) => m.payload);
-    if (Date.now() > deadline) throw new Error(`only ${messages.length} of ${n} pushes arrived`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
 }
 
 /** How often each id occurs in `ids`, as an object. */
@@ -135,11 +112,11 @@ test("the same push delivered several times at once is shown and posted once", a
 
     // Real payloads for TOPIC (the demo's ticks go to another topic): small ones, and one
     // too large for a push, which arrives truncated and is fetched from long-polling.
-    const subscriber = await registerAtDemo(demo, [TOPIC]);
+    const subscriber = await registerAtDemo(service, demo, [TOPIC]);
     const big = "y".repeat(5000) + " the end";
     const texts = ["one", "two", big, "four", "sentinel 1", "sentinel 2", "five", "sentinel 3"];
     for (const t of texts) await publish(demo.url, t, TOPIC);
-    const payloads = await pushedPayloads(subscriber, texts.length);
+    const payloads = (await pushedMessages(service, subscriber, texts.length)).map((m) => m.payload);
     const messages = payloads.map((p) => JSON.parse(p));
     assert.deepEqual(messages.map((m) => m.data ?? "(truncated)"),
       texts.map((t) => (t === big ? "(truncated)" : t)), "the pushes, in order");
