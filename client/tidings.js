@@ -109,13 +109,16 @@ export function classifyStatus(status) {
 
 /** The delay an answer asks for, in ms, or null: `retry_ms` in its JSON body, else `Retry-After`. */
 export function retryDelay(headers, body) {
-  if (body && Number.isFinite(body.retry_ms) && body.retry_ms >= 0) return body.retry_ms;
+  if (body && Number.isFinite(body.retry_ms) && body.retry_ms >= 0) return Math.max(MIN_RETRY_MS, body.retry_ms);
   const value = headers && headers.get("retry-after");
   if (!value) return null;
-  if (/^\s*\d+\s*$/.test(value)) return Number(value) * 1000;
+  if (/^\s*\d+\s*$/.test(value)) return Math.max(MIN_RETRY_MS, Number(value) * 1000);
   const at = Date.parse(value);
-  return Number.isNaN(at) ? null : Math.max(0, at - Date.now());
+  return Number.isNaN(at) ? null : Math.max(MIN_RETRY_MS, at - Date.now());
 }
+
+/** The least wait before asking again, whatever an answer says (`Retry-After: 0` is no loop). */
+const MIN_RETRY_MS = 100;
 
 /** Asks `url` once and reads its answer's status, retry delay and message (a failure's probe). */
 async function probe(url, signal) {
@@ -253,6 +256,8 @@ export class Feed extends EventTarget {
       const { topic, fresh } = this._classify(detail.id);
       if (!fresh) return; // already delivered (a replay overlapping a broadcast)
       detail = { ...detail, topic: detail.topic || topic };
+    } else if (kind === "gap" && !this._behind(detail.id) && this._sameEpoch(detail.id)) {
+      return; // a gap we are past already (our own catch-up met it first): never step back
     }
     this._setCursor(detail.id);
     this._emit(kind, detail);
@@ -445,6 +450,12 @@ export class Feed extends EventTarget {
     }
   }
 
+  /** Whether `token` belongs to the same incarnation of the log as our cursor. */
+  _sameEpoch(token) {
+    const theirs = token && decodeCursor(token);
+    return Boolean(theirs && this.positions && theirs.epoch === this.positions.epoch);
+  }
+
   /** Whether `token` stands past our cursor on some topic (or in another epoch of the log). */
   _behind(token) {
     const theirs = token && decodeCursor(token);
@@ -467,12 +478,31 @@ export class Feed extends EventTarget {
     session.catchingUp = true;
     if (!session.held) session.held = [];
     session.catching = (async () => {
-      try {
-        for (let round = 0; round < 100 && !session.signal.aborted && !this.leader; round++) {
+      // Until the log is read to its end: the held broadcasts may only follow what we missed,
+      // never stand in for it (their first event would move our cursor past it all). A failure
+      // is taken by the table, like any poll's: retried (with backoff, or the delay asked), or,
+      // if final, the end of the feed.
+      let failures = 0;
+      while (!session.signal.aborted && !this.leader && !this.closed) {
+        let delay = null;
+        try {
           const batch = await this._pollOnce(0, session);
-          if (!batch || (!batch.events.length && !batch.gap)) break;
+          if (batch) {
+            failures = 0;
+            if (!batch.events.length && !batch.gap) break;
+            continue;
+          }
+        } catch (error) {
+          if (classifyStatus(error.status) === "refused") {
+            this._refused({ status: error.status, message: error.message });
+            break;
+          }
+          delay = error.delay;
         }
-      } catch { /* the leader's broadcasts will do; a refusal comes from the leader too */ }
+        if (session.signal.aborted) break;
+        failures += 1;
+        await this._wait(delay !== null ? delay : backoff(failures, 500), session, delay !== null);
+      }
       session.catchingUp = false;
       this._release(session);
     })();
@@ -541,10 +571,12 @@ export class Feed extends EventTarget {
           finish(false);
           return this._refused({ status: answer.status, message: answer.message });
         }
+        const delay = answer && answer.delay !== null ? answer.delay : null;
         if (this.options.transport === "auto" && !this._everOpened && failures >= this.options.sseFailures) {
+          // Long-polling next, but not before the answer said to ask again.
+          if (delay !== null) await this._wait(delay, session, true);
           return finish(true);
         }
-        const delay = answer && answer.delay !== null ? answer.delay : null;
         await this._wait(delay !== null ? delay : backoff(failures, 1000), session, delay !== null);
         if (!finished) open();
       };

@@ -37,6 +37,12 @@ async function publish(base, topic, data, event) {
 async function feedPage(context, base, options) {
   const page = await context.newPage();
   await page.goto(base + "/stats");
+  await feedOn(page, options);
+  return page;
+}
+
+/** Starts a feed in `page` (already on the demo's origin) that records what it is told. */
+async function feedOn(page, options) {
   await page.evaluate(async (options) => {
     const { connect } = await import("/tidings.js");
     const log = { events: [], gaps: [], states: [], errors: [] };
@@ -48,7 +54,35 @@ async function feedPage(context, base, options) {
     window.feed = feed;
     window.log = log;
   }, options);
-  return page;
+}
+
+/**
+ * A pass-through proxy in front of the demo (streams unbuffered) that answers the next request
+ * `fail.match(req)` accepts with `fail.status` and `fail.headers` itself, once.
+ */
+async function failingProxy(targetPort) {
+  const http = await import("node:http");
+  const server = http.createServer((req, res) => {
+    const fail = server.fail;
+    if (fail && fail.match(req)) {
+      server.fail = null;
+      server.failed.push(req.url);
+      res.writeHead(fail.status, { "content-type": "text/html", connection: "close", ...fail.headers });
+      return res.end(`<html>${fail.status}</html>`);
+    }
+    const upstream = http.request(
+      { host: "127.0.0.1", port: targetPort, path: req.url, method: req.method, headers: req.headers },
+      (up) => { res.writeHead(up.statusCode, up.headers); up.pipe(res); },
+    );
+    upstream.on("error", () => res.destroy());
+    res.on("close", () => upstream.destroy());
+    req.pipe(upstream);
+  });
+  server.fail = null;
+  server.failed = [];
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  server.url = `http://127.0.0.1:${server.address().port}`;
+  return server;
 }
 
 const view = (page) => page.evaluate(() => ({
@@ -205,6 +239,91 @@ test("with site data blocked, the feed runs unshared", async () => {
       assert.deepEqual(seen.data, ["one"]);
       assert.equal(seen.leader, true, "each tab holds its own connection");
     }
+  } finally {
+    await context.close();
+    await stopDemo(demo);
+  }
+});
+
+// Found by the fresh-user review: a follower coming back with a cursor whose catch-up poll
+// failed (a proxy's 502, a 429, the network) released the leader's broadcasts at once, and the
+// first of them moved its cursor past everything it had missed, without a gap notice.
+test("a returning follower whose catch-up fails asks again and misses nothing", async () => {
+  const demo = await startDemo(0, "memory");
+  const proxy = await failingProxy(demo.port);
+  const failures = [
+    { status: 502, headers: {} },
+    { status: 429, headers: { "retry-after": "1" } },
+  ];
+  try {
+    for (const [round, failure] of failures.entries()) {
+      const context = await browser.newContext();
+      const topic = `catch-up-${round}`;
+      const options = { topics: [topic] };
+      const leader = await feedPage(context, proxy.url, options);
+      await isOpen(leader);
+      const follower = await feedPage(context, proxy.url, options);
+      await isOpen(follower);
+      await publish(demo.url, topic, "p0");
+      await hasData(follower, ["p0"]);
+      // Away (a plain navigation: its cursor stays in the tab's sessionStorage), then back.
+      await follower.goto(proxy.url + "/stats?away");
+      const missed = ["e1", "e2", "e3", "e4", "e5"];
+      for (const data of missed) await publish(demo.url, topic, data);
+      await hasData(leader, missed);
+      proxy.fail = { ...failure, match: (req) => req.url.startsWith("/poll") && req.url.includes("cursor=") };
+      await follower.goto(proxy.url + "/stats");
+      await feedOn(follower, options);
+      await until(follower, () => window.feed.cursor && window.log.events.length >= 5);
+      assert.equal(proxy.failed.length, round + 1, "the catch-up poll was refused once");
+      await publish(demo.url, topic, "e6");
+      await hasData(follower, ["e6"]);
+      const seen = await view(follower);
+      assert.deepEqual(seen.data, [...missed, "e6"], `after a ${failure.status}`);
+      assert.equal(seen.gaps, 0);
+      await context.close();
+    }
+  } finally {
+    proxy.close();
+    await stopDemo(demo);
+  }
+});
+
+// Found by the fresh-user review: after the server restarted with a new log (memory store), a
+// follower that caught up by itself (gap, then the new events) was sent the leader's gap
+// afterwards, stepped back to it, and got the new events twice and a second gap notice.
+test("after a restart, a follower that caught up first takes the leader's gap and events once", async () => {
+  let demo = await startDemo(0, "memory");
+  const context = await browser.newContext();
+  try {
+    const options = { topics: ["restart"] };
+    const leader = await feedPage(context, demo.url, options);
+    await isOpen(leader);
+    const follower = await feedPage(context, demo.url, options);
+    await isOpen(follower);
+    await publish(demo.url, "restart", "before");
+    await hasData(follower, ["before"]);
+    await follower.goto(demo.url + "/tidings.js?away");
+    const port = demo.port;
+    await stopDemo(demo);
+    demo = await startDemo(port, "memory");
+    await publish(demo.url, "restart", "x1");
+    await publish(demo.url, "restart", "x2");
+    // Back at once: its own catch-up (a gap, then x1 and x2) comes before the leader's stream
+    // reconnects (its `retry:` is 3 s) and broadcasts the same gap and events.
+    await follower.goto(demo.url + "/stats");
+    await feedOn(follower, options);
+    await until(follower, () => window.log.events.length >= 2);
+    await hasData(leader, ["x1", "x2"]);
+    await publish(demo.url, "restart", "x3");
+    await hasData(follower, ["x3"]);
+    await hasData(leader, ["x3"]);
+    const seen = await view(follower);
+    assert.deepEqual(seen.data, ["x1", "x2", "x3"]);
+    assert.equal(seen.gaps, 1, "one gap notice");
+    const led = await view(leader);
+    assert.deepEqual(led.data, ["before", "x1", "x2", "x3"]);
+    assert.equal(led.gaps, 1);
   } finally {
     await context.close();
     await stopDemo(demo);
