@@ -63,7 +63,12 @@ use crate::host::{HostError, check_host};
 /// ```
 ///
 /// Handlers see the peer's address as axum's `ConnectInfo<SocketAddr>`, as with
-/// `into_make_service_with_connect_info`.
+/// `into_make_service_with_connect_info`. As under `axum::serve`, upgrades work (a WebSocket
+/// route answers `101` and gets the connection), a handler's `Connection: close` ends the
+/// connection after its answer, and a body made over time (NDJSON) goes out as it is made: what
+/// is ready together is written together, and nothing ready waits for more.
+/// `tests/server_differential.rs` serves the same router under both and compares what a client
+/// sees.
 ///
 /// # Streams and polls skip the HTTP machinery
 ///
@@ -460,7 +465,8 @@ fn one_request<'a>(
                 Some(Answered::Stream(response)) => return Outcome::Stream(response),
                 None => return Outcome::Close, // the client hung up while its request was answered
             };
-            let keep_alive = keep_alive && !*stopped.borrow();
+            // As hyper does: the answer's `Connection: close` ends the connection after it.
+            let keep_alive = keep_alive && !answer.close && !*stopped.borrow();
             (Box::pin(write_answer(stream, answer, keep_alive)), keep_alive)
         };
         if writing.await.is_err() || !keep_alive {
@@ -548,6 +554,8 @@ enum Answered {
 /// times their size, and a poll may keep its answer a while before the body is ready).
 struct Rendered {
     status: StatusCode,
+    /// The handler's answer carries `Connection: close`: the connection ends after it.
+    close: bool,
     /// The status line and the handler's headers, without those that frame the message.
     head: Vec<u8>,
     body: axum::body::Body,
@@ -558,7 +566,10 @@ impl Rendered {
         let mut head = Vec::with_capacity(128);
         put_status_and_headers(&mut head, parts);
         head.shrink_to_fit();
-        Rendered { status: parts.status, head, body }
+        let close = parts.headers.get_all(http::header::CONNECTION).iter().any(|v| {
+            v.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+        });
+        Rendered { status: parts.status, close, head, body }
     }
 }
 
@@ -599,7 +610,9 @@ async fn serve_with_hyper(
     // hyper wakes its own task each time it hands a request body to the handler: `Repoll`
     // polls it again at once rather than letting that wake-up send the task to the back of the
     // runtime's queue (behind every subscriber a publish just woke: 100-200 ms under fan-out).
-    let mut connection = pin!(Repoll::new(builder(&config).serve_connection(io, service)));
+    // With upgrades, as `axum::serve`: a `101 Switching Protocols` hands the connection to the
+    // handler (WebSocket).
+    let mut connection = pin!(Repoll::new(builder(&config).serve_connection(io, service).with_upgrades()));
     let mut stopping = false;
     loop {
         tokio::select! {
@@ -686,7 +699,7 @@ fn has_body_status(status: StatusCode) -> bool {
 /// by then).
 fn settle(stream: &TcpStream, answer: Rendered, mut peeked: bool) -> impl Future<Output = Option<Rendered>> + Send + '_ {
     use http_body::Body as _;
-    let Rendered { status, head, mut body } = answer;
+    let Rendered { status, close, head, mut body } = answer;
     async move {
         let first = std::future::poll_fn(|cx| {
             if let std::task::Poll::Ready(frame) = Pin::new(&mut body).poll_frame(cx) {
@@ -704,7 +717,7 @@ fn settle(stream: &TcpStream, answer: Rendered, mut peeked: bool) -> impl Future
             std::task::Poll::Pending
         })
         .await?;
-        Some(Rendered { status, head, body: axum::body::Body::new(Prefixed { first, rest: body }) })
+        Some(Rendered { status, close, head, body: axum::body::Body::new(Prefixed { first, rest: body }) })
     }
 }
 
@@ -800,11 +813,13 @@ fn put_framing(out: &mut Vec<u8>, framing: Framing, keep_alive: bool) {
 
 /// Writes an answer (not a stream), keeping the connection open if `keep_alive`: with its
 /// `Content-Length` when its body's length is known, chunked otherwise, without a body for the
-/// statuses that have none. Small pieces are gathered into writes of up to 16 KiB.
+/// statuses that have none. The frames that are ready together are gathered into writes of up
+/// to 16 KiB; whatever is gathered goes out as soon as the body has nothing more ready, so a
+/// body made over time (NDJSON, a download as it is produced) reaches the client frame by frame.
 async fn write_answer(stream: &TcpStream, answer: Rendered, keep_alive: bool) -> io::Result<()> {
     use http_body::Body as _;
     const GATHER: usize = 16 * 1024;
-    let Rendered { status, head, mut body } = answer;
+    let Rendered { status, head, mut body, .. } = answer;
     if status.is_informational() {
         return Err(io::Error::other("a handler answered with an informational status"));
     }
@@ -825,7 +840,20 @@ async fn write_answer(stream: &TcpStream, answer: Rendered, keep_alive: bool) ->
         return write_all(stream, &out).await;
     }
     let mut written = 0u64;
-    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+    loop {
+        // A frame that is ready now joins what is gathered; before waiting for one that is
+        // not, what is gathered is written.
+        let frame = match std::future::poll_fn(|cx| std::task::Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
+            std::task::Poll::Ready(frame) => frame,
+            std::task::Poll::Pending => {
+                if !out.is_empty() {
+                    write_all(stream, &out).await?;
+                    out.clear();
+                }
+                std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+            }
+        };
+        let Some(frame) = frame else { break };
         let frame = frame.map_err(|_| io::Error::other("the body failed"))?;
         let Ok(data) = frame.into_data() else { continue }; // trailers are not sent
         if data.is_empty() {
