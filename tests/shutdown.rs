@@ -74,3 +74,51 @@ async fn sigterm_tells_every_stream_and_poll_when_to_come_back_then_exits_zero()
     assert!(status.success(), "exit status {status:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 19: once the grace period is over, `serve` returns only after every connection is
+/// closed, and nothing is written on any of them afterwards, on either of the server's paths
+/// (a stream it writes itself, and one hyper serves: a `GET` that carries a body). Here the hub
+/// is not shut down, so the streams would otherwise go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_written_on_a_stream_after_serve_returned() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hub = tidings::Hub::new(tidings::MemoryStore::new());
+    let app = axum::Router::new().route("/events", tidings::sse::Sse::new(hub.clone()).method_router());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tidings::http::Server::new(app)
+            .grace_period(Duration::from_millis(200))
+            .serve(listener, async move { stopped.await.unwrap_or(()) }),
+    );
+    let requests = [
+        "GET /events?topic=t HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /events?topic=t HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    ];
+    let mut streams = Vec::new();
+    for request in requests {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains("tidings.open") {
+            let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await.unwrap().unwrap();
+            assert!(n > 0);
+            seen.extend_from_slice(&buf[..n]);
+        }
+        streams.push(stream);
+    }
+    hub.publish(tidings::NewEvent::new(tidings::Topic::new("t"), "before")).await.unwrap();
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server).await.expect("serve returns after its grace period").unwrap().unwrap();
+    // Published once serve has returned: written to nobody.
+    hub.publish(tidings::NewEvent::new(tidings::Topic::new("t"), "after")).await.unwrap();
+    for (i, mut stream) in streams.into_iter().enumerate() {
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "stream {i}: still open after serve returned");
+        let rest = String::from_utf8_lossy(&rest);
+        assert!(!rest.contains("data: after"), "stream {i}: written after serve returned: {rest}");
+    }
+}

@@ -137,6 +137,10 @@ struct Counters {
     header_too_large: AtomicU64,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     closed: Notify,
+    /// Every open connection's task, to abort when the grace period is over (`None` until its
+    /// task is spawned); an entry goes with its connection.
+    tasks: Mutex<HashMap<u64, Option<tokio::task::AbortHandle>>>,
+    next_id: AtomicU64,
 }
 
 /// Reads a [`Server`]'s counters while it runs (for metrics). Cheap to clone.
@@ -266,14 +270,19 @@ impl Server {
             match admit(&stats, &config, ip) {
                 Ok(guard) => {
                     stats.accepted.fetch_add(1, Ordering::Relaxed);
+                    let id = guard.id;
                     let span = tracing::debug_span!("connection", %peer);
                     let connection =
                         serve_connection(stream, peer, router.clone(), config.clone(), stopped.clone(), guard);
                     // Entering a span on every poll is not free: only when it is recorded.
-                    if span.is_disabled() {
-                        tokio::spawn(connection);
+                    let task = if span.is_disabled() {
+                        tokio::spawn(connection)
                     } else {
-                        tokio::spawn(connection.instrument(span));
+                        tokio::spawn(connection.instrument(span))
+                    };
+                    // Unless the connection is over already (its entry gone with it).
+                    if let Some(slot) = stats.tasks.lock().unwrap_or_else(PoisonError::into_inner).get_mut(&id) {
+                        *slot = Some(task.abort_handle());
                     }
                 }
                 Err(status) => refuse(stream, status, &stats, &config),
@@ -293,6 +302,24 @@ impl Server {
         };
         if tokio::time::timeout(config.grace_period, all_closed).await.is_err() {
             tracing::warn!(open = stats.open.load(Ordering::Relaxed), "grace period over: dropping open connections");
+            // Every connection still open is dropped, its socket closed, before `serve`
+            // returns: nothing is written on it afterwards.
+            for task in stats.tasks.lock().unwrap_or_else(PoisonError::into_inner).values().flatten() {
+                task.abort();
+            }
+            let dropped = async {
+                loop {
+                    let mut closed = pin!(stats.closed.notified());
+                    closed.as_mut().enable();
+                    if stats.open.load(Ordering::Acquire) == 0 {
+                        return;
+                    }
+                    closed.await;
+                }
+            };
+            // An aborted task is dropped when the runtime next gets to it: at once, unless a
+            // handler blocks its thread.
+            let _ = tokio::time::timeout(Duration::from_secs(5), dropped).await;
         }
         Ok(())
     }
@@ -302,6 +329,8 @@ impl Server {
 struct Admitted {
     stats: Arc<Counters>,
     ip: IpAddr,
+    /// Its entry in [`Counters::tasks`].
+    id: u64,
 }
 
 impl Drop for Admitted {
@@ -314,6 +343,7 @@ impl Drop for Admitted {
             }
         }
         drop(per_ip);
+        self.stats.tasks.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.id);
         metrics::gauge!("tidings_http_connections").decrement(1.0);
         if self.stats.open.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.stats.closed.notify_waiters();
@@ -335,8 +365,11 @@ fn admit(stats: &Arc<Counters>, config: &Config, ip: IpAddr) -> Result<Admitted,
     }
     *n += 1;
     stats.open.fetch_add(1, Ordering::AcqRel);
+    drop(per_ip);
+    let id = stats.next_id.fetch_add(1, Ordering::Relaxed);
+    stats.tasks.lock().unwrap_or_else(PoisonError::into_inner).insert(id, None);
     metrics::gauge!("tidings_http_connections").increment(1.0);
-    Ok(Admitted { stats: stats.clone(), ip })
+    Ok(Admitted { stats: stats.clone(), ip, id })
 }
 
 /// The address connections are counted under: IPv4 (also when mapped into IPv6) as it is,
