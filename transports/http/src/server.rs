@@ -227,7 +227,9 @@ impl Server {
     }
 
     /// How long [`serve`](Server::serve) waits, once shutdown is asked, for open connections
-    /// to finish (default 10 s); it then returns, dropping those still open.
+    /// to finish (default 10 s); it then closes those still open (their tasks aborted, their
+    /// sockets dropped) and returns: nothing is written on them afterwards. A connection a
+    /// handler took over with an upgrade belongs to the handler.
     pub fn grace_period(mut self, period: Duration) -> Server {
         self.config.grace_period = period;
         self
