@@ -87,6 +87,9 @@ struct Tap {
     blocks: usize,
     heartbeats: usize,
     last_id: Option<String>,
+    /// The `id:` of the stream's first block (its starting cursor), whatever came after it in
+    /// the same read: a server may write the opening block and a replay in one chunk.
+    first_id: Option<String>,
     last_retry: Option<(usize, u64)>,
 }
 
@@ -123,6 +126,9 @@ impl Tap {
             self.heartbeats += 1;
         } else if let Some(v) = line.strip_prefix(b"id: ") {
             self.last_id = Some(String::from_utf8_lossy(v).into_owned());
+            if self.blocks == 0 {
+                self.first_id = self.last_id.clone();
+            }
         } else if let Some(v) = line.strip_prefix(b"retry: ") {
             if let Ok(ms) = String::from_utf8_lossy(v).parse() {
                 self.last_retry = Some((self.blocks, ms));
@@ -174,7 +180,7 @@ impl SseClient {
         while client.tap.blocks == 0 && !client.ended {
             client.read_chunk().await;
         }
-        client.cursor = client.tap.last_id.clone();
+        client.cursor = client.tap.first_id.clone();
         Ok(client)
     }
 
