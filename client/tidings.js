@@ -484,24 +484,14 @@ export class Feed extends EventTarget {
       // if final, the end of the feed.
       let failures = 0;
       while (!session.signal.aborted && !this.leader && !this.closed) {
-        let delay = null;
-        try {
-          const batch = await this._pollOnce(0, session);
-          if (batch) {
-            failures = 0;
-            if (!batch.events.length && !batch.gap) break;
-            continue;
-          }
-        } catch (error) {
-          if (classifyStatus(error.status) === "refused") {
-            this._refused({ status: error.status, message: error.message });
-            break;
-          }
-          delay = error.delay;
+        const batch = await this._pollByTable(0, session, failures);
+        if (batch === "refused") break;
+        if (!batch) {
+          failures += 1;
+          continue;
         }
-        if (session.signal.aborted) break;
-        failures += 1;
-        await this._wait(delay !== null ? delay : backoff(failures, 500), session, delay !== null);
+        failures = 0;
+        if (!batch.events.length && !batch.gap) break;
       }
       session.catchingUp = false;
       this._release(session);
@@ -698,29 +688,41 @@ export class Feed extends EventTarget {
     const started = Date.now();
     while (!this.closed && !session.signal.aborted) {
       if (Date.now() - started >= until) return "upgrade";
-      let delay = null;
-      try {
-        // A poll never outlasts the moment the stream is due to be tried again.
-        const remaining = Math.ceil((until - (Date.now() - started)) / 1000);
-        const wait = this.cursor ? Math.max(0, Math.min(this.options.pollTimeout, remaining)) : 0;
-        const batch = await this._pollOnce(wait, session);
-        if (batch) {
-          failures = 0;
-          this._setState("open", "poll");
-          continue;
-        }
-      } catch (error) {
-        if (classifyStatus(error.status) === "refused") {
-          this._refused({ status: error.status, message: error.message });
-          return "stopped";
-        }
-        delay = error.delay;
+      // A poll never outlasts the moment the stream is due to be tried again.
+      const remaining = Math.ceil((until - (Date.now() - started)) / 1000);
+      const wait = this.cursor ? Math.max(0, Math.min(this.options.pollTimeout, remaining)) : 0;
+      const batch = await this._pollByTable(wait, session, failures, () => this._setState("unavailable", "poll"));
+      if (batch === "refused") return "stopped";
+      if (!batch) {
+        failures += 1;
+        continue;
       }
-      if (session.signal.aborted) break;
-      failures += 1;
-      this._setState("unavailable", "poll");
-      await this._wait(delay !== null ? delay : backoff(failures, 500), session, delay !== null);
+      failures = 0;
+      this._setState("open", "poll");
     }
     return "stopped";
+  }
+
+  /**
+   * One poll, a failure taken by the failure table: the batch; or null, once the wait a
+   * transient failure asks for is over (`failures` before this one set the backoff;
+   * `onFailure` runs before the wait); or "refused", once the feed has ended.
+   */
+  async _pollByTable(timeout, session, failures, onFailure) {
+    let delay = null;
+    try {
+      const batch = await this._pollOnce(timeout, session);
+      if (batch) return batch;
+    } catch (error) {
+      if (classifyStatus(error.status) === "refused") {
+        this._refused({ status: error.status, message: error.message });
+        return "refused";
+      }
+      delay = error.delay;
+    }
+    if (session.signal.aborted) return null;
+    if (onFailure) onFailure();
+    await this._wait(delay !== null ? delay : backoff(failures + 1, 500), session, delay !== null);
+    return null;
   }
 }

@@ -14,6 +14,7 @@
 //! `cargo run --release --example bench -- --events 5000` (`-- --help` lists them). Results go
 //! to standard output as a Markdown table.
 
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,26 +34,17 @@ use tidings_test_support::RedisServer;
 )]
 struct Cli {
     /// Events published (and replayed) per store
-    #[arg(long, env = "BENCH_EVENTS", default_value_t = 20_000, value_parser = at_least_one)]
-    events: usize,
+    #[arg(long, env = "BENCH_EVENTS", default_value = "20000")]
+    events: NonZeroUsize,
     /// Payload size of each event, in bytes
     #[arg(long, env = "BENCH_BYTES", default_value_t = 256)]
     bytes: usize,
     /// SSE clients in the fan-out
-    #[arg(long, env = "BENCH_CLIENTS", default_value_t = 500, value_parser = at_least_one)]
-    clients: usize,
+    #[arg(long, env = "BENCH_CLIENTS", default_value = "500")]
+    clients: NonZeroUsize,
     /// Events published in the fan-out
-    #[arg(long, env = "BENCH_FANOUT_EVENTS", default_value_t = 1000, value_parser = at_least_one)]
-    fanout_events: usize,
-}
-
-/// A count that must be at least one.
-fn at_least_one(value: &str) -> Result<usize, String> {
-    match value.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".to_owned()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(e.to_string()),
-    }
+    #[arg(long, env = "BENCH_FANOUT_EVENTS", default_value = "1000")]
+    fanout_events: NonZeroUsize,
 }
 
 fn rate(n: usize, elapsed: Duration) -> String {
@@ -147,7 +139,7 @@ async fn bench_fanout(clients: usize, events: usize, bytes: usize) -> String {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    let (events, bytes, clients) = (cli.events, cli.bytes, cli.clients);
+    let (events, bytes, clients) = (cli.events.get(), cli.bytes, cli.clients.get());
     let retention = Retention::default().max_events(events);
     let dir = std::env::temp_dir().join(format!("tidings-bench-{}", std::process::id()));
 
@@ -165,5 +157,5 @@ async fn main() {
     let _ = std::fs::remove_dir_all(&dir);
 
     println!("\n| fan-out over SSE (memory store) | delivered | time |\n|---|---|---|");
-    println!("{}", bench_fanout(clients, cli.fanout_events, bytes).await);
+    println!("{}", bench_fanout(clients, cli.fanout_events.get(), bytes).await);
 }

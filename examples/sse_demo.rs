@@ -116,11 +116,11 @@ pub(crate) struct Args {
     #[arg(long)]
     quiet: bool,
     /// Connections at once; one more gets a 503 [default: 90 % of the open-file limit].
-    #[arg(long, value_name = "N", value_parser = at_least_one)]
-    max_connections: Option<usize>,
+    #[arg(long, value_name = "N")]
+    max_connections: Option<std::num::NonZeroUsize>,
     /// Connections at once from one address (IPv6: one /64); one more gets a 429.
-    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = at_least_one)]
-    max_connections_per_ip: usize,
+    #[arg(long, value_name = "N", default_value = "1024")]
+    max_connections_per_ip: std::num::NonZeroUsize,
     /// Seconds a client has to send its request head before it is cut off.
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     header_timeout: u64,
@@ -138,15 +138,6 @@ pub(crate) struct Args {
     /// bytes per process].
     #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true, value_parser = login::parse_secret)]
     jwt_secret: Option<String>,
-}
-
-/// A count that must be at least one.
-fn at_least_one(value: &str) -> Result<usize, String> {
-    match value.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".to_owned()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(e.to_string()),
-    }
 }
 
 /// Checks `--push-allow-hosts` before anything starts.
@@ -328,10 +319,10 @@ async fn main() {
         }),
     );
     let mut server = tidings::http::Server::new(app)
-        .max_connections_per_ip(args.max_connections_per_ip)
+        .max_connections_per_ip(args.max_connections_per_ip.get())
         .header_timeout(Duration::from_secs(args.header_timeout));
     if let Some(n) = args.max_connections {
-        server = server.max_connections(n);
+        server = server.max_connections(n.get());
     }
 
     // SIGTERM or Ctrl-C: stop accepting, tell SSE streams when to come back (`retry:`, jittered

@@ -195,3 +195,31 @@ export function topicKey(topic) {
   }
   return hash;
 }
+
+/**
+ * Opens the demo's page at `origin` in `context` with notifications allowed, every
+ * `tidings.push` message its service worker posts recorded in `window.__pushes`, and the
+ * DevTools protocol's service-worker domain on. Resolves with {page, cdp, scope, deliver}:
+ * `deliver(payload)` hands a push to the page's worker as its push service would.
+ */
+export async function workerPage(context, origin) {
+  await context.grantPermissions(["notifications"], { origin });
+  const page = await context.newPage();
+  await page.addInitScript(() => {
+    window.__pushes = [];
+    navigator.serviceWorker?.addEventListener("message", (e) => {
+      if (e.data?.type === "tidings.push") window.__pushes.push(e.data.message);
+    });
+  });
+  const cdp = await context.newCDPSession(page);
+  const registrations = [];
+  cdp.on("ServiceWorker.workerRegistrationUpdated", (e) => registrations.push(...e.registrations));
+  await cdp.send("ServiceWorker.enable");
+  await page.goto(origin + "/");
+  const scope = await page.evaluate(async () => (await navigator.serviceWorker.ready).scope);
+  const registration = registrations.find((r) => r.scopeURL === scope && !r.isDeleted);
+  if (!registration) throw new Error("the page did not register /tidings-sw.js");
+  const deliver = (payload) =>
+    cdp.send("ServiceWorker.deliverPushMessage", { origin, registrationId: registration.registrationId, data: payload });
+  return { page, cdp, scope, deliver };
+}

@@ -5,7 +5,7 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startDemo, stopDemo, launchBrowser, publish, startPushService, registerAtDemo, pushedMessages } from "./harness.mjs";
+import { startDemo, stopDemo, launchBrowser, publish, startPushService, registerAtDemo, pushedMessages, workerPage } from "./harness.mjs";
 
 let browser;
 let service;
@@ -25,23 +25,8 @@ test("the service worker shows each pushed event once, and fetches a truncated o
   });
   const context = await browser.newContext();
   try {
-    await context.grantPermissions(["notifications"], { origin: demo.url });
-    const page = await context.newPage();
-    await page.addInitScript(() => {
-      window.__pushes = [];
-      navigator.serviceWorker?.addEventListener("message", (e) => {
-        if (e.data?.type === "tidings.push") window.__pushes.push(e.data.message);
-      });
-    });
-    const cdp = await context.newCDPSession(page);
-    const registrations = [];
-    cdp.on("ServiceWorker.workerRegistrationUpdated", (e) => registrations.push(...e.registrations));
-    await cdp.send("ServiceWorker.enable");
-    await page.goto(demo.url + "/");
-    const scope = await page.evaluate(async () => (await navigator.serviceWorker.ready).scope);
+    const { page, scope, deliver } = await workerPage(context, demo.url);
     assert.equal(scope, demo.url + "/");
-    const registration = registrations.find((r) => r.scopeURL === scope && !r.isDeleted);
-    assert.ok(registration, "the page registered /tidings-sw.js");
 
     // The button asks for permission and subscribes; in this sandbox Chromium cannot reach
     // its push service, so it either succeeds or says why, and never fails silently.
@@ -58,8 +43,6 @@ test("the service worker shows each pushed event once, and fetches a truncated o
     assert.equal(message.data, data);
     assert.equal(first.audience, service.origin);
 
-    const deliver = (payload) =>
-      cdp.send("ServiceWorker.deliverPushMessage", { origin: demo.url, registrationId: registration.registrationId, data: payload });
     await deliver(first.payload);
     await page.waitForFunction(() => window.__pushes.length === 1);
     const notifications = await page.evaluate(async () =>

@@ -20,7 +20,7 @@ import http from "node:http";
 import path from "node:path";
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
-import { startDemo, stopDemo, launchBrowser, publish, startPushService, registerAtDemo, pushedMessages } from "./harness.mjs";
+import { startDemo, stopDemo, launchBrowser, publish, startPushService, registerAtDemo, pushedMessages, workerPage } from "./harness.mjs";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const workerFile = process.env.TIDINGS_SW_FILE || path.join(root, "client/tidings-sw.js");
@@ -79,24 +79,7 @@ test("the same push delivered several times at once is shown and posted once", a
   const proxy = await workerProxy(demo.port);
   const context = await browser.newContext();
   try {
-    await context.grantPermissions(["notifications"], { origin: proxy.url });
-    const page = await context.newPage();
-    await page.addInitScript(() => {
-      window.__pushes = [];
-      navigator.serviceWorker?.addEventListener("message", (e) => {
-        if (e.data?.type === "tidings.push") window.__pushes.push(e.data.message);
-      });
-    });
-    const cdp = await context.newCDPSession(page);
-    const registrations = [];
-    cdp.on("ServiceWorker.workerRegistrationUpdated", (e) => registrations.push(...e.registrations));
-    await cdp.send("ServiceWorker.enable");
-    await page.goto(proxy.url + "/");
-    const scope = await page.evaluate(async () => (await navigator.serviceWorker.ready).scope);
-    const registration = registrations.find((r) => r.scopeURL === scope && !r.isDeleted);
-    assert.ok(registration, "the page registered /tidings-sw.js");
-    const deliver = (payload) =>
-      cdp.send("ServiceWorker.deliverPushMessage", { origin: proxy.url, registrationId: registration.registrationId, data: payload });
+    const { page, cdp, deliver } = await workerPage(context, proxy.url);
     /** Delivers `payloads` all at once: no call waits for another. */
     const burst = (payloads) => Promise.all(payloads.map(deliver));
     const posted = () => page.evaluate(() => window.__pushes.map((m) => m.id));

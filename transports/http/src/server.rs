@@ -292,39 +292,36 @@ impl Server {
         }
         drop(listener);
         stop.send_replace(true);
-        let all_closed = async {
-            loop {
-                let mut closed = pin!(stats.closed.notified());
-                closed.as_mut().enable();
-                if stats.open.load(Ordering::Acquire) == 0 {
-                    return;
-                }
-                closed.await;
-            }
-        };
-        if tokio::time::timeout(config.grace_period, all_closed).await.is_err() {
+        if tokio::time::timeout(config.grace_period, all_closed(&stats)).await.is_err() {
             tracing::warn!(open = stats.open.load(Ordering::Relaxed), "grace period over: dropping open connections");
             // Every connection still open is dropped, its socket closed, before `serve`
             // returns: nothing is written on it afterwards.
             for task in stats.tasks.lock().unwrap_or_else(PoisonError::into_inner).values().flatten() {
                 task.abort();
             }
-            let dropped = async {
-                loop {
-                    let mut closed = pin!(stats.closed.notified());
-                    closed.as_mut().enable();
-                    if stats.open.load(Ordering::Acquire) == 0 {
-                        return;
-                    }
-                    closed.await;
-                }
-            };
             // An aborted task is dropped when the runtime next gets to it: at once, unless a
             // handler blocks its thread.
-            let _ = tokio::time::timeout(Duration::from_secs(5), dropped).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), all_closed(&stats)).await;
         }
         Ok(())
     }
+}
+
+/// Resolves once no admitted connection is open.
+async fn all_closed(stats: &Counters) {
+    loop {
+        let mut closed = pin!(stats.closed.notified());
+        closed.as_mut().enable();
+        if stats.open.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        closed.await;
+    }
+}
+
+/// Whether `Connection` header values hold the `close` option (RFC 9110 §7.6.1).
+fn says_close<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> bool {
+    values.into_iter().any(|v| v.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close")))
 }
 
 /// One admitted connection: counted until dropped.
@@ -601,9 +598,7 @@ impl Rendered {
         let mut head = Vec::with_capacity(128);
         put_status_and_headers(&mut head, parts);
         head.shrink_to_fit();
-        let close = parts.headers.get_all(http::header::CONNECTION).iter().any(|v| {
-            v.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-        });
+        let close = says_close(parts.headers.get_all(http::header::CONNECTION).iter().map(http::HeaderValue::as_bytes));
         Rendered { status: parts.status, close, head, body }
     }
 }
@@ -703,7 +698,7 @@ fn bodiless_get(head: &[u8], peer: SocketAddr, max_header_bytes: usize) -> Optio
         if matches!(name.as_str(), "content-length" | "transfer-encoding" | "upgrade" | "expect") {
             return None;
         }
-        if name == "connection" && header.value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close")) {
+        if name == "connection" && says_close([header.value]) {
             keep_alive = false;
         }
         request = request.header(header.name, http::HeaderValue::from_bytes(header.value).ok()?);

@@ -109,6 +109,21 @@ pub(crate) fn preamble(retry_ms: u128, cursor: Option<&Cursor>) -> Bytes {
 /// `event: tidings.skip`, no data, then the event's `id:` (see `listen` in `docs/protocol.md`).
 pub(crate) const SKIP: &[u8] = b"event: tidings.skip\ndata: \n";
 
+/// The whole `tidings.skip` frame of an event for a single-topic subscriber (whose cursor is
+/// the event's own, as for [`SseFrameWithId`]): the same bytes for every such subscriber,
+/// encoded once per event.
+#[derive(Debug)]
+pub(crate) struct SseSkipFrameWithId;
+
+impl WireFormat for SseSkipFrameWithId {
+    fn encode(event: &Event) -> Bytes {
+        let mut out = BytesMut::with_capacity(SKIP.len() + FRAME_END_ROOM);
+        out.put_slice(SKIP);
+        put_frame_end(&mut out, &event.cursor());
+        out.freeze()
+    }
+}
+
 /// A comment that keeps proxies from closing an idle stream.
 pub(crate) const HEARTBEAT: &[u8] = b":\n\n";
 

@@ -354,11 +354,19 @@ impl StreamState {
     fn push(&mut self, delivery: Delivery) {
         match delivery {
             Delivery::Event(event) if self.skips(&event) => {
-                let cursor = self.subscription.cursor();
-                self.gather(frame::SKIP.len() + frame::FRAME_END_ROOM, |out| {
-                    out.extend_from_slice(frame::SKIP);
-                    frame::put_frame_end(out, &cursor);
-                });
+                if self.subscription.stands_just_after(event.event()) {
+                    // One topic: the skip frame is the event's own, encoded once for all.
+                    let len = event.with_encoded::<frame::SseSkipFrameWithId, _>(Bytes::len);
+                    self.gather(len, |out| {
+                        event.with_encoded::<frame::SseSkipFrameWithId, _>(|f| out.extend_from_slice(f));
+                    });
+                } else {
+                    let cursor = self.subscription.cursor();
+                    self.gather(frame::SKIP.len() + frame::FRAME_END_ROOM, |out| {
+                        out.extend_from_slice(frame::SKIP);
+                        frame::put_frame_end(out, &cursor);
+                    });
+                }
             }
             Delivery::Event(event) => {
                 if self.subscription.stands_just_after(event.event()) {

@@ -195,6 +195,16 @@ async fn unlistened_types_go_out_as_skip_frames_with_their_cursor() {
         }
         assert_eq!(got, want);
     }
+    // One topic: the skip frame carries the event's own cursor (encoded once for all such
+    // subscribers), and is what every one of them gets.
+    let mut one = open_body(&router, "/?topic=a&listen=kept", None).await;
+    let mut two = open_body(&router, "/?topic=a&listen=message", None).await;
+    chunk(&mut one).await;
+    chunk(&mut two).await;
+    let skipped = hub.publish(NewEvent::new(topic("a"), "four").with_type(EventType::new("dropped"))).await.unwrap();
+    let want = format!("event: tidings.skip\ndata: \nid: {}\n\n", skipped.cursor());
+    assert_eq!(std::str::from_utf8(&chunk(&mut one).await).unwrap(), want);
+    assert_eq!(std::str::from_utf8(&chunk(&mut two).await).unwrap(), want);
     // A listen type that is not a valid event type is a 400.
     let response = router.clone().oneshot(Request::get("/?topic=a&listen=a%0Ab").body(Body::empty()).unwrap()).await.unwrap();
     assert_eq!(response.status(), 400);
