@@ -141,8 +141,17 @@ pub mod client {
     }
 }
 
-/// Shared HTTP glue (request parsing, credentials, error responses).
+/// Shared HTTP glue (request parsing, credentials, error responses), and the server apps run
+/// ([`Server`](http::Server), from [`tidings::server`](crate::server)).
 #[cfg(any(feature = "sse", feature = "longpoll"))]
 pub mod http {
     pub use tidings_http::*;
+    pub use tidings_server::{Server, ServerStats, ServerStatsHandle, shutdown_signal, stall_timeout};
+}
+
+/// The HTTP server tidings apps run (`tidings-server`): a drop-in for `axum::serve` with
+/// per-client limits, reverse-proxy awareness and streams written straight to the socket.
+#[cfg(any(feature = "sse", feature = "longpoll"))]
+pub mod server {
+    pub use tidings_server::*;
 }

@@ -31,81 +31,9 @@ use tidings_core::{
 };
 use tower_http::cors::CorsLayer;
 
-mod host;
-mod server;
 #[cfg(feature = "jwt")]
 pub mod jwt;
-pub use server::{Server, ServerStats, ServerStatsHandle};
 
-/// Resolves when the process is asked to stop: SIGTERM (what `kill`, systemd, Docker and
-/// Kubernetes send) or SIGINT (Ctrl-C). The one-line hook for a graceful shutdown:
-///
-/// ```no_run
-/// # async fn run(hub: tidings_core::Hub, listener: tokio::net::TcpListener, app: axum::Router) {
-/// tidings_http::Server::new(app)
-///     .serve(listener, async move {
-///         tidings_http::shutdown_signal().await;
-///         hub.shutdown(); // SSE streams get a jittered `retry:` and end; long-polls answer
-///     })
-///     .await
-///     .unwrap();
-/// # }
-/// ```
-///
-/// It works the same in axum's `with_graceful_shutdown`.
-///
-/// If a signal handler cannot be installed, it waits for the other signal only.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-/// Disconnects a client whose socket stops draining: data the server wrote that stays
-/// unacknowledged (or unsent, because the client's window is full) for `timeout` closes the
-/// connection (`TCP_USER_TIMEOUT`, Linux). The client reconnects and replays from its cursor.
-///
-/// Without it, a stalled client costs bounded memory (see the hub's Backpressure section) but
-/// keeps its connection until the operating system gives up, which can take many minutes.
-/// [`Server`] applies it to every connection (30 s by default); with `axum::serve`, apply it
-/// with axum's `tap_io`:
-///
-/// ```no_run
-/// use axum::serve::ListenerExt;
-/// # async fn run(app: axum::Router) {
-/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8888").await.unwrap()
-///     .tap_io(tidings_http::stall_timeout(std::time::Duration::from_secs(30)));
-/// axum::serve(listener, app).await.unwrap();
-/// # }
-/// ```
-///
-/// On other systems than Linux it does nothing.
-pub fn stall_timeout(timeout: Duration) -> impl FnMut(&mut tokio::net::TcpStream) + Send + 'static {
-    move |stream| {
-        #[cfg(target_os = "linux")]
-        if let Err(err) = socket2::SockRef::from(&*stream).set_tcp_user_timeout(Some(timeout)) {
-            let _ = err; // The connection simply keeps the system's default.
-        }
-        #[cfg(not(target_os = "linux"))]
-        let _ = (stream, timeout);
-    }
-}
 
 /// Bounds a route's request bodies to `max` bytes: a request whose `Content-Length` announces
 /// more is answered `413` with a JSON message at once, before any of its body is read (the

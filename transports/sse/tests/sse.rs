@@ -431,7 +431,7 @@ async fn stalled_server(
     let addr = listener.local_addr().unwrap();
     match guard {
         Some(t) => {
-            let listener = listener.tap_io(tidings_http::stall_timeout(t));
+            let listener = listener.tap_io(tidings_server::stall_timeout(t));
             tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         }
         None => {

@@ -67,9 +67,12 @@ pub(crate) fn check_host<'a>(
 fn valid_host(value: &[u8]) -> bool {
     let (host_ok, port) = if let Some(rest) = value.strip_prefix(b"[") {
         // IP-literal = "[" ( IPv6address / IPvFuture ) "]"
-        let Some(end) = rest.iter().position(|&b| b == b']') else { return false };
+        let Some(end) = rest.iter().position(|&b| b == b']') else {
+            return false;
+        };
         let literal = &rest[..end];
-        let ok = std::str::from_utf8(literal).is_ok_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok()) || ip_future(literal);
+        let ok =
+            std::str::from_utf8(literal).is_ok_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok()) || ip_future(literal);
         match &rest[end + 1..] {
             [] => (ok, &[][..]),
             [b':', port @ ..] => (ok, port),
@@ -100,8 +103,12 @@ fn reg_name(name: &[u8]) -> bool {
 
 /// `IPvFuture = "v" 1*HEXDIG "." 1*( unreserved / sub-delims / ":" )`
 fn ip_future(literal: &[u8]) -> bool {
-    let Some(rest) = literal.strip_prefix(b"v").or_else(|| literal.strip_prefix(b"V")) else { return false };
-    let Some(dot) = rest.iter().position(|&b| b == b'.') else { return false };
+    let Some(rest) = literal.strip_prefix(b"v").or_else(|| literal.strip_prefix(b"V")) else {
+        return false;
+    };
+    let Some(dot) = rest.iter().position(|&b| b == b'.') else {
+        return false;
+    };
     let (version, tail) = (&rest[..dot], &rest[dot + 1..]);
     !version.is_empty()
         && version.iter().all(u8::is_ascii_hexdigit)
@@ -129,10 +136,44 @@ mod tests {
     fn http11_needs_exactly_one_valid_host() {
         assert_eq!(check(true, &[]), Err(HostError::Missing));
         assert_eq!(check(true, &["a", "a"]), Err(HostError::Repeated));
-        for valid in ["", "example.com", "example.com:8080", "localhost:", "127.0.0.1", "[::1]", "[::1]:8888", "[v1.fe80::a+en1]", "xn--bcher-kva.example", "a_b~c!$&'()*+,;=.d", "a%20b"] {
+        for valid in [
+            "",
+            "example.com",
+            "example.com:8080",
+            "localhost:",
+            "127.0.0.1",
+            "[::1]",
+            "[::1]:8888",
+            "[v1.fe80::a+en1]",
+            "xn--bcher-kva.example",
+            "a_b~c!$&'()*+,;=.d",
+            "a%20b",
+        ] {
             assert_eq!(check(true, &[valid]), Ok(()), "{valid:?}");
         }
-        for invalid in ["a b", "user@example.com", "example.com/path", "example.com:80a", "[::1", "::1", "a:1:2", "ex\"ample", "a?b", "a#b", "[zz]", "[]", "[::1]junk", "[g::1]", "[1.2.3.4]", "[:::::]", "a%2", "a%zz", "a:+80", "[v.x]", "[v1.]"] {
+        for invalid in [
+            "a b",
+            "user@example.com",
+            "example.com/path",
+            "example.com:80a",
+            "[::1",
+            "::1",
+            "a:1:2",
+            "ex\"ample",
+            "a?b",
+            "a#b",
+            "[zz]",
+            "[]",
+            "[::1]junk",
+            "[g::1]",
+            "[1.2.3.4]",
+            "[:::::]",
+            "a%2",
+            "a%zz",
+            "a:+80",
+            "[v.x]",
+            "[v1.]",
+        ] {
             assert_eq!(check(true, &[invalid]), Err(HostError::Invalid), "{invalid:?}");
         }
     }

@@ -1,0 +1,126 @@
+//! One connection: reads each request head and sends the request down the direct path or hands
+//! the connection to hyper.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::Config;
+use crate::direct::{Answered, answer_settled, stream_to_socket, write_answer};
+use crate::hand_off::{Rewind, serve_with_hyper};
+use crate::head::{bodiless_get, read_head};
+use crate::limits::Admitted;
+use axum::Router;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+// Not an `async fn`: that would keep each argument twice in the task (as argument and as
+// local); the `async move` block keeps the one copy it captured.
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn serve_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    config: Arc<Config>,
+    mut stopped: watch::Receiver<bool>,
+    admitted: Admitted,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        if let Some(timeout) = config.stall_timeout {
+            crate::stall_timeout(timeout)(&mut stream);
+        }
+        // What this loop writes is already whole (a burst of events, an answer): Nagle's
+        // algorithm would only hold it back until the previous write is acknowledged (up to the
+        // peer's delayed-ACK 40 ms).
+        let _ = stream.set_nodelay(true);
+        // Request heads are read here. A `GET` without a body is answered here too: a stream
+        // (SSE) is written straight to the socket; any other answer is written whole (with its
+        // `Content-Length`, or chunked if its length is not known once its first chunk is), after
+        // which the connection waits for its next request, all without the HTTP machinery's
+        // per-connection buffers. Anything else goes to hyper, which reads the same bytes again,
+        // and keeps the connection from then on.
+        // Every await below that holds much state is boxed: a task is as large as its largest
+        // state, and an idle stream or a waiting poll should not carry room for the others.
+        let head = loop {
+            let read = Box::pin(async {
+                tokio::select! {
+                    read = tokio::time::timeout(config.header_timeout, read_head(&mut stream, &config)) => Some(read),
+                    _ = stopped.wait_for(|stop| *stop) => None, // idle between requests: close
+                }
+            })
+            .await;
+            let head: Vec<u8> = match read {
+                Some(Ok(Ok(head))) => head,
+                // Shutting down, closed, failed, or too slow (slow-loris): cut off.
+                None | Some(Ok(Err(_)) | Err(_)) => return,
+            };
+            match Box::pin(one_request(&stream, head, peer, &router, &config, &stopped)).await {
+                Outcome::Answered => {}
+                Outcome::Close => return,
+                Outcome::Stream(response) => {
+                    Box::pin(stream_to_socket(stream, response)).await;
+                    drop(admitted);
+                    return;
+                }
+                Outcome::Hyper(head) => break head,
+            }
+        };
+        let stats = admitted.stats.clone();
+        let io = Rewind { prefix: head, stream };
+        Box::pin(serve_with_hyper(io, peer, router, config, stopped, stats)).await;
+        drop(admitted);
+    }
+}
+
+/// What became of one request read by [`serve_connection`].
+pub(crate) enum Outcome {
+    /// Answered whole; the connection waits for the next request.
+    Answered,
+    /// Closed (the client went away, a write failed, or the answer said so).
+    Close,
+    /// A stream, to write until it ends.
+    Stream(axum::response::Response),
+    /// For hyper: the bytes read so far (a request that is not a bodiless `GET`).
+    Hyper(Vec<u8>),
+}
+
+/// Answers the request in `head` if it is a bodiless `GET` (see [`serve_connection`]).
+// Not an `async fn` (arguments kept twice), and the answer is moved into its writer inside a
+// block: a local moved from stays in a future's layout until its scope ends. A pipelined
+// request that came meanwhile is read by the next turn of the loop.
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn one_request<'a>(
+    stream: &'a TcpStream,
+    head: Vec<u8>,
+    peer: SocketAddr,
+    router: &'a Router,
+    config: &'a Config,
+    stopped: &'a watch::Receiver<bool>,
+) -> impl Future<Output = Outcome> + Send + 'a {
+    // Parsed and handed to the router's (boxed) future before this future starts: it keeps
+    // neither the request nor its head.
+    let start = match bodiless_get(&head, peer, config.max_header_bytes) {
+        None => Err(head),
+        Some((request, keep_alive)) => Ok((Box::pin(answer_settled(router, request, stream)), keep_alive)),
+    };
+    async move {
+        let (answering, keep_alive) = match start {
+            Ok(answering) => answering,
+            Err(head) => return Outcome::Hyper(head),
+        };
+        let (writing, keep_alive) = {
+            let answer = match answering.await {
+                Some(Answered::Whole(answer)) => answer,
+                Some(Answered::Stream(response)) => return Outcome::Stream(response),
+                None => return Outcome::Close, // the client hung up while its request was answered
+            };
+            // As hyper does: the answer's `Connection: close` ends the connection after it.
+            let keep_alive = keep_alive && !answer.close && !*stopped.borrow();
+            (Box::pin(write_answer(stream, answer, keep_alive)), keep_alive)
+        };
+        if writing.await.is_err() || !keep_alive {
+            return Outcome::Close;
+        }
+        Outcome::Answered
+    }
+}
