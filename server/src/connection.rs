@@ -2,30 +2,39 @@
 //! the connection to hyper.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::Config;
 use crate::direct::{Answered, answer_settled, stream_to_socket, write_answer};
-use crate::hand_off::{Rewind, serve_with_hyper};
+use crate::hand_off::{Rewind, is_http2_preface, serve_with_hyper};
 use crate::head::{bodiless_get, read_head};
-use crate::limits::Admitted;
+use crate::limits::{Admitted, Counters, Origin, claim, refuse};
+use crate::proxy::read_proxy_header;
 use axum::Router;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+
+/// What every connection of a server shares: one `Arc` per connection.
+pub(crate) struct Shared {
+    pub(crate) router: Router,
+    pub(crate) config: Config,
+    pub(crate) stats: Arc<Counters>,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
+}
 
 // Not an `async fn`: that would keep each argument twice in the task (as argument and as
 // local); the `async move` block keeps the one copy it captured.
 #[allow(clippy::manual_async_fn)]
 pub(crate) fn serve_connection(
     mut stream: TcpStream,
-    peer: SocketAddr,
-    router: Router,
-    config: Arc<Config>,
+    mut origin: Origin,
+    shared: Arc<Shared>,
     mut stopped: watch::Receiver<bool>,
-    admitted: Admitted,
+    mut admitted: Admitted,
 ) -> impl Future<Output = ()> + Send {
     async move {
+        let config = &shared.config;
         if let Some(timeout) = config.stall_timeout {
             crate::stall_timeout(timeout)(&mut stream);
         }
@@ -33,6 +42,50 @@ pub(crate) fn serve_connection(
         // algorithm would only hold it back until the previous write is acknowledged (up to the
         // peer's delayed-ACK 40 ms).
         let _ = stream.set_nodelay(true);
+        let mut read = Vec::new();
+        if config.proxy_protocol {
+            // The proxy's header first (within the header timeout): the connection is the
+            // client's it names, and counted under that address.
+            let header = Box::pin(async {
+                tokio::select! {
+                    header = tokio::time::timeout(config.header_timeout, read_proxy_header(&mut stream)) => Some(header),
+                    _ = stopped.wait_for(|stop| *stop) => None,
+                }
+            })
+            .await;
+            let Some(Ok(Ok((source, rest)))) = header else {
+                tracing::debug!(peer = %origin.peer, "no valid PROXY protocol header: closed");
+                return;
+            };
+            if let Some(source) = source {
+                origin.peer = source;
+            }
+            match claim(&shared.stats, config, origin.peer.ip()) {
+                Ok(slot) => admitted.slot = Some(slot),
+                Err(status) => {
+                    drop(admitted);
+                    refuse(Rewind { prefix: rest, stream }, status, &shared.stats, config);
+                    return;
+                }
+            }
+            read = rest;
+        }
+        #[cfg(feature = "tls")]
+        if let Some(acceptor) = shared.tls.clone() {
+            let io = Rewind { prefix: read, stream };
+            let handshake = Box::pin(async {
+                tokio::select! {
+                    tls = tokio::time::timeout(config.header_timeout, acceptor.accept(io)) => Some(tls),
+                    _ = stopped.wait_for(|stop| *stop) => None,
+                }
+            })
+            .await;
+            let Some(Ok(Ok(tls))) = handshake else { return };
+            let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            Box::pin(serve_with_hyper(tls, http2, origin, shared, stopped)).await;
+            drop(admitted);
+            return;
+        }
         // Request heads are read here. A `GET` without a body is answered here too: a stream
         // (SSE) is written straight to the socket; any other answer is written whole (with its
         // `Content-Length`, or chunked if its length is not known once its first chunk is), after
@@ -43,8 +96,9 @@ pub(crate) fn serve_connection(
         // state, and an idle stream or a waiting poll should not carry room for the others.
         let head = loop {
             let read = Box::pin(async {
+                let read = std::mem::take(&mut read);
                 tokio::select! {
-                    read = tokio::time::timeout(config.header_timeout, read_head(&mut stream, &config)) => Some(read),
+                    read = tokio::time::timeout(config.header_timeout, read_head(&mut stream, config, read)) => Some(read),
                     _ = stopped.wait_for(|stop| *stop) => None, // idle between requests: close
                 }
             })
@@ -54,7 +108,7 @@ pub(crate) fn serve_connection(
                 // Shutting down, closed, failed, or too slow (slow-loris): cut off.
                 None | Some(Ok(Err(_)) | Err(_)) => return,
             };
-            match Box::pin(one_request(&stream, head, peer, &router, &config, &stopped)).await {
+            match Box::pin(one_request(&stream, head, &shared, origin, &stopped)).await {
                 Outcome::Answered => {}
                 Outcome::Close => return,
                 Outcome::Stream(response) => {
@@ -65,9 +119,9 @@ pub(crate) fn serve_connection(
                 Outcome::Hyper(head) => break head,
             }
         };
-        let stats = admitted.stats.clone();
+        let http2 = is_http2_preface(&head);
         let io = Rewind { prefix: head, stream };
-        Box::pin(serve_with_hyper(io, peer, router, config, stopped, stats)).await;
+        Box::pin(serve_with_hyper(io, http2, origin, shared, stopped)).await;
         drop(admitted);
     }
 }
@@ -92,16 +146,15 @@ pub(crate) enum Outcome {
 pub(crate) fn one_request<'a>(
     stream: &'a TcpStream,
     head: Vec<u8>,
-    peer: SocketAddr,
-    router: &'a Router,
-    config: &'a Config,
+    shared: &'a Shared,
+    origin: Origin,
     stopped: &'a watch::Receiver<bool>,
 ) -> impl Future<Output = Outcome> + Send + 'a {
     // Parsed and handed to the router's (boxed) future before this future starts: it keeps
     // neither the request nor its head.
-    let start = match bodiless_get(&head, peer, config.max_header_bytes) {
+    let start = match bodiless_get(&head, shared.config.max_header_bytes) {
         None => Err(head),
-        Some((request, keep_alive)) => Ok((Box::pin(answer_settled(router, request, stream)), keep_alive)),
+        Some((request, keep_alive)) => Ok((Box::pin(answer_settled(shared, origin, request, stream)), keep_alive)),
     };
     async move {
         let (answering, keep_alive) = match start {

@@ -5,8 +5,9 @@ use std::future::Future;
 use std::io;
 use std::pin::{Pin, pin};
 
+use crate::connection::Shared;
 use crate::head::says_close;
-use axum::Router;
+use crate::limits::{Origin, call_router};
 use http::{Request, StatusCode};
 use tokio::net::TcpStream;
 
@@ -28,17 +29,17 @@ pub(crate) async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Resul
 /// while, and a client that hangs up ends it at once (`None`). Also says whether more bytes
 /// came meanwhile (a pipelined request, read once this one is answered).
 pub(crate) async fn answer(
-    router: &Router,
+    shared: &Shared,
+    origin: Origin,
     request: Request<axum::body::Body>,
     stream: &TcpStream,
 ) -> Option<(axum::response::Response, bool)> {
-    let mut router = router.clone();
-    let mut call = pin!(tower::Service::call(&mut router, request));
+    let mut call = pin!(call_router(&shared.router, request, origin, &shared.stats, &shared.config));
     let mut peeked = false;
     loop {
         let mut byte = [0u8; 1];
         tokio::select! {
-            Ok(response) = call.as_mut() => return Some((response, peeked)),
+            response = call.as_mut() => return Some((response, peeked)),
             seen = stream.peek(&mut byte), if !peeked => match seen {
                 Ok(0) | Err(_) => return None,
                 Ok(_) => peeked = true,
@@ -51,14 +52,15 @@ pub(crate) async fn answer(
 /// chunk ([`settle`]): so that the answer can be written with its length if that is known then.
 /// While the body is made, only the socket is watched; nothing else is held.
 pub(crate) fn answer_settled<'a>(
-    router: &'a Router,
+    shared: &'a Shared,
+    origin: Origin,
     request: Request<axum::body::Body>,
     stream: &'a TcpStream,
 ) -> impl Future<Output = Option<Answered>> + Send + 'a {
     use http_body::Body as _;
     // Boxed here, so that neither the request nor the router's future is kept in this future
     // while the body is made.
-    let answering = Box::pin(answer(router, request, stream));
+    let answering = Box::pin(answer(shared, origin, request, stream));
     async move {
         let settling = {
             let (response, peeked) = answering.await?;

@@ -2,11 +2,9 @@
 //! checks both paths share (the header limit, the `Host` rule, `Connection: close`).
 
 use std::io;
-use std::net::SocketAddr;
 
 use crate::Config;
 use crate::host::{HostError, check_host};
-use axum::extract::ConnectInfo;
 use http::Request;
 use tokio::net::TcpStream;
 
@@ -17,33 +15,32 @@ pub(crate) fn says_close<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> bool
 
 /// Reads until the first request's head is complete, unparseable, or as long as the parser's
 /// own limit: what was read, for [`bodiless_get`] and, failing that, for hyper to read again.
-pub(crate) async fn read_head(stream: &mut TcpStream, config: &Config) -> io::Result<Vec<u8>> {
+/// `buf` holds what was read already (after a PROXY protocol header), if anything.
+pub(crate) async fn read_head(stream: &mut TcpStream, config: &Config, mut buf: Vec<u8>) -> io::Result<Vec<u8>> {
     use tokio::io::AsyncReadExt;
     let cap = hard_header_cap(config);
-    let mut buf = Vec::with_capacity(1024);
+    buf.reserve(1024usize.saturating_sub(buf.len()));
     loop {
+        if !buf.is_empty() {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            match httparse::Request::new(&mut headers).parse(&buf) {
+                Ok(httparse::Status::Partial) if buf.len() < cap => {}
+                // Complete, an error (hyper answers it), or too large (hyper answers 431).
+                _ => return Ok(buf),
+            }
+        }
         if buf.len() == buf.capacity() {
             buf.reserve(buf.len());
         }
         if stream.read_buf(&mut buf).await? == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        match httparse::Request::new(&mut headers).parse(&buf) {
-            Ok(httparse::Status::Partial) if buf.len() < cap => continue,
-            // Complete, an error (hyper answers it), or too large (hyper answers 431).
-            _ => return Ok(buf),
-        }
     }
 }
 
 /// The request `head` holds, if it is a `GET` over HTTP/1.1 without a body, upgrade or
 /// expectation, within the header limit: the requests a stream may answer.
-pub(crate) fn bodiless_get(
-    head: &[u8],
-    peer: SocketAddr,
-    max_header_bytes: usize,
-) -> Option<(Request<axum::body::Body>, bool)> {
+pub(crate) fn bodiless_get(head: &[u8], max_header_bytes: usize) -> Option<(Request<axum::body::Body>, bool)> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut parsed = httparse::Request::new(&mut headers);
     let httparse::Status::Complete(len) = parsed.parse(head).ok()? else {
@@ -64,10 +61,9 @@ pub(crate) fn bodiless_get(
         }
         request = request.header(header.name, http::HeaderValue::from_bytes(header.value).ok()?);
     }
-    let mut request = request.body(axum::body::Body::empty()).ok()?;
+    let request = request.body(axum::body::Body::empty()).ok()?;
     // A request that breaks the Host rule goes to hyper's path, which answers it 400.
     request_host(&request).ok()?;
-    request.extensions_mut().insert(ConnectInfo(peer));
     Some((request, keep_alive))
 }
 

@@ -43,6 +43,7 @@ use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
+pub use ipnet::IpNet;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -54,14 +55,21 @@ mod hand_off;
 mod head;
 mod host;
 mod limits;
+mod proxy;
 mod repoll;
 mod shutdown;
+#[cfg(feature = "tls")]
+mod tls;
 
 pub use limits::{ServerStats, ServerStatsHandle};
+pub use proxy::{ClientIp, DEFAULT_TRUSTED_PROXIES};
 pub use shutdown::shutdown_signal;
+#[cfg(feature = "tls")]
+pub use tls::{ALPN_PROTOCOLS, TlsError, tls_config_from_pem};
 
-use connection::serve_connection;
-use limits::{Counters, admit, client_key, default_max_connections, refuse};
+use connection::{Shared, serve_connection};
+use hand_off::Rewind;
+use limits::{Counters, Origin, admit, default_max_connections, refuse};
 use shutdown::all_closed;
 
 /// A hardened HTTP/1.1 server loop for a tidings [`Router`]: every connection a client can
@@ -130,10 +138,15 @@ pub struct Server {
     router: Router,
     config: Config,
     stats: Arc<Counters>,
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 #[derive(Debug, Clone)]
 struct Config {
+    pub(crate) trusted_proxies: Vec<IpNet>,
+    pub(crate) proxy_protocol: bool,
+    pub(crate) max_streams_per_connection: u32,
     pub(crate) max_connections: usize,
     pub(crate) max_connections_per_ip: usize,
     pub(crate) header_timeout: Duration,
@@ -149,6 +162,9 @@ impl Server {
         Server {
             router,
             config: Config {
+                trusted_proxies: proxy::default_trusted(),
+                proxy_protocol: false,
+                max_streams_per_connection: 100,
                 max_connections: default_max_connections(),
                 max_connections_per_ip: 1024,
                 header_timeout: Duration::from_secs(10),
@@ -158,7 +174,43 @@ impl Server {
                 grace_period: Duration::from_secs(10),
             },
             stats: Arc::default(),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
+    }
+
+    /// The addresses whose `X-Forwarded-For` is believed (default:
+    /// [`DEFAULT_TRUSTED_PROXIES`], loopback and the private ranges; an empty list believes
+    /// none). A connection from one of them is not counted as one client: each of its requests
+    /// is counted, while it is answered, under the client that `X-Forwarded-For` names (the
+    /// right-most address that is not itself trusted), and handlers find that address as
+    /// [`ClientIp`]. See `docs/deployment.md`.
+    ///
+    /// A client that can reach the server directly from a trusted range can name any address in
+    /// its own `X-Forwarded-For`: trust only the ranges your proxies are in.
+    pub fn trusted_proxies(mut self, ranges: impl IntoIterator<Item = IpNet>) -> Server {
+        self.config.trusted_proxies = ranges.into_iter().collect();
+        self
+    }
+
+    /// Requires a PROXY protocol header (v1 or v2, HAProxy's specification) at the start of
+    /// every connection, and believes it (default: off). The connection is then the client's it
+    /// names: counted under that address for [`max_connections_per_ip`](Server::max_connections_per_ip),
+    /// and shown to handlers as `ConnectInfo` and [`ClientIp`]. A `LOCAL` header (a proxy's
+    /// health check) keeps the peer's address. A connection without a valid header within the
+    /// [`header_timeout`](Server::header_timeout) is closed without an answer, as the
+    /// specification says: turn this on only for a listener that nothing but the proxy reaches.
+    pub fn proxy_protocol(mut self, on: bool) -> Server {
+        self.config.proxy_protocol = on;
+        self
+    }
+
+    /// The streams one HTTP/2 connection may have open at once (default 100, the floor RFC 9113
+    /// §6.5.2 recommends; browsers stay under it). Each stream counts toward nothing else: the
+    /// per-client limit counts connections.
+    pub fn max_streams_per_connection(mut self, max: u32) -> Server {
+        self.config.max_streams_per_connection = max;
+        self
     }
 
     /// Connections open at once (default: 90 % of the open-file limit, `RLIMIT_NOFILE`, read
@@ -234,8 +286,18 @@ impl Server {
     where
         F: Future<Output = ()> + Send,
     {
+        #[cfg(feature = "tls")]
+        let Server { router, config, stats, tls } = self;
+        #[cfg(not(feature = "tls"))]
         let Server { router, config, stats } = self;
-        let config = Arc::new(config);
+        let shared = Arc::new(Shared {
+            router,
+            config,
+            stats: stats.clone(),
+            #[cfg(feature = "tls")]
+            tls: tls.map(tokio_rustls::TlsAcceptor::from),
+        });
+        let config = &shared.config;
         let (stop, stopped) = watch::channel(false);
         let mut shutdown = pin!(shutdown);
         loop {
@@ -249,14 +311,17 @@ impl Server {
                 },
                 () = &mut shutdown => break,
             };
-            let ip = client_key(peer.ip());
-            match admit(&stats, &config, ip) {
+            // Counted under its address now, unless the address is only known later (the PROXY
+            // protocol) or is a trusted proxy's (each request is counted instead).
+            let forwarded = !config.proxy_protocol && proxy::is_trusted(&config.trusted_proxies, peer.ip());
+            let client = (!config.proxy_protocol && !forwarded).then_some(peer.ip());
+            match admit(&stats, config, client) {
                 Ok(guard) => {
                     stats.accepted.fetch_add(1, Ordering::Relaxed);
                     let id = guard.id;
                     let span = tracing::debug_span!("connection", %peer);
-                    let connection =
-                        serve_connection(stream, peer, router.clone(), config.clone(), stopped.clone(), guard);
+                    let origin = Origin { peer, forwarded };
+                    let connection = serve_connection(stream, origin, shared.clone(), stopped.clone(), guard);
                     // Entering a span on every poll is not free: only when it is recorded.
                     let task = if span.is_disabled() {
                         tokio::spawn(connection)
@@ -268,7 +333,7 @@ impl Server {
                         *slot = Some(task.abort_handle());
                     }
                 }
-                Err(status) => refuse(stream, status, &stats, &config),
+                Err(status) => refuse(Rewind { prefix: Vec::new(), stream }, status, &stats, config),
             }
         }
         drop(listener);

@@ -3,19 +3,22 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::Config;
 use crate::error::refusal;
-use crate::hand_off::builder;
+use crate::hand_off::{Rewind, any_builder};
+use crate::proxy::{ClientIp, forwarded_client};
+use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::response::Response;
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 /// Connections turned away beyond this many at once are closed without an answer: answering
@@ -78,21 +81,16 @@ impl ServerStatsHandle {
 /// One admitted connection: counted until dropped.
 pub(crate) struct Admitted {
     pub(crate) stats: Arc<Counters>,
-    pub(crate) ip: IpAddr,
+    /// Its client's count (`None` while the client is not known yet, or for a trusted proxy,
+    /// whose requests are counted one by one).
+    pub(crate) slot: Option<ClientSlot>,
     /// Its entry in [`Counters::tasks`].
     pub(crate) id: u64,
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        let mut per_ip = self.stats.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                per_ip.remove(&self.ip);
-            }
-        }
-        drop(per_ip);
+        drop(self.slot.take());
         self.stats.tasks.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.id);
         metrics::gauge!("tidings_http_connections").decrement(1.0);
         if self.stats.open.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -101,25 +99,161 @@ impl Drop for Admitted {
     }
 }
 
-pub(crate) fn admit(stats: &Arc<Counters>, config: &Config, ip: IpAddr) -> Result<Admitted, StatusCode> {
+/// One of a client address's `max_connections_per_ip`: a connection, or a request a trusted
+/// proxy forwarded, while it lasts.
+pub(crate) struct ClientSlot {
+    stats: Arc<Counters>,
+    key: IpAddr,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut per_ip = self.stats.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = per_ip.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Admits a connection if the server has room, and counts it under `client` if given.
+pub(crate) fn admit(stats: &Arc<Counters>, config: &Config, client: Option<IpAddr>) -> Result<Admitted, StatusCode> {
     let mut per_ip = stats.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
     if stats.open.load(Ordering::Acquire) >= config.max_connections {
         return Err(StatusCode::SERVICE_UNAVAILABLE);
     }
-    let n = per_ip.entry(ip).or_insert(0);
-    if *n >= config.max_connections_per_ip {
-        if *n == 0 {
-            per_ip.remove(&ip);
-        }
-        return Err(StatusCode::TOO_MANY_REQUESTS);
-    }
-    *n += 1;
+    let slot = match client {
+        Some(ip) => Some(take_slot(&mut per_ip, stats, config, ip)?),
+        None => None,
+    };
     stats.open.fetch_add(1, Ordering::AcqRel);
     drop(per_ip);
     let id = stats.next_id.fetch_add(1, Ordering::Relaxed);
     stats.tasks.lock().unwrap_or_else(PoisonError::into_inner).insert(id, None);
     metrics::gauge!("tidings_http_connections").increment(1.0);
-    Ok(Admitted { stats: stats.clone(), ip, id })
+    Ok(Admitted { stats: stats.clone(), slot, id })
+}
+
+/// Counts one more connection or request under `client`, if it has fewer than
+/// `max_connections_per_ip`; else `429`.
+pub(crate) fn claim(stats: &Arc<Counters>, config: &Config, client: IpAddr) -> Result<ClientSlot, StatusCode> {
+    let mut per_ip = stats.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+    take_slot(&mut per_ip, stats, config, client)
+}
+
+fn take_slot(
+    per_ip: &mut HashMap<IpAddr, usize>,
+    stats: &Arc<Counters>,
+    config: &Config,
+    client: IpAddr,
+) -> Result<ClientSlot, StatusCode> {
+    let key = client_key(client);
+    let n = per_ip.entry(key).or_insert(0);
+    if *n >= config.max_connections_per_ip {
+        if *n == 0 {
+            per_ip.remove(&key);
+        }
+        return Err(StatusCode::TOO_MANY_REQUESTS);
+    }
+    *n += 1;
+    Ok(ClientSlot { stats: stats.clone(), key })
+}
+
+/// Counts a refusal (`429` or `503`) in the stats and the metrics.
+pub(crate) fn count_refusal(stats: &Counters, status: StatusCode) {
+    let per_ip = status == StatusCode::TOO_MANY_REQUESTS;
+    let counter = if per_ip { &stats.refused_per_ip } else { &stats.refused_capacity };
+    counter.fetch_add(1, Ordering::Relaxed);
+    let reason = if per_ip { "per_ip" } else { "capacity" };
+    metrics::counter!("tidings_http_refused_connections_total", "reason" => reason).increment(1);
+}
+
+/// The message of a refusal with `status`.
+pub(crate) fn refusal_message(status: StatusCode, config: &Config) -> String {
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        format!("too many connections from your address (the limit is {})", config.max_connections_per_ip)
+    } else {
+        format!("the server is at its connection limit ({}); try again later", config.max_connections)
+    }
+}
+
+/// Where a connection's requests come from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Origin {
+    /// The client as handlers see it (`ConnectInfo`): the peer, or the PROXY protocol's source.
+    pub(crate) peer: SocketAddr,
+    /// The peer is a trusted proxy: each request is counted under the client its
+    /// `X-Forwarded-For` names, rather than the connection under the peer.
+    pub(crate) forwarded: bool,
+}
+
+/// Calls the router for a request of a connection from `origin`: with its `ConnectInfo` and
+/// [`ClientIp`], and, from a trusted proxy, counted under its client while its answer lasts (a
+/// `429` instead if that client has `max_connections_per_ip` already).
+pub(crate) async fn call_router<B>(
+    router: &Router,
+    mut request: Request<B>,
+    origin: Origin,
+    stats: &Arc<Counters>,
+    config: &Config,
+) -> Response
+where
+    B: http_body::Body<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    let client = if origin.forwarded {
+        forwarded_client(request.headers(), origin.peer.ip(), &config.trusted_proxies)
+    } else {
+        origin.peer.ip()
+    };
+    let extensions = request.extensions_mut();
+    extensions.insert(ConnectInfo(origin.peer));
+    extensions.insert(ClientIp(client));
+    let slot = if origin.forwarded {
+        match claim(stats, config, client) {
+            Ok(slot) => Some(slot),
+            Err(status) => {
+                count_refusal(stats, status);
+                return refusal(status, &refusal_message(status, config), Some(config.retry_after));
+            }
+        }
+    } else {
+        None
+    };
+    let Ok(response) = tower::Service::call(&mut router.clone(), request).await;
+    match slot {
+        Some(slot) => response.map(|body| axum::body::Body::new(Held { body, _slot: slot })),
+        None => response,
+    }
+}
+
+/// An answer's body with the client's slot, given back when the body is dropped (a stream:
+/// when it ends).
+struct Held {
+    body: axum::body::Body,
+    _slot: ClientSlot,
+}
+
+impl http_body::Body for Held {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// The address connections are counted under: IPv4 (also when mapped into IPv6) as it is,
@@ -136,36 +270,34 @@ pub(crate) fn client_key(ip: IpAddr) -> IpAddr {
         },
     }
 }
-/// Answers every request on `stream` with the refusal `status`, then closes it.
-pub(crate) fn refuse(stream: TcpStream, status: StatusCode, stats: &Arc<Counters>, config: &Config) {
-    let counter = if status == StatusCode::TOO_MANY_REQUESTS { &stats.refused_per_ip } else { &stats.refused_capacity };
-    counter.fetch_add(1, Ordering::Relaxed);
-    let reason = if status == StatusCode::TOO_MANY_REQUESTS { "per_ip" } else { "capacity" };
-    metrics::counter!("tidings_http_refused_connections_total", "reason" => reason).increment(1);
+/// Answers every request on `io` with the refusal `status`, then closes it (HTTP/1.1 or, with
+/// prior knowledge, HTTP/2; within 5 s at most).
+pub(crate) fn refuse(io: Rewind, status: StatusCode, stats: &Arc<Counters>, config: &Config) {
+    count_refusal(stats, status);
     if stats.refusing.fetch_add(1, Ordering::AcqRel) >= MAX_REFUSING {
         stats.refusing.fetch_sub(1, Ordering::AcqRel);
         stats.dropped.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("tidings_http_refused_connections_total", "reason" => "dropped").increment(1);
-        return; // `stream` is dropped: closed unanswered.
+        return; // `io` is dropped: closed unanswered.
     }
-    let message = if status == StatusCode::TOO_MANY_REQUESTS {
-        format!("too many connections from your address (the limit is {})", config.max_connections_per_ip)
-    } else {
-        format!("the server is at its connection limit ({}); try again later", config.max_connections)
-    };
+    let message = refusal_message(status, config);
     let retry_after = config.retry_after;
-    let mut builder = builder(config);
-    builder.keep_alive(false).header_read_timeout(config.header_timeout.min(Duration::from_secs(5)));
+    let mut builder = any_builder(config);
+    builder.http1().keep_alive(false).header_read_timeout(config.header_timeout.min(REFUSING_FOR));
     let stats = stats.clone();
     tokio::spawn(async move {
         let service = service_fn(move |_request: Request<Incoming>| {
             let answer = refusal(status, &message, Some(retry_after));
             async move { Ok::<_, Infallible>(answer) }
         });
-        let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+        let connection = builder.serve_connection(TokioIo::new(io), service);
+        let _ = tokio::time::timeout(REFUSING_FOR, connection).await;
         stats.refusing.fetch_sub(1, Ordering::AcqRel);
     });
 }
+
+/// How long a refused connection may take to send its request and read the refusal.
+const REFUSING_FOR: Duration = Duration::from_secs(5);
 
 pub(crate) fn default_max_connections() -> usize {
     std::fs::read_to_string("/proc/self/limits")
