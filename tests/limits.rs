@@ -152,7 +152,20 @@ async fn open_stream(addr: SocketAddr, source: Ipv4Addr) -> (TcpStream, String) 
 
 #[tokio::test]
 async fn connections_per_address_are_bounded_with_429() {
-    let (addr, hub, stats) = start(|s| s.max_connections_per_ip(3).retry_after(Duration::from_secs(7))).await;
+    // Loopback is not a trusted proxy here: each connection is counted as it is accepted.
+    per_address_limit(|s| s.trusted_proxies([])).await;
+}
+
+#[tokio::test]
+async fn requests_from_a_trusted_proxy_without_x_forwarded_for_are_bounded_under_its_address() {
+    // Loopback is a trusted proxy by default: each request is counted under the client its
+    // `X-Forwarded-For` names, here none, so the proxy's own address.
+    per_address_limit(|s| s).await;
+}
+
+async fn per_address_limit(configure: impl FnOnce(Server) -> Server) {
+    let (addr, hub, stats) =
+        start(|s| configure(s.max_connections_per_ip(3).retry_after(Duration::from_secs(7)))).await;
     let one = Ipv4Addr::new(127, 0, 0, 1);
     let mut streams = Vec::new();
     for _ in 0..3 {

@@ -110,39 +110,66 @@ pub(crate) async fn read_proxy_header(stream: &mut TcpStream) -> io::Result<(Opt
         if stream.read_buf(&mut buf).await? == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        let header = ppp::HeaderResult::parse(&buf);
-        if header.is_incomplete() && buf.len() < MAX_PROXY_HEADER {
-            buf.reserve(256);
-            continue;
+        if let Some((source, len)) = parse_proxy_header(&buf)? {
+            buf.drain(..len);
+            buf.shrink_to_fit();
+            return Ok((source, buf));
         }
-        let invalid = || io::Error::new(io::ErrorKind::InvalidData, "not a PROXY protocol header");
-        let (source, len) = match header {
-            ppp::HeaderResult::V1(Ok(header)) => {
-                let source = match header.addresses {
-                    ppp::v1::Addresses::Tcp4(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
-                    ppp::v1::Addresses::Tcp6(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
-                    ppp::v1::Addresses::Unknown => None,
-                };
-                (source, header.header.len())
-            }
-            ppp::HeaderResult::V2(Ok(header)) => {
-                let source = match (header.command, header.addresses) {
-                    (ppp::v2::Command::Proxy, ppp::v2::Addresses::IPv4(a)) => {
-                        Some(SocketAddr::from((a.source_address, a.source_port)))
-                    }
-                    (ppp::v2::Command::Proxy, ppp::v2::Addresses::IPv6(a)) => {
-                        Some(SocketAddr::from((a.source_address, a.source_port)))
-                    }
-                    _ => None,
-                };
-                (source, header.len())
-            }
-            _ => return Err(invalid()),
-        };
-        buf.drain(..len);
-        buf.shrink_to_fit();
-        return Ok((source, buf));
+        buf.reserve(256);
     }
+}
+
+/// The v2 header's signature (its first 12 bytes).
+const V2_SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
+
+/// The PROXY header at the start of `read`: the client's address (`None` for `LOCAL` or
+/// `UNKNOWN`) and the header's length, or `None` while more bytes are needed.
+fn parse_proxy_header(read: &[u8]) -> io::Result<Option<(Option<SocketAddr>, usize)>> {
+    let invalid = || io::Error::new(io::ErrorKind::InvalidData, "not a PROXY protocol header");
+    // What can start a header at all, decided before the parser: a v1 header is one line of at
+    // most 107 bytes (the parser may wait for more on some malformed lines).
+    let starts = |prefix: &[u8]| prefix[..read.len().min(prefix.len())] == read[..read.len().min(prefix.len())];
+    let v1 = starts(b"PROXY ");
+    if v1 {
+        let line_end = read.windows(2).position(|w| w == b"\r\n");
+        if line_end.is_none() && read.len() < 107 {
+            return Ok(None);
+        }
+        if line_end.is_none_or(|end| end + 2 > 107) {
+            return Err(invalid());
+        }
+    } else if !starts(V2_SIGNATURE) {
+        return Err(invalid());
+    }
+    let header = ppp::HeaderResult::parse(read);
+    if header.is_incomplete() {
+        // A v1 line is whole by now: what it lacks, it will not get.
+        return if !v1 && read.len() < MAX_PROXY_HEADER { Ok(None) } else { Err(invalid()) };
+    }
+    let parsed = match header {
+        ppp::HeaderResult::V1(Ok(header)) => {
+            let source = match header.addresses {
+                ppp::v1::Addresses::Tcp4(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
+                ppp::v1::Addresses::Tcp6(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
+                ppp::v1::Addresses::Unknown => None,
+            };
+            (source, header.header.len())
+        }
+        ppp::HeaderResult::V2(Ok(header)) => {
+            let source = match (header.command, header.addresses) {
+                (ppp::v2::Command::Proxy, ppp::v2::Addresses::IPv4(a)) => {
+                    Some(SocketAddr::from((a.source_address, a.source_port)))
+                }
+                (ppp::v2::Command::Proxy, ppp::v2::Addresses::IPv6(a)) => {
+                    Some(SocketAddr::from((a.source_address, a.source_port)))
+                }
+                _ => None,
+            };
+            (source, header.len())
+        }
+        _ => return Err(invalid()),
+    };
+    Ok(Some(parsed))
 }
 
 #[cfg(test)]
@@ -176,6 +203,38 @@ mod tests {
         assert_eq!(client(&["[2001:db8::1]:443"]), "2001:db8::1");
         assert_eq!(client(&["203.0.113.7:5000"]), "203.0.113.7");
         assert_eq!(client(&["::ffff:203.0.113.7"]), "203.0.113.7");
+    }
+
+    #[test]
+    fn proxy_headers_are_read_whole_or_refused_at_once() {
+        let v1 = b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 80\r\nGET / HTTP/1.1\r\n";
+        let (source, len) = parse_proxy_header(v1).unwrap().unwrap();
+        assert_eq!(source, Some("203.0.113.7:5555".parse().unwrap()));
+        assert_eq!(&v1[len..], b"GET / HTTP/1.1\r\n");
+        // Every prefix of a header waits for more.
+        for end in 1..len {
+            assert!(parse_proxy_header(&v1[..end]).unwrap().is_none(), "{end}");
+        }
+        let unknown = b"PROXY UNKNOWN\r\n";
+        assert_eq!(parse_proxy_header(unknown).unwrap(), Some((None, unknown.len())));
+        let mut v2 = V2_SIGNATURE.to_vec();
+        v2.extend_from_slice(&[0x21, 0x11, 0, 12, 198, 51, 100, 9, 127, 0, 0, 1, 0x11, 0x5c, 0, 80]);
+        assert_eq!(parse_proxy_header(&v2).unwrap(), Some((Some("198.51.100.9:4444".parse().unwrap()), 28)));
+        for end in 1..v2.len() {
+            assert!(parse_proxy_header(&v2[..end]).unwrap().is_none(), "{end}");
+        }
+        // Not a header, a malformed line, a line too long: refused now, not after a timeout.
+        for bad in [
+            &b"GET / HTTP/1.1\r\n"[..],
+            b"G",
+            b"PROXY TCP4 nonsense\r\n",
+            b"PROXY TCP4 203.0.113.7 127.0.0.1 5555\r\n",
+            b"PROXY TCP9 1 2 3 4\r\n",
+            &[b'P', b'R', b'O', b'X', b'Y', b' '].iter().copied().chain([b'x'; 120]).collect::<Vec<u8>>(),
+            b"\r\n\r\n\0\r\nQUIT\n\x99\x11\0\x0c",
+        ] {
+            assert!(parse_proxy_header(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]
