@@ -34,6 +34,14 @@
 //! 429), `--header-timeout SECS` (default 10: a client slower to send its request headers is
 //! cut off). Request heads over 16 KiB get a 431, publish bodies over 8 MiB a 413.
 //!
+//! HTTPS: `--tls-cert FILE --tls-key FILE` (PEM) serves HTTP/2 and HTTP/1.1 by ALPN. Without
+//! them, HTTP/1.1 and HTTP/2 with prior knowledge (`curl --http2-prior-knowledge`).
+//!
+//! Behind a reverse proxy (see `docs/deployment.md`): `--trusted-proxies CIDR,...` (default
+//! loopback and the private ranges) are the proxies whose `X-Forwarded-For` is believed, so that
+//! the per-address limit counts real clients; `--proxy-protocol` expects a PROXY protocol header
+//! (v1 or v2) on every connection instead.
+//!
 //! Web Push: the VAPID key is created on first start as `vapid.key` next to the data (the
 //! SQLite file's directory, else `./tidings-data/`) and reused; push subscriptions and their
 //! cursors are kept in `push.db` there. `--push-allow-hosts` or `TIDINGS_PUSH_ALLOW_HOSTS`
@@ -138,6 +146,35 @@ pub(crate) struct Args {
     /// bytes per process].
     #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true, value_parser = login::parse_secret)]
     jwt_secret: Option<String>,
+    /// Serve HTTPS (HTTP/2 and HTTP/1.1 by ALPN) with this certificate chain (PEM); needs
+    /// `--tls-key`.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Comma-separated address ranges of reverse proxies whose `X-Forwarded-For` is believed
+    /// (empty: none); each request from one is counted under the client it names.
+    #[arg(long, value_name = "CIDR,...", default_value = "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7", value_parser = parse_ranges)]
+    trusted_proxies: Ranges,
+    /// Every connection starts with a PROXY protocol header (v1 or v2), which names the client:
+    /// for a listener behind HAProxy's `send-proxy` or a load balancer that sends it.
+    #[arg(long)]
+    proxy_protocol: bool,
+}
+
+/// Address ranges (`--trusted-proxies`).
+#[derive(Debug, Clone)]
+pub(crate) struct Ranges(Vec<tidings::server::IpNet>);
+
+/// Reads `--trusted-proxies`: comma-separated CIDR ranges, or nothing.
+fn parse_ranges(list: &str) -> Result<Ranges, String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|range| !range.is_empty())
+        .map(|range| range.parse().map_err(|_| format!("{range:?} is not an address range like 10.0.0.0/8")))
+        .collect::<Result<_, _>>()
+        .map(Ranges)
 }
 
 /// Checks `--push-allow-hosts` before anything starts.
@@ -278,6 +315,15 @@ async fn main() {
         .lifecycle(Console { quiet: args.quiet })
         .authorize(login::authorizer(&secret))
         .build();
+    // HTTPS, if asked: the files are read before anything listens.
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            tidings::server::tls_config_from_pem(cert, key)
+                .unwrap_or_else(|e| fail(format!("cannot serve HTTPS: {e}"))),
+        ),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let addr = SocketAddr::from(([127, 0, 0, 1], args.port));
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
@@ -287,7 +333,7 @@ async fn main() {
         }
     };
     let addr = listener.local_addr().expect("bound address");
-    println!("Server-Sent Events demo: open http://localhost:{}/ (store: {described})", addr.port());
+    println!("Server-Sent Events demo: open {scheme}://localhost:{}/ (store: {described})", addr.port());
     // After the banner: resumed push subscriptions print their lifecycle lines.
     let push = web_push(hub.clone(), &args).await;
     let app = app(hub.clone(), &push);
@@ -320,9 +366,14 @@ async fn main() {
     );
     let mut server = tidings::http::Server::new(app)
         .max_connections_per_ip(args.max_connections_per_ip.get())
-        .header_timeout(Duration::from_secs(args.header_timeout));
+        .header_timeout(Duration::from_secs(args.header_timeout))
+        .trusted_proxies(args.trusted_proxies.0.iter().copied())
+        .proxy_protocol(args.proxy_protocol);
     if let Some(n) = args.max_connections {
         server = server.max_connections(n.get());
+    }
+    if let Some(tls) = tls {
+        server = server.tls(tls);
     }
 
     // SIGTERM or Ctrl-C: stop accepting, tell SSE streams when to come back (`retry:`, jittered

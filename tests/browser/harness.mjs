@@ -29,10 +29,11 @@ export function startDemo(port = 0, store = freshStore(), env = {}, args = []) {
     const timer = setTimeout(() => reject(new Error("demo did not start: " + out)), 20000);
     child.stdout.on("data", (chunk) => {
       out += chunk;
-      const m = out.match(/http:\/\/localhost:(\d+)\//);
+      const m = out.match(/(https?):\/\/localhost:(\d+)\//);
       if (m && !child.port) {
-        child.port = Number(m[1]);
-        child.url = `http://127.0.0.1:${child.port}`;
+        child.port = Number(m[2]);
+        // Over HTTPS, the name the certificate is for.
+        child.url = m[1] === "https" ? `https://localhost:${child.port}` : `http://127.0.0.1:${child.port}`;
         child.store = store;
         clearTimeout(timer);
         resolve(child);
