@@ -424,3 +424,22 @@ async fn answers_of_unknown_length_go_out_chunked_and_bodiless_statuses_without_
     conn.write_all(b"GET /pieces HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     assert_eq!(read_chunked(&mut conn).await.1, "one two three");
 }
+
+/// A stream that hyper serves (a `GET` with a body goes to hyper, not the direct path) ends as
+/// soon as its client hangs up, as one on the direct path does, not at the next heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_served_by_hyper_ends_when_its_client_hangs_up() {
+    let (addr, hub, _) = start(|s| s).await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(b"GET /events?topic=demo HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").await.unwrap();
+    let head = read_answer(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 200") && head.contains("text/event-stream"), "{head:.300}");
+    assert!(head.to_ascii_lowercase().contains("transfer-encoding: chunked"), "served by hyper: {head:.300}");
+    assert_eq!(hub.subscriber_count(), 1);
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(5); // the heartbeat comes after 15 s
+    while hub.subscriber_count() > 0 {
+        assert!(Instant::now() < deadline, "the stream outlived its client");
+        tokio::task::yield_now().await;
+    }
+}
