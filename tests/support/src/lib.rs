@@ -13,8 +13,7 @@ pub async fn serve(app: axum::Router) -> (std::net::SocketAddr, tokio::task::Joi
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
     let addr = listener.local_addr().expect("its address");
     let task = tokio::spawn(async move {
-        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        axum::serve(listener, app).await.expect("the server runs");
+        tidings_server::Server::new(app).serve(listener, std::future::pending()).await.expect("the server runs");
     });
     (addr, task)
 }

@@ -144,6 +144,8 @@ pub struct SseClient {
     parser: EventStream<UnboundedReceiverStream<Result<bytes::Bytes, std::convert::Infallible>>>,
     feed: Option<mpsc::UnboundedSender<Result<bytes::Bytes, std::convert::Infallible>>>,
     tap: Tap,
+    /// Bytes read but not yet given to the parser: the start of a block.
+    pending: Vec<u8>,
     heartbeats_reported: usize,
     cursor: Option<String>,
     ended: bool,
@@ -172,6 +174,7 @@ impl SseClient {
             parser: UnboundedReceiverStream::new(rx).eventsource(),
             feed: Some(tx),
             tap: Tap::default(),
+            pending: Vec::new(),
             heartbeats_reported: 0,
             cursor: None,
             ended: false,
@@ -184,23 +187,40 @@ impl SseClient {
         Ok(client)
     }
 
+    /// Hands what is left to the parser and ends its input.
+    fn flush(&mut self) {
+        if let Some(feed) = self.feed.take() {
+            if !self.pending.is_empty() {
+                let _ = feed.send(Ok(bytes::Bytes::from(std::mem::take(&mut self.pending))));
+            }
+        }
+    }
+
     async fn read_chunk(&mut self) -> Option<String> {
         match tokio::time::timeout(Duration::from_secs(60), self.body.next()).await {
             Err(_) => Some("no bytes for 60 s".into()),
             Ok(None) => {
                 self.ended = true;
-                self.feed = None;
+                self.flush();
                 None
             }
             Ok(Some(Err(e))) => {
                 self.ended = true;
-                self.feed = None;
+                self.flush();
                 Some(format!("stream error: {e}"))
             }
             Ok(Some(Ok(bytes))) => {
                 self.tap.feed(&bytes);
-                if let Some(feed) = &self.feed {
-                    let _ = feed.send(Ok(bytes));
+                // The parser gets whole blocks: it scans what it holds again on every chunk, so a
+                // 256 KiB event read 8 KiB at a time would cost it a quadratic scan.
+                let searched = self.pending.len().saturating_sub(1);
+                self.pending.extend_from_slice(&bytes);
+                if let Some(end) = self.pending[searched..].windows(2).rposition(|w| w == b"\n\n") {
+                    let rest = self.pending.split_off(searched + end + 2);
+                    let blocks = std::mem::replace(&mut self.pending, rest);
+                    if let Some(feed) = &self.feed {
+                        let _ = feed.send(Ok(bytes::Bytes::from(blocks)));
+                    }
                 }
                 None
             }
