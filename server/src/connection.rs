@@ -8,7 +8,7 @@ use crate::Config;
 use crate::direct::{Answered, answer_settled, stream_to_socket, write_answer};
 use crate::hand_off::{Rewind, is_http2_preface, serve_with_hyper};
 use crate::head::{bodiless_get, read_head};
-use crate::limits::{Admitted, Counters, Origin, claim, refuse};
+use crate::limits::{Admitted, ClientSlot, Counters, Origin, claim, refuse};
 use crate::proxy::read_proxy_header;
 use axum::Router;
 use tokio::net::TcpStream;
@@ -72,17 +72,9 @@ pub(crate) fn serve_connection(
         }
         #[cfg(feature = "tls")]
         if let Some(acceptor) = shared.tls.clone() {
-            let io = Rewind { prefix: read, stream };
-            let handshake = Box::pin(async {
-                tokio::select! {
-                    tls = tokio::time::timeout(config.header_timeout, acceptor.accept(io)) => Some(tls),
-                    _ = stopped.wait_for(|stop| *stop) => None,
-                }
-            })
-            .await;
-            let Some(Ok(Ok(tls))) = handshake else { return };
-            let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            Box::pin(serve_with_hyper(tls, http2, origin, shared, stopped)).await;
+            // Boxed: a TLS session is several KiB, and plain connections should not carry room
+            // for one.
+            Box::pin(serve_tls(acceptor, Rewind { prefix: read, stream }, origin, shared, stopped)).await;
             drop(admitted);
             return;
         }
@@ -111,7 +103,11 @@ pub(crate) fn serve_connection(
             match Box::pin(one_request(&stream, head, &shared, origin, &stopped)).await {
                 Outcome::Answered => {}
                 Outcome::Close => return,
-                Outcome::Stream(response) => {
+                Outcome::Stream(response, slot) => {
+                    // The connection ends with the stream: its count can hold the client's.
+                    if slot.is_some() {
+                        admitted.slot = slot;
+                    }
                     Box::pin(stream_to_socket(stream, response)).await;
                     drop(admitted);
                     return;
@@ -126,14 +122,34 @@ pub(crate) fn serve_connection(
     }
 }
 
+/// Completes the TLS handshake (within the header timeout) and serves the connection with
+/// hyper, in the protocol ALPN chose.
+#[cfg(feature = "tls")]
+async fn serve_tls(
+    acceptor: tokio_rustls::TlsAcceptor,
+    io: Rewind,
+    origin: Origin,
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let handshake = tokio::select! {
+        tls = tokio::time::timeout(shared.config.header_timeout, acceptor.accept(io)) => tls,
+        _ = stopped.wait_for(|stop| *stop) => return,
+    };
+    let Ok(Ok(tls)) = handshake else { return };
+    let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    serve_with_hyper(tls, http2, origin, shared, stopped).await;
+}
+
 /// What became of one request read by [`serve_connection`].
 pub(crate) enum Outcome {
     /// Answered whole; the connection waits for the next request.
     Answered,
     /// Closed (the client went away, a write failed, or the answer said so).
     Close,
-    /// A stream, to write until it ends.
-    Stream(axum::response::Response),
+    /// A stream, to write until it ends, and the client's count for as long (a request a
+    /// trusted proxy forwarded).
+    Stream(axum::response::Response, Option<ClientSlot>),
     /// For hyper: the bytes read so far (a request that is not a bodiless `GET`).
     Hyper(Vec<u8>),
 }
@@ -164,7 +180,7 @@ pub(crate) fn one_request<'a>(
         let (writing, keep_alive) = {
             let answer = match answering.await {
                 Some(Answered::Whole(answer)) => answer,
-                Some(Answered::Stream(response)) => return Outcome::Stream(response),
+                Some(Answered::Stream(response, slot)) => return Outcome::Stream(response, slot),
                 None => return Outcome::Close, // the client hung up while its request was answered
             };
             // As hyper does: the answer's `Connection: close` ends the connection after it.

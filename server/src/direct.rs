@@ -7,7 +7,7 @@ use std::pin::{Pin, pin};
 
 use crate::connection::Shared;
 use crate::head::says_close;
-use crate::limits::{Origin, call_router};
+use crate::limits::{ClientSlot, Origin, call_router};
 use http::{Request, StatusCode};
 use tokio::net::TcpStream;
 
@@ -33,13 +33,13 @@ pub(crate) async fn answer(
     origin: Origin,
     request: Request<axum::body::Body>,
     stream: &TcpStream,
-) -> Option<(axum::response::Response, bool)> {
+) -> Option<(axum::response::Response, Option<ClientSlot>, bool)> {
     let mut call = pin!(call_router(&shared.router, request, origin, &shared.stats, &shared.config));
     let mut peeked = false;
     loop {
         let mut byte = [0u8; 1];
         tokio::select! {
-            response = call.as_mut() => return Some((response, peeked)),
+            (response, slot) = call.as_mut() => return Some((response, slot, peeked)),
             seen = stream.peek(&mut byte), if !peeked => match seen {
                 Ok(0) | Err(_) => return None,
                 Ok(_) => peeked = true,
@@ -63,12 +63,12 @@ pub(crate) fn answer_settled<'a>(
     let answering = Box::pin(answer(shared, origin, request, stream));
     async move {
         let settling = {
-            let (response, peeked) = answering.await?;
+            let (response, slot, peeked) = answering.await?;
             if is_event_stream(&response) {
-                return Some(Answered::Stream(response));
+                return Some(Answered::Stream(response, slot));
             }
             let (parts, body) = response.into_parts();
-            let answer = Rendered::new(&parts, body);
+            let answer = Rendered::new(&parts, body, slot);
             if !has_body_status(answer.status) || answer.body.size_hint().exact().is_some() {
                 return Some(Answered::Whole(answer));
             }
@@ -80,8 +80,8 @@ pub(crate) fn answer_settled<'a>(
 
 /// What the router answered to a bodiless `GET`.
 pub(crate) enum Answered {
-    /// A stream (`200 text/event-stream`).
-    Stream(axum::response::Response),
+    /// A stream (`200 text/event-stream`), and the client's count for as long as it lasts.
+    Stream(axum::response::Response, Option<ClientSlot>),
     /// Anything else, to write whole.
     Whole(Rendered),
 }
@@ -89,6 +89,8 @@ pub(crate) enum Answered {
 /// An answer whose status line and headers are already rendered (a header map is several
 /// times their size, and a poll may keep its answer a while before the body is ready).
 pub(crate) struct Rendered {
+    /// The client's count, for a request a trusted proxy forwarded: kept until it is written.
+    pub(crate) slot: Option<ClientSlot>,
     pub(crate) status: StatusCode,
     /// The handler's answer carries `Connection: close`: the connection ends after it.
     pub(crate) close: bool,
@@ -98,12 +100,12 @@ pub(crate) struct Rendered {
 }
 
 impl Rendered {
-    fn new(parts: &http::response::Parts, body: axum::body::Body) -> Rendered {
+    fn new(parts: &http::response::Parts, body: axum::body::Body, slot: Option<ClientSlot>) -> Rendered {
         let mut head = Vec::with_capacity(128);
         put_status_and_headers(&mut head, parts);
         head.shrink_to_fit();
         let close = says_close(parts.headers.get_all(http::header::CONNECTION).iter().map(http::HeaderValue::as_bytes));
-        Rendered { status: parts.status, close, head, body }
+        Rendered { slot, status: parts.status, close, head, body }
     }
 }
 
@@ -121,7 +123,7 @@ pub(crate) fn settle(
     mut peeked: bool,
 ) -> impl Future<Output = Option<Rendered>> + Send + '_ {
     use http_body::Body as _;
-    let Rendered { status, close, head, mut body } = answer;
+    let Rendered { slot, status, close, head, mut body } = answer;
     async move {
         let first = std::future::poll_fn(|cx| {
             if let std::task::Poll::Ready(frame) = Pin::new(&mut body).poll_frame(cx) {
@@ -139,7 +141,7 @@ pub(crate) fn settle(
             std::task::Poll::Pending
         })
         .await?;
-        Some(Rendered { status, close, head, body: axum::body::Body::new(Prefixed { first, rest: body }) })
+        Some(Rendered { slot, status, close, head, body: axum::body::Body::new(Prefixed { first, rest: body }) })
     }
 }
 
@@ -241,7 +243,8 @@ pub(crate) fn put_framing(out: &mut Vec<u8>, framing: Framing, keep_alive: bool)
 pub(crate) async fn write_answer(stream: &TcpStream, answer: Rendered, keep_alive: bool) -> io::Result<()> {
     use http_body::Body as _;
     const GATHER: usize = 16 * 1024;
-    let Rendered { status, head, mut body, .. } = answer;
+    let Rendered { slot, status, head, mut body, .. } = answer;
+    let _slot = slot; // until the answer is written
     if status.is_informational() {
         return Err(io::Error::other("a handler answered with an informational status"));
     }

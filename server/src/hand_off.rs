@@ -12,7 +12,7 @@ use crate::Config;
 use crate::connection::Shared;
 use crate::error::refusal;
 use crate::head::{hard_header_cap, head_len, request_host};
-use crate::limits::{Origin, call_router};
+use crate::limits::{Origin, call_router_held};
 use crate::repoll::Repoll;
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
@@ -129,7 +129,7 @@ pub(crate) async fn serve_with_hyper<I>(
                 response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
                 return Ok(response);
             }
-            Ok(call_router(&shared.router, request, origin, &shared.stats, &shared.config).await)
+            Ok(call_router_held(&shared.router, request, origin, &shared.stats, &shared.config).await)
         }
     });
     let io = TokioIo::new(io);

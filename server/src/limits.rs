@@ -189,16 +189,36 @@ pub(crate) struct Origin {
     pub(crate) forwarded: bool,
 }
 
+/// [`call_router`], the client's slot (if any) kept by the answer's body until it is dropped:
+/// for hyper, which owns the body from then on.
+pub(crate) async fn call_router_held<B>(
+    router: &Router,
+    request: Request<B>,
+    origin: Origin,
+    stats: &Arc<Counters>,
+    config: &Config,
+) -> Response
+where
+    B: http_body::Body<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    match call_router(router, request, origin, stats, config).await {
+        (response, Some(slot)) => response.map(|body| axum::body::Body::new(Held { body, _slot: slot })),
+        (response, None) => response,
+    }
+}
+
 /// Calls the router for a request of a connection from `origin`: with its `ConnectInfo` and
-/// [`ClientIp`], and, from a trusted proxy, counted under its client while its answer lasts (a
-/// `429` instead if that client has `max_connections_per_ip` already).
+/// [`ClientIp`], and, from a trusted proxy, counted under its client (a `429` instead if that
+/// client has `max_connections_per_ip` already). The count lasts as long as the slot returned
+/// with the answer: keep it until the answer is written (a stream: until it ends).
 pub(crate) async fn call_router<B>(
     router: &Router,
     mut request: Request<B>,
     origin: Origin,
     stats: &Arc<Counters>,
     config: &Config,
-) -> Response
+) -> (Response, Option<ClientSlot>)
 where
     B: http_body::Body<Data = axum::body::Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
@@ -216,17 +236,14 @@ where
             Ok(slot) => Some(slot),
             Err(status) => {
                 count_refusal(stats, status);
-                return refusal(status, &refusal_message(status, config), Some(config.retry_after));
+                return (refusal(status, &refusal_message(status, config), Some(config.retry_after)), None);
             }
         }
     } else {
         None
     };
     let Ok(response) = tower::Service::call(&mut router.clone(), request).await;
-    match slot {
-        Some(slot) => response.map(|body| axum::body::Body::new(Held { body, _slot: slot })),
-        None => response,
-    }
+    (response, slot)
 }
 
 /// An answer's body with the client's slot, given back when the body is dropped (a stream:

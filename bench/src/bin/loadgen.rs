@@ -7,7 +7,7 @@
 //! ```text
 //! loadgen fanout   --addr 127.0.0.1:PORT [--pid PID] [--kind tidings|handwritten|nchan]
 //!                  [--subscribers N] [--events M] [--rate EVENTS_PER_S] [--payload BYTES]
-//!                  [--sources K] [--server NAME] [--label LABEL]
+//!                  [--sources K] [--server NAME] [--label LABEL] [--http2]
 //! loadgen longpoll (the same flags as fanout)                                  (tidings)
 //! loadgen replay   --addr ... [--pid ...] [--events M] [--payload BYTES] [--label LABEL] (tidings)
 //! loadgen MODE --help                                  (every flag, with its default)
@@ -93,6 +93,10 @@ struct SubscriberArgs {
     /// How many loopback source addresses (127.0.0.1, .2, ...) the connections are spread over
     #[arg(long, default_value_t = 8)]
     sources: usize,
+    /// SSE over HTTP/2 with prior knowledge (fanout): each subscriber's stream on a connection
+    /// of its own, as each browser has its own
+    #[arg(long)]
+    http2: bool,
 }
 
 /// The flags of `replay`.
@@ -439,16 +443,7 @@ async fn sse_client(
     let mut chunk = vec![0u8; 16384];
     let mut deadline = (*deadline).clone();
     loop {
-        // Complete lines of the body.
-        let mut start = 0;
-        while let Some(i) = body[start..].iter().position(|&b| b == b'\n') {
-            let line = &body[start..start + i];
-            if let Some(data) = line.strip_prefix(b"data: ") {
-                seen.record(data);
-            }
-            start += i + 1;
-        }
-        body.drain(..start);
+        take_lines(&mut body, &mut seen);
         if seen.unique >= events {
             return seen;
         }
@@ -462,6 +457,87 @@ async fn sse_client(
         tokio::select! {
             r = read => match r {
                 Some(Ok(n)) if n > 0 => dechunk.feed(&chunk[..n], &mut body),
+                _ => return seen,
+            },
+            _ = deadline.changed() => {}
+        }
+    }
+}
+
+/// Records the `data:` of every complete line of `body`, and keeps the incomplete rest.
+fn take_lines(body: &mut Vec<u8>, seen: &mut Seen) {
+    let mut start = 0;
+    while let Some(i) = body[start..].iter().position(|&b| b == b'\n') {
+        let line = &body[start..start + i];
+        if let Some(data) = line.strip_prefix(b"data: ") {
+            seen.record(data);
+        }
+        start += i + 1;
+    }
+    body.drain(..start);
+}
+
+/// One SSE subscriber over HTTP/2 with prior knowledge (hyper's client), on a connection of
+/// its own: reads until it has every event or the deadline passes.
+async fn sse_client_h2(
+    addr: SocketAddr,
+    path: String,
+    index: usize,
+    sources: usize,
+    events: u64,
+    shared: Arc<Shared>,
+    deadline: Arc<tokio::sync::watch::Receiver<Option<TokioInstant>>>,
+) -> Seen {
+    use http_body_util::BodyExt;
+    let mut seen = Seen::new(events);
+    let permit = shared.connecting.acquire().await.ok();
+    let opened = async {
+        let stream = connect(addr, index, sources).await?;
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.map_err(std::io::Error::other)?;
+        tokio::spawn(connection);
+        let request = hyper::Request::get(format!("http://{addr}{path}"))
+            .header("accept", "text/event-stream")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(std::io::Error::other)?;
+        let response = sender.send_request(request).await.map_err(std::io::Error::other)?;
+        Ok::<_, std::io::Error>((sender, response))
+    }
+    .await;
+    drop(permit);
+    let (_sender, response) = match opened {
+        Ok((sender, response)) if response.status() == 200 => (sender, response),
+        _ => {
+            shared.failed.fetch_add(1, Ordering::Relaxed);
+            shared.notify.notify_one();
+            return seen;
+        }
+    };
+    shared.opened.fetch_add(1, Ordering::Relaxed);
+    shared.notify.notify_one();
+    let mut response_body = response.into_body();
+    let mut body = Vec::with_capacity(8192);
+    let mut deadline = (*deadline).clone();
+    loop {
+        take_lines(&mut body, &mut seen);
+        if seen.unique >= events {
+            return seen;
+        }
+        let until = *deadline.borrow();
+        let frame = async {
+            match until {
+                Some(at) => tokio::time::timeout_at(at, response_body.frame()).await.ok(),
+                None => Some(response_body.frame().await),
+            }
+        };
+        tokio::select! {
+            frame = frame => match frame {
+                Some(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        body.extend_from_slice(&data);
+                    }
+                }
                 _ => return seen,
             },
             _ = deadline.changed() => {}
@@ -622,6 +698,8 @@ async fn subscribers(mode: &str, args: &SubscriberArgs) {
         let (shared, deadline) = (shared.clone(), deadline_rx.clone());
         if mode == "longpoll" {
             tasks.push(tokio::spawn(poll_client(addr, i, sources, events, shared, waiting.clone(), deadline)));
+        } else if args.http2 {
+            tasks.push(tokio::spawn(sse_client_h2(addr, kind.sse_path().to_owned(), i, sources, events, shared, deadline)));
         } else {
             tasks.push(tokio::spawn(sse_client(addr, kind.sse_path().to_owned(), i, sources, events, None, shared, deadline)));
         }
