@@ -110,7 +110,8 @@ def machine():
 
 def report(rows, seconds):
     pinned = [r for r in rows if r["mode"] == "fanout" and str(r.get("label", "")).startswith("pinned")]
-    fan = [r for r in rows if r["mode"] == "fanout" and r.get("rate", 0) == 0 and r not in pinned]
+    proto = [r for r in rows if r["mode"] == "fanout" and str(r.get("label", "")).startswith("protocol")]
+    fan = [r for r in rows if r["mode"] == "fanout" and r.get("rate", 0) == 0 and r not in pinned and r not in proto]
     lat = [r for r in rows if r["mode"] == "fanout" and r.get("rate", 0) > 0]
     lp = [r for r in rows if r["mode"] == "longpoll"]
     rep = [r for r in rows if r["mode"] == "replay"]
@@ -188,6 +189,19 @@ def report(rows, seconds):
                           f"{rng([r['deliveries_per_second'] for r in rs])} | {rng([r['latency_ms']['p50'] for r in rs], 1)} | "
                           f"{rng([r['latency_ms']['p99'] for r in rs], 1)} | {sum(lost(r) for r in rs)} |")
     md += ["", "![memory per connection](bench/memory.svg)", ""]
+
+    if proto:
+        md += [f"### tidings over HTTP/1.1 and HTTP/2, {fmt(proto[0]['subscribers'])} subscribers", "",
+               "The fan-out above, over HTTP/1.1 and over HTTP/2 with prior knowledge (`loadgen fanout "
+               "--http2`: each subscriber's stream on a connection of its own, as each browser has its "
+               "own). HTTP/1.1 streams are written by the server itself; HTTP/2 ones by hyper's h2.", "",
+               "| protocol | KiB per idle connection | deliveries / CPU-s | p50 ms | p99 ms | lost |",
+               "|---|---|---|---|---|---|"]
+        for name, rs in [("HTTP/1.1", [r for r in proto if not r.get("http2")]), ("HTTP/2", [r for r in proto if r.get("http2")])]:
+            if rs:
+                md.append(f"| {name} | {rng([r['kib_per_connection'] for r in rs], 1)} | {rng([r['deliveries_per_cpu_second'] for r in rs])} | "
+                          f"{rng([r['latency_ms']['p50'] for r in rs], 1)} | {rng([r['latency_ms']['p99'] for r in rs], 1)} | {sum(lost(r) for r in rs)} |")
+        md += [""]
 
     if lat:
         md += ["### Latency at a fixed rate", "",

@@ -736,7 +736,7 @@ async fn subscribers(mode: &str, args: &SubscriberArgs) {
     println!(
         "{}",
         serde_json::json!({
-            "mode": mode, "kind": kind.name(), "server": args.server, "label": args.target.label,
+            "mode": mode, "kind": kind.name(), "server": args.server, "label": args.target.label, "http2": args.http2,
             "subscribers": n, "opened": opened, "failed": shared.failed.load(Ordering::Relaxed), "open_seconds": open_seconds,
             "events": events, "rate": rate, "payload": payload, "publish_refused": refused, "publish_seconds": publish_seconds,
             "deliveries": t.deliveries, "missing": t.missing, "repeated": t.repeated, "out_of_order": t.out_of_order,
