@@ -122,3 +122,50 @@ async fn nothing_is_written_on_a_stream_after_serve_returned() {
         assert!(!rest.contains("data: after"), "stream {i}: written after serve returned: {rest}");
     }
 }
+
+/// The same over HTTP/2: hyper runs each stream as a task of its own, which ends with its
+/// connection when the grace period is over; nothing is written after `serve` returned, and no
+/// subscription is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_written_on_an_http2_stream_after_serve_returned() {
+    use futures_util::StreamExt;
+    let hub = tidings::Hub::new(tidings::MemoryStore::new());
+    let app = axum::Router::new().route("/events", tidings::sse::Sse::new(hub.clone()).method_router());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tidings::http::Server::new(app)
+            .grace_period(Duration::from_millis(200))
+            .serve(listener, async move { stopped.await.unwrap_or(()) }),
+    );
+    let client = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let mut bodies = Vec::new();
+    for _ in 0..2 {
+        let response = client.get(format!("http://{addr}/events?topic=t")).send().await.unwrap();
+        assert_eq!(response.version(), reqwest::Version::HTTP_2);
+        let mut body = response.bytes_stream();
+        let mut seen = String::new();
+        while !seen.contains("tidings.open") {
+            let chunk = tokio::time::timeout(Duration::from_secs(10), body.next()).await.unwrap().unwrap().unwrap();
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        bodies.push(body);
+    }
+    assert_eq!(hub.subscriber_count(), 2);
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server).await.expect("serve returns after its grace period").unwrap().unwrap();
+    assert_eq!(hub.subscriber_count(), 0, "a stream outlived serve");
+    hub.publish(tidings::NewEvent::new(tidings::Topic::new("t"), "after")).await.unwrap();
+    for (i, mut body) in bodies.into_iter().enumerate() {
+        let mut rest = String::new();
+        let ended = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(Ok(chunk)) = body.next().await {
+                rest.push_str(&String::from_utf8_lossy(&chunk));
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "stream {i}: still open after serve returned");
+        assert!(!rest.contains("data: after"), "stream {i}: written after serve returned: {rest}");
+    }
+}

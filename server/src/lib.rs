@@ -72,8 +72,10 @@ use hand_off::Rewind;
 use limits::{Counters, Origin, admit, default_max_connections, refuse};
 use shutdown::all_closed;
 
-/// A hardened HTTP/1.1 server loop for a tidings [`Router`]: every connection a client can
-/// open is bounded, and every refusal is a clear status with a JSON body.
+/// A hardened server for a tidings [`Router`], in place of `axum::serve`: HTTP/1.1 and HTTP/2
+/// (with prior knowledge, or by ALPN over TLS with `Server::tls`, feature `tls`), every
+/// connection a client can open bounded, every refusal a clear status with a JSON body, and the
+/// real client found behind a reverse proxy. See `docs/deployment.md`.
 ///
 /// `axum::serve` keeps connections without limit, lets a client take forever to send its
 /// request headers (slow-loris) and accepts headers of hundreds of kilobytes. [`Server`] is the
@@ -87,8 +89,15 @@ use shutdown::all_closed;
 /// | [`max_header_bytes`](Server::max_header_bytes): request line and headers | 16 KiB | `431`; over 4x the limit, the parser stops reading with a bare `431` |
 /// | [`stall_timeout`](Server::stall_timeout): written data left unacknowledged (Linux) | 30 s | connection closed |
 /// | [`grace_period`](Server::grace_period) after shutdown is asked | 10 s | connections still open are dropped |
+/// | [`max_streams_per_connection`](Server::max_streams_per_connection) (HTTP/2) | 100 | the client waits for a stream to end (RFC 9113 §5.1.2) |
 ///
-/// Request bodies are bounded per route: see [`limit_body`](crate::limit_body).
+/// Behind a reverse proxy, the per-client limit counts the client the proxy names:
+/// [`trusted_proxies`](Server::trusted_proxies) (default: loopback and the private ranges)
+/// have their `X-Forwarded-For` believed, and [`proxy_protocol`](Server::proxy_protocol) reads
+/// the PROXY protocol header (v1 or v2) that starts each connection. Every request carries the
+/// client's address as a [`ClientIp`] extension.
+///
+/// Request bodies are bounded per route: see `tidings_http::limit_body`.
 ///
 /// Every request is held to the `Host` rule of RFC 9112 §3.2, whichever path below answers it:
 /// an HTTP/1.1 request without `Host`, or any request with two `Host` lines or an invalid one,
@@ -129,9 +138,9 @@ use shutdown::all_closed;
 /// for that chunk holding nothing but the socket, and ends the wait if the client hangs up),
 /// chunked otherwise. An idle SSE connection or a waiting poll then holds a few KiB (its task,
 /// its subscription) instead of the HTTP/1 connection's two 8 KiB buffers; see
-/// `docs/benchmarks.md`. Any other request (a body, another method, HTTP/1.0, several requests
-/// read at once) is served by hyper as usual, from the same bytes, for the rest of that
-/// connection.
+/// `docs/benchmarks.md`. Any other request (a body, another method, HTTP/1.0, HTTP/2, an
+/// upgrade, several requests read at once) is served by hyper as usual, from the same bytes,
+/// for the rest of that connection; over TLS, every request is.
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct Server {
