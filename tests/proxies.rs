@@ -99,12 +99,14 @@ async fn a_trusted_proxys_x_forwarded_for_names_the_client_and_each_client_has_i
     assert!(head.starts_with("HTTP/1.1 200"), "{head:.300}");
     // When a stream ends, its client's count goes down with it.
     drop(streams.pop());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let reopened = loop {
         let (stream, head) = send(addr, &stream_request("203.0.113.7")).await;
         if head.starts_with("HTTP/1.1 200") {
             break stream;
         }
         assert!(head.starts_with("HTTP/1.1 429"), "{head:.300}");
+        assert!(std::time::Instant::now() < deadline, "the ended stream's count was never given back");
         tokio::task::yield_now().await; // the server has not seen the close yet
     };
     streams.push(reopened);
@@ -117,8 +119,9 @@ async fn a_trusted_proxys_x_forwarded_for_names_the_client_and_each_client_has_i
 #[tokio::test]
 async fn an_untrusted_peers_x_forwarded_for_is_ignored() {
     let only_elsewhere = ["10.0.0.0/8".parse().unwrap()];
-    let (addr, _hub) = start(|s| s.trusted_proxies(only_elsewhere).max_connections_per_ip(1)).await;
-    let (_, who) = send(addr, b"GET /who HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.7\r\n\r\n").await;
+    let (addr, _hub) = start(|s| s.trusted_proxies(only_elsewhere).max_connections_per_ip(2)).await;
+    // (This connection stays open: it counts.)
+    let (_kept, who) = send(addr, b"GET /who HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.7\r\n\r\n").await;
     assert!(body(&who).starts_with("127.0.0.1 127.0.0.1:"), "{who}");
     // And its connections count under its own address, whatever they claim.
     let (_held, head) = send(addr, &stream_request("203.0.113.7")).await;
@@ -211,4 +214,19 @@ async fn receives(stream: &mut TcpStream, expected: &str) {
             other => panic!("stream ended or stalled ({other:?}) before {expected:?}: {:?}", String::from_utf8_lossy(&got)),
         }
     }
+}
+
+#[tokio::test]
+async fn with_the_proxy_protocol_a_connection_over_capacity_gets_its_503_after_the_header() {
+    let (addr, _hub) = start(|s| s.proxy_protocol(true).max_connections(1)).await;
+    let mut raw = proxy_v1("203.0.113.7:1".parse().unwrap());
+    raw.extend_from_slice(b"GET /events?topic=demo HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (_held, head) = send(addr, &raw).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head:.300}");
+    // The refusal reads the proxy's header first: the proxy relays a 503, not a 400.
+    let mut raw = proxy_v2(1, (Ipv4Addr::new(198, 51, 100, 9), 4444));
+    raw.extend_from_slice(b"GET /events?topic=demo HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (_, refused) = send(addr, &raw).await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused:.400}");
+    assert!(refused.contains("the server is at its connection limit (1)"), "{refused}");
 }

@@ -39,15 +39,24 @@ enum Kind {
     Caddy,
 }
 
-/// A proxy process, killed when dropped, and its working directory.
+/// A proxy process, stopped when dropped, and its working directory.
 struct Proxy {
     addr: SocketAddr,
-    _child: Child,
+    child: Child,
     dir: PathBuf,
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
+        // SIGTERM, and wait: nginx's workers would outlive a master killed outright, still
+        // bound to the port.
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -105,7 +114,7 @@ impl Proxy {
             assert!(Instant::now() < deadline, "{program} did not listen on {addr}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Proxy { addr, _child: child, dir }
+        Proxy { addr, child, dir }
     }
 }
 

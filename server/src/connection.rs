@@ -8,7 +8,7 @@ use crate::Config;
 use crate::direct::{Answered, answer_settled, stream_to_socket, write_answer};
 use crate::hand_off::{Rewind, is_http2_preface, serve_with_hyper};
 use crate::head::{bodiless_get, read_head};
-use crate::limits::{Admitted, ClientSlot, Counters, Origin, claim, refuse};
+use crate::limits::{Admitted, ClientSlot, Counters, Origin, Refusing, claim, refuse};
 use crate::proxy::read_proxy_header;
 use axum::Router;
 use tokio::net::TcpStream;
@@ -21,6 +21,16 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<Counters>,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl Shared {
+    /// Whether connections start with a TLS handshake.
+    pub(crate) fn has_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        false
+    }
 }
 
 // Not an `async fn`: that would keep each argument twice in the task (as argument and as
@@ -64,7 +74,8 @@ pub(crate) fn serve_connection(
                 Ok(slot) => admitted.slot = Some(slot),
                 Err(status) => {
                     drop(admitted);
-                    refuse(Rewind { prefix: rest, stream }, status, &shared.stats, config);
+                    let how = if shared.has_tls() { Refusing::Tls } else { Refusing::Http };
+                    refuse(Rewind { prefix: rest, stream }, status, &shared.stats, config, how);
                     return;
                 }
             }
@@ -86,6 +97,7 @@ pub(crate) fn serve_connection(
         // and keeps the connection from then on.
         // Every await below that holds much state is boxed: a task is as large as its largest
         // state, and an idle stream or a waiting poll should not carry room for the others.
+        let mut answered = false;
         let head = loop {
             let read = Box::pin(async {
                 let read = std::mem::take(&mut read);
@@ -101,7 +113,7 @@ pub(crate) fn serve_connection(
                 None | Some(Ok(Err(_)) | Err(_)) => return,
             };
             match Box::pin(one_request(&stream, head, &shared, origin, &stopped)).await {
-                Outcome::Answered => {}
+                Outcome::Answered => answered = true,
                 Outcome::Close => return,
                 Outcome::Stream(response, slot) => {
                     // The connection ends with the stream: its count can hold the client's.
@@ -115,7 +127,8 @@ pub(crate) fn serve_connection(
                 Outcome::Hyper(head) => break head,
             }
         };
-        let http2 = is_http2_preface(&head);
+        // HTTP/2's preface counts only as a connection's first bytes (RFC 9113 §3.4).
+        let http2 = !answered && is_http2_preface(&head);
         let io = Rewind { prefix: head, stream };
         Box::pin(serve_with_hyper(io, http2, origin, shared, stopped)).await;
         drop(admitted);

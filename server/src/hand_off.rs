@@ -6,13 +6,18 @@ use std::future::Future;
 use std::io;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::response::Response;
+use tokio::sync::Notify;
 
 use crate::Config;
 use crate::connection::Shared;
 use crate::error::refusal;
 use crate::head::{hard_header_cap, head_len, request_host};
-use crate::limits::{Origin, call_router_held};
+use crate::host::HostError;
+use crate::limits::{Counters, Origin, call_router_held, hold};
 use crate::repoll::Repoll;
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
@@ -37,14 +42,69 @@ pub(crate) fn http1_builder(config: &Config) -> http1::Builder {
     builder
 }
 
-/// hyper's HTTP/2 connection builder, configured from `config`.
+/// hyper's HTTP/2 connection builder, configured from `config`: as `axum::serve`'s (extended
+/// CONNECT, RFC 8441, for WebSockets over HTTP/2), with a `PING` every 20 s that the client
+/// must answer within the header timeout (a peer gone without a word is found).
 fn http2_builder<E>(config: &Config, executor: E) -> http2::Builder<E> {
     let mut builder = http2::Builder::new(executor);
     builder
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(hard_header_cap(config)).unwrap_or(u32::MAX))
-        .max_concurrent_streams(config.max_streams_per_connection);
+        .max_concurrent_streams(config.max_streams_per_connection)
+        .enable_connect_protocol()
+        // What one stream may have queued for a client that does not read (400 KiB by default).
+        .max_send_buf_size(HTTP2_SEND_BUFFER)
+        .keep_alive_interval(HTTP2_PING_EVERY)
+        .keep_alive_timeout(config.header_timeout);
     builder
+}
+
+/// The most one HTTP/2 stream queues for its client, in bytes.
+const HTTP2_SEND_BUFFER: usize = 64 * 1024;
+
+/// How often an HTTP/2 connection is pinged.
+const HTTP2_PING_EVERY: Duration = Duration::from_secs(20);
+
+/// The requests in progress on one HTTP/2 connection: a connection without any for the header
+/// timeout is closed (`GOAWAY`), as an idle HTTP/1.1 keep-alive connection is.
+#[derive(Default)]
+struct Activity {
+    active: AtomicUsize,
+    changed: Notify,
+}
+
+/// One request in progress on an HTTP/2 connection, until its answer's body is dropped.
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn new(activity: &Arc<Activity>) -> Busy {
+        activity.active.fetch_add(1, Ordering::AcqRel);
+        activity.changed.notify_waiters();
+        Busy(activity.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+        self.0.changed.notify_waiters();
+    }
+}
+
+/// Resolves once `activity` has had no request in progress for `timeout`.
+async fn idle_for(activity: &Activity, timeout: Duration) {
+    loop {
+        let mut changed = pin!(activity.changed.notified());
+        changed.as_mut().enable();
+        if activity.active.load(Ordering::Acquire) == 0 {
+            tokio::select! {
+                () = tokio::time::sleep(timeout) => return,
+                () = changed => {}
+            }
+        } else {
+            changed.await;
+        }
+    }
 }
 
 /// A builder for a connection whose protocol is not known yet (one being refused): HTTP/1.1,
@@ -68,18 +128,31 @@ pub(crate) fn is_http2_preface(read: &[u8]) -> bool {
 }
 
 /// Runs what hyper spawns for one connection (each HTTP/2 stream's task) until it is done or the
-/// connection is gone, whichever is first: a stream never outlives its connection, so the grace
-/// period's end or a client's `GOAWAY` ends them all.
+/// connection is gone, whichever is first: a stream never outlives its connection, so when the
+/// grace period's end drops the connection, its streams end too; [`Counters::streams`] counts
+/// them, so that `serve` returns only once they have.
 #[derive(Clone)]
 pub(crate) struct ConnectionExecutor {
     gone: watch::Receiver<()>,
+    stats: Arc<Counters>,
 }
 
 impl ConnectionExecutor {
     /// An executor, and the guard whose drop (with the connection) ends its tasks.
-    pub(crate) fn new() -> (ConnectionExecutor, watch::Sender<()>) {
+    pub(crate) fn new(stats: Arc<Counters>) -> (ConnectionExecutor, watch::Sender<()>) {
         let (alive, gone) = watch::channel(());
-        (ConnectionExecutor { gone }, alive)
+        (ConnectionExecutor { gone, stats }, alive)
+    }
+}
+
+/// One running stream task, counted in [`Counters::streams`].
+struct StreamTask(Arc<Counters>);
+
+impl Drop for StreamTask {
+    fn drop(&mut self) {
+        if self.0.streams.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.closed.notify_waiters();
+        }
     }
 }
 
@@ -90,7 +163,10 @@ where
 {
     fn execute(&self, task: F) {
         let mut gone = self.gone.clone();
+        self.stats.streams.fetch_add(1, Ordering::AcqRel);
+        let counted = StreamTask(self.stats.clone());
         tokio::spawn(async move {
+            let _counted = counted;
             tokio::select! {
                 _ = task => {}
                 // Resolves with an error once the sender is dropped; nothing is ever sent.
@@ -113,39 +189,60 @@ pub(crate) async fn serve_with_hyper<I>(
 {
     let max_header_bytes = shared.config.max_header_bytes;
     let config = shared.clone();
+    let activity = http2.then(Arc::<Activity>::default);
+    let service_activity = activity.clone();
     let service = service_fn(move |request: Request<Incoming>| {
         let too_large = head_len(&request) > max_header_bytes;
         let host = request_host(&request);
         let shared = shared.clone();
+        let busy = service_activity.as_ref().map(Busy::new);
         async move {
-            if too_large {
-                shared.stats.header_too_large.fetch_add(1, Ordering::Relaxed);
-                let message = format!("request headers are over {max_header_bytes} bytes");
-                return Ok::<_, Infallible>(refusal(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &message, None));
-            }
-            if let Err(err) = host {
-                // Its body (if any) is not read: the connection cannot carry another request.
-                let mut response = refusal(StatusCode::BAD_REQUEST, &err.to_string(), None);
-                response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
-                return Ok(response);
-            }
-            Ok(call_router_held(&shared.router, request, origin, &shared.stats, &shared.config).await)
+            let response = answer(request, too_large, host, &shared, origin, max_header_bytes).await;
+            Ok::<_, Infallible>(match busy {
+                Some(busy) => hold(response, busy),
+                None => response,
+            })
         }
     });
     let io = TokioIo::new(io);
     // hyper wakes its own task each time it hands a request body to the handler: `Repoll`
     // polls it again at once rather than letting that wake-up send the task to the back of the
     // runtime's queue (behind every subscriber a publish just woke: 100-200 ms under fan-out).
-    if http2 {
-        let (executor, _alive) = ConnectionExecutor::new();
+    if let Some(activity) = activity {
+        let (executor, _alive) = ConnectionExecutor::new(config.stats.clone());
         let connection = http2_builder(&config.config, executor).serve_connection(io, service);
-        drive(pin!(Repoll::new(connection)), stopped).await;
+        let idle = idle_for(&activity, config.config.header_timeout);
+        drive(pin!(Repoll::new(connection)), stopped, idle).await;
     } else {
         // With upgrades, as `axum::serve`: a `101 Switching Protocols` hands the connection to
-        // the handler (WebSocket).
+        // the handler (WebSocket). An idle connection is closed by hyper's header timeout.
         let connection = http1_builder(&config.config).serve_connection(io, service).with_upgrades();
-        drive(pin!(Repoll::new(connection)), stopped).await;
+        drive(pin!(Repoll::new(connection)), stopped, std::future::pending()).await;
     }
+}
+
+/// The answer to one request hyper read: a `431` or a `400` for a head over the limit or one
+/// that breaks the `Host` rule, else the router's.
+async fn answer(
+    request: Request<Incoming>,
+    too_large: bool,
+    host: Result<(), HostError>,
+    shared: &Shared,
+    origin: Origin,
+    max_header_bytes: usize,
+) -> Response {
+    if too_large {
+        shared.stats.header_too_large.fetch_add(1, Ordering::Relaxed);
+        let message = format!("request headers are over {max_header_bytes} bytes");
+        return refusal(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &message, None);
+    }
+    if let Err(err) = host {
+        // Its body (if any) is not read: the connection cannot carry another request.
+        let mut response = refusal(StatusCode::BAD_REQUEST, &err.to_string(), None);
+        response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        return response;
+    }
+    call_router_held(&shared.router, request, origin, &shared.stats, &shared.config).await
 }
 
 /// A hyper connection that can be asked to finish what it is doing and close.
@@ -180,12 +277,14 @@ where
     }
 }
 
-/// Runs `connection` until it ends; once `stopped`, asks it to finish and close.
-async fn drive<C, T, E>(mut connection: Pin<&mut Repoll<C>>, mut stopped: watch::Receiver<bool>)
+/// Runs `connection` until it ends; once `stopped`, or once `idle` resolves, asks it to finish
+/// and close.
+async fn drive<C, T, E>(mut connection: Pin<&mut Repoll<C>>, mut stopped: watch::Receiver<bool>, idle: impl Future<Output = ()>)
 where
     C: Graceful<Output = Result<T, E>>,
     E: std::fmt::Display,
 {
+    let mut idle = pin!(idle);
     let mut stopping = false;
     loop {
         tokio::select! {
@@ -196,6 +295,10 @@ where
                 break;
             }
             _ = stopped.wait_for(|stop| *stop), if !stopping => {
+                stopping = true;
+                connection.as_mut().inner().graceful_shutdown();
+            }
+            () = idle.as_mut(), if !stopping => {
                 stopping = true;
                 connection.as_mut().inner().graceful_shutdown();
             }

@@ -69,7 +69,7 @@ pub use tls::{ALPN_PROTOCOLS, TlsError, tls_config_from_pem};
 
 use connection::{Shared, serve_connection};
 use hand_off::Rewind;
-use limits::{Counters, Origin, admit, default_max_connections, refuse};
+use limits::{Counters, Origin, Refusing, admit, default_max_connections, refuse};
 use shutdown::all_closed;
 
 /// A hardened server for a tidings [`Router`], in place of `axum::serve`: HTTP/1.1 and HTTP/2
@@ -195,8 +195,11 @@ impl Server {
     /// right-most address that is not itself trusted), and handlers find that address as
     /// [`ClientIp`]. See `docs/deployment.md`.
     ///
-    /// A client that can reach the server directly from a trusted range can name any address in
-    /// its own `X-Forwarded-For`: trust only the ranges your proxies are in.
+    /// A client whose connections arrive from a trusted range without passing a proxy that
+    /// appends its address can name any address in its own `X-Forwarded-For`, and so escape
+    /// the per-client limit or use up another address's: this includes traffic NATed from
+    /// private addresses (Kubernetes' default external traffic policy, Docker's userland proxy,
+    /// a VPN). Trust only the ranges your proxies are in.
     pub fn trusted_proxies(mut self, ranges: impl IntoIterator<Item = IpNet>) -> Server {
         self.config.trusted_proxies = ranges.into_iter().collect();
         self
@@ -215,8 +218,8 @@ impl Server {
     }
 
     /// The streams one HTTP/2 connection may have open at once (default 100, the floor RFC 9113
-    /// §6.5.2 recommends; browsers stay under it). Each stream counts toward nothing else: the
-    /// per-client limit counts connections.
+    /// §6.5.2 recommends; browsers stay under it). The per-client limit counts the connection
+    /// (or, from a trusted proxy, each request), not its streams.
     pub fn max_streams_per_connection(mut self, max: u32) -> Server {
         self.config.max_streams_per_connection = max;
         self
@@ -342,7 +345,16 @@ impl Server {
                         *slot = Some(task.abort_handle());
                     }
                 }
-                Err(status) => refuse(Rewind { prefix: Vec::new(), stream }, status, &stats, config),
+                Err(status) => {
+                    let how = if shared.has_tls() {
+                        Refusing::Tls
+                    } else if config.proxy_protocol {
+                        Refusing::AfterProxyHeader
+                    } else {
+                        Refusing::Http
+                    };
+                    refuse(Rewind { prefix: Vec::new(), stream }, status, &stats, config, how);
+                }
             }
         }
         drop(listener);

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::Config;
 use crate::error::refusal;
 use crate::hand_off::{Rewind, any_builder};
-use crate::proxy::{ClientIp, forwarded_client};
+use crate::proxy::{ClientIp, canonical, forwarded_client, read_proxy_header};
 use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::response::Response;
@@ -35,7 +35,8 @@ pub struct ServerStats {
     pub accepted: u64,
     /// Connections refused with 503 because `max_connections` were open.
     pub refused_capacity: u64,
-    /// Connections refused with 429 because their address had `max_connections_per_ip` open.
+    /// Connections refused with 429 because their address had `max_connections_per_ip` open
+    /// (from a trusted proxy: requests refused because their client had).
     pub refused_per_ip: u64,
     /// Connections closed unanswered because too many refusals were in progress.
     pub dropped: u64,
@@ -54,6 +55,8 @@ pub(crate) struct Counters {
     pub(crate) header_too_large: AtomicU64,
     pub(crate) per_ip: Mutex<HashMap<IpAddr, usize>>,
     pub(crate) closed: Notify,
+    /// HTTP/2 streams' tasks still running (they end with their connection).
+    pub(crate) streams: AtomicUsize,
     /// Every open connection's task, to abort when the grace period is over (`None` until its
     /// task is spawned); an entry goes with its connection.
     pub(crate) tasks: Mutex<HashMap<u64, Option<tokio::task::AbortHandle>>>,
@@ -203,9 +206,14 @@ where
     B::Error: Into<axum::BoxError>,
 {
     match call_router(router, request, origin, stats, config).await {
-        (response, Some(slot)) => response.map(|body| axum::body::Body::new(Held { body, _slot: slot })),
+        (response, Some(slot)) => hold(response, slot),
         (response, None) => response,
     }
+}
+
+/// `response`, its body keeping `guard` until it is dropped.
+pub(crate) fn hold<G: Send + 'static>(response: Response, guard: G) -> Response {
+    response.map(|body| axum::body::Body::new(Held { body, _guard: guard }))
 }
 
 /// Calls the router for a request of a connection from `origin`: with its `ConnectInfo` and
@@ -226,7 +234,7 @@ where
     let client = if origin.forwarded {
         forwarded_client(request.headers(), origin.peer.ip(), &config.trusted_proxies)
     } else {
-        origin.peer.ip()
+        canonical(origin.peer.ip())
     };
     let extensions = request.extensions_mut();
     extensions.insert(ConnectInfo(origin.peer));
@@ -246,14 +254,16 @@ where
     (response, slot)
 }
 
-/// An answer's body with the client's slot, given back when the body is dropped (a stream:
-/// when it ends).
-struct Held {
+/// An answer's body with a guard (the client's slot, an HTTP/2 request in progress), given back
+/// when the body is dropped (a stream: when it ends).
+struct Held<G> {
     body: axum::body::Body,
-    _slot: ClientSlot,
+    _guard: G,
 }
 
-impl http_body::Body for Held {
+impl<G> Unpin for Held<G> {}
+
+impl<G> http_body::Body for Held<G> {
     type Data = axum::body::Bytes;
     type Error = axum::Error;
 
@@ -289,8 +299,17 @@ pub(crate) fn client_key(ip: IpAddr) -> IpAddr {
 }
 /// Answers every request on `io` with the refusal `status`, then closes it (HTTP/1.1 or, with
 /// prior knowledge, HTTP/2; within 5 s at most).
-pub(crate) fn refuse(io: Rewind, status: StatusCode, stats: &Arc<Counters>, config: &Config) {
+///
+/// `how` says what the connection starts with: over TLS (a refusal in plain HTTP would be
+/// garbage to a TLS client, and a handshake per refusal is what a flood would want) it is closed
+/// unanswered; with a PROXY protocol header still to read, that header is read first.
+pub(crate) fn refuse(io: Rewind, status: StatusCode, stats: &Arc<Counters>, config: &Config, how: Refusing) {
     count_refusal(stats, status);
+    if how == Refusing::Tls {
+        stats.dropped.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("tidings_http_refused_connections_total", "reason" => "dropped").increment(1);
+        return; // `io` is dropped: closed unanswered.
+    }
     if stats.refusing.fetch_add(1, Ordering::AcqRel) >= MAX_REFUSING {
         stats.refusing.fetch_sub(1, Ordering::AcqRel);
         stats.dropped.fetch_add(1, Ordering::Relaxed);
@@ -303,14 +322,32 @@ pub(crate) fn refuse(io: Rewind, status: StatusCode, stats: &Arc<Counters>, conf
     builder.http1().keep_alive(false).header_read_timeout(config.header_timeout.min(REFUSING_FOR));
     let stats = stats.clone();
     tokio::spawn(async move {
-        let service = service_fn(move |_request: Request<Incoming>| {
-            let answer = refusal(status, &message, Some(retry_after));
-            async move { Ok::<_, Infallible>(answer) }
-        });
-        let connection = builder.serve_connection(TokioIo::new(io), service);
-        let _ = tokio::time::timeout(REFUSING_FOR, connection).await;
+        let answering = async move {
+            let mut io = io;
+            if how == Refusing::AfterProxyHeader {
+                let Ok((_, rest)) = read_proxy_header(&mut io.stream).await else { return };
+                io.prefix = rest;
+            }
+            let service = service_fn(move |_request: Request<Incoming>| {
+                let answer = refusal(status, &message, Some(retry_after));
+                async move { Ok::<_, Infallible>(answer) }
+            });
+            let _ = builder.serve_connection(TokioIo::new(io), service).await;
+        };
+        let _ = tokio::time::timeout(REFUSING_FOR, answering).await;
         stats.refusing.fetch_sub(1, Ordering::AcqRel);
     });
+}
+
+/// What a refused connection starts with (see [`refuse`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusing {
+    /// An HTTP request (HTTP/1.1, or HTTP/2's preface).
+    Http,
+    /// A PROXY protocol header, then HTTP.
+    AfterProxyHeader,
+    /// A TLS handshake.
+    Tls,
 }
 
 /// How long a refused connection may take to send its request and read the refusal.

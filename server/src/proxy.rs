@@ -56,7 +56,8 @@ pub(crate) fn is_trusted(trusted: &[IpNet], ip: IpAddr) -> bool {
     trusted.iter().any(|net| net.contains(&ip))
 }
 
-fn canonical(ip: IpAddr) -> IpAddr {
+/// `ip`, with an IPv4 address mapped into IPv6 (`::ffff:a.b.c.d`) as the IPv4 address.
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         IpAddr::V4(_) => ip,

@@ -50,7 +50,7 @@ pub(crate) async fn all_closed(stats: &Counters) {
     loop {
         let mut closed = pin!(stats.closed.notified());
         closed.as_mut().enable();
-        if stats.open.load(Ordering::Acquire) == 0 {
+        if stats.open.load(Ordering::Acquire) == 0 && stats.streams.load(Ordering::Acquire) == 0 {
             return;
         }
         closed.await;

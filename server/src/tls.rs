@@ -15,7 +15,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 pub const ALPN_PROTOCOLS: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
 /// Why a TLS configuration could not be made: a file that cannot be read, PEM without a
-/// certificate or key, or a key that does not fit the certificate.
+/// certificate or key, or a key rustls cannot use (or, where its provider can tell, one that
+/// does not belong to the certificate).
 #[derive(Debug)]
 pub struct TlsError(String);
 
@@ -31,6 +32,10 @@ impl std::error::Error for TlsError {}
 /// certificate first, then its intermediates), and `key`, its private key (PKCS#8, PKCS#1 or
 /// SEC1). TLS 1.2 and 1.3 with rustls' safe defaults (the aws-lc-rs provider), no client
 /// certificates, ALPN offering `h2` then `http/1.1`.
+///
+/// rustls checks that the key belongs to the certificate only where its provider can derive
+/// the key's public half; an ECDSA key of another certificate is accepted here, and every
+/// handshake then fails.
 ///
 /// # Errors
 ///
