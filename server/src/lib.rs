@@ -415,3 +415,38 @@ pub fn stall_timeout(timeout: Duration) -> impl FnMut(&mut tokio::net::TcpStream
         let _ = (stream, timeout);
     }
 }
+
+/// Entry points for the fuzz targets in `fuzz/`, over what the server parses from the network
+/// itself (the rest is hyper's, fuzzed upstream). Not part of the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::net::IpAddr;
+
+    /// A PROXY protocol header at the start of `bytes`: `Ok(None)` while more bytes are needed,
+    /// else the client's address and the header's length.
+    ///
+    /// # Errors
+    ///
+    /// `bytes` does not start with a PROXY header.
+    pub fn proxy_header(bytes: &[u8]) -> std::io::Result<Option<(Option<std::net::SocketAddr>, usize)>> {
+        crate::proxy::parse_proxy_header(bytes)
+    }
+
+    /// The client that `X-Forwarded-For` lines name, from `peer`, with the default trusted
+    /// ranges.
+    pub fn forwarded_client(lines: &[&[u8]], peer: IpAddr) -> IpAddr {
+        let mut headers = http::HeaderMap::new();
+        for line in lines {
+            if let Ok(value) = http::HeaderValue::from_bytes(line) {
+                headers.append("x-forwarded-for", value);
+            }
+        }
+        crate::proxy::forwarded_client(&headers, peer, &crate::proxy::default_trusted())
+    }
+
+    /// Whether the direct path takes the request head in `bytes` (a bodiless `GET` within 16 KiB
+    /// that obeys the `Host` rule), and whether its connection stays open after it.
+    pub fn direct_path(bytes: &[u8]) -> Option<bool> {
+        crate::head::bodiless_get(bytes, 16 * 1024).map(|(_, keep_alive)| keep_alive)
+    }
+}

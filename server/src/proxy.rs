@@ -125,7 +125,7 @@ const V2_SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
 
 /// The PROXY header at the start of `read`: the client's address (`None` for `LOCAL` or
 /// `UNKNOWN`) and the header's length, or `None` while more bytes are needed.
-fn parse_proxy_header(read: &[u8]) -> io::Result<Option<(Option<SocketAddr>, usize)>> {
+pub(crate) fn parse_proxy_header(read: &[u8]) -> io::Result<Option<(Option<SocketAddr>, usize)>> {
     let invalid = || io::Error::new(io::ErrorKind::InvalidData, "not a PROXY protocol header");
     // What can start a header at all, decided before the parser: a v1 header is one line of at
     // most 107 bytes (the parser may wait for more on some malformed lines).
