@@ -259,7 +259,7 @@ impl Server {
 
     /// Closes a connection whose written data stays unacknowledged for `timeout` (default
     /// 30 s; `None` leaves the system's default of many minutes). See
-    /// [`stall_timeout`](crate::stall_timeout). Linux only; elsewhere it does nothing.
+    /// [`stall_timeout`]. Linux only; elsewhere it does nothing.
     pub fn stall_timeout(mut self, timeout: Option<Duration>) -> Server {
         self.config.stall_timeout = timeout;
         self
@@ -392,7 +392,7 @@ async fn accept_error(err: io::Error) {
 ///
 /// Without it, a stalled client costs bounded memory (see the hub's Backpressure section) but
 /// keeps its connection until the operating system gives up, which can take many minutes.
-/// [`Server`](crate::Server) applies it to every connection (30 s by default); with `axum::serve`, apply it
+/// [`Server`] applies it to every connection (30 s by default); with `axum::serve`, apply it
 /// with axum's `tap_io`:
 ///
 /// ```no_run

@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 /// costs a task and a timer, and a flood must not turn that into unbounded work.
 pub(crate) const MAX_REFUSING: usize = 1024;
 
-/// The counters of a [`Server`], read through [`ServerStatsHandle::get`].
+/// The counters of a [`Server`](crate::Server), read through [`ServerStatsHandle::get`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ServerStats {
@@ -63,7 +63,7 @@ pub(crate) struct Counters {
     pub(crate) next_id: AtomicU64,
 }
 
-/// Reads a [`Server`]'s counters while it runs (for metrics). Cheap to clone.
+/// Reads a [`Server`](crate::Server)'s counters while it runs (for metrics). Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ServerStatsHandle(pub(crate) Arc<Counters>);
 
