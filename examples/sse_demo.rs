@@ -126,7 +126,8 @@ pub(crate) struct Args {
     /// Connections at once; one more gets a 503 [default: 90 % of the open-file limit].
     #[arg(long, value_name = "N")]
     max_connections: Option<std::num::NonZeroUsize>,
-    /// Connections at once from one address (IPv6: one /64); one more gets a 429.
+    /// Connections at once from one client address (IPv6: one /64); one more gets a 429. Behind a
+    /// trusted proxy, requests at once per client it names.
     #[arg(long, value_name = "N", default_value = "1024")]
     max_connections_per_ip: std::num::NonZeroUsize,
     /// Seconds a client has to send its request head before it is cut off.
@@ -153,8 +154,8 @@ pub(crate) struct Args {
     /// The private key (PEM) of `--tls-cert`.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
-    /// Comma-separated address ranges of reverse proxies whose `X-Forwarded-For` is believed
-    /// (empty: none); each request from one is counted under the client it names.
+    /// Comma-separated address ranges (or addresses) of reverse proxies whose `X-Forwarded-For`
+    /// is believed (empty: none); each request from one is counted under the client it names.
     #[arg(long, value_name = "CIDR,...", default_value = "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7", value_parser = parse_ranges)]
     trusted_proxies: Ranges,
     /// Every connection starts with a PROXY protocol header (v1 or v2), which names the client:
@@ -167,12 +168,18 @@ pub(crate) struct Args {
 #[derive(Debug, Clone)]
 pub(crate) struct Ranges(Vec<tidings::server::IpNet>);
 
-/// Reads `--trusted-proxies`: comma-separated CIDR ranges, or nothing.
+/// Reads `--trusted-proxies`: comma-separated CIDR ranges or single addresses, or nothing.
 fn parse_ranges(list: &str) -> Result<Ranges, String> {
     list.split(',')
         .map(str::trim)
         .filter(|range| !range.is_empty())
-        .map(|range| range.parse().map_err(|_| format!("{range:?} is not an address range like 10.0.0.0/8")))
+        .map(|range| {
+            range
+                .parse::<tidings::server::IpNet>()
+                .map(|net| net.trunc())
+                .or_else(|_| range.parse::<std::net::IpAddr>().map(tidings::server::IpNet::from))
+                .map_err(|_| format!("{range:?} is not an address range like 10.0.0.0/8 or an address"))
+        })
         .collect::<Result<_, _>>()
         .map(Ranges)
 }

@@ -95,12 +95,27 @@ fn sse_demo_refuses_what_it_cannot_use_with_status_2() {
         &["--push-contact", "somebody"],
         &["--push-ca-file", "/nonexistent/ca.pem"],
         &["--push-ca-file", not_pem],
+        &["--trusted-proxies", "10.0.0.0/8,nonsense"],
+        &["--trusted-proxies", "10.0.0.0/33"],
     ] {
         let out = run(&demo, args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value"), "{args:?}");
         assert!(out.stdout.is_empty(), "{args:?} started the demo");
     }
+    // One TLS flag without the other.
+    let out = run(&demo, &["--tls-cert", "cert.pem"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-key <FILE>"), "{:?}", String::from_utf8_lossy(&out.stderr));
+    // TLS files that make no configuration: a clear message, status 2, before anything listens.
+    let text = std::env::temp_dir().join(format!("tidings-not-pem-{}", std::process::id()));
+    std::fs::write(&text, "not a certificate\n").unwrap();
+    let out = run(&demo, &["--tls-cert", text.to_str().unwrap(), "--tls-key", "/nonexistent/key.pem", "--store", "memory"]);
+    std::fs::remove_file(&text).unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot serve HTTPS:") && err.contains("no certificate in it"), "{err}");
+    assert!(out.stdout.is_empty(), "it started");
     // The environment is checked the same way.
     let out = Command::new(&demo).env("PORT", "eighty").output().unwrap();
     assert_eq!(out.status.code(), Some(2));

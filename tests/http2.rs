@@ -135,12 +135,15 @@ async fn tls_configuration_errors_name_the_file_and_the_fault() {
     let missing = dir.join("nope.pem");
     let err = tidings::server::tls_config_from_pem(&missing, &dir.join("key.pem")).unwrap_err().to_string();
     assert!(err.contains("nope.pem"), "{err}");
-    // A key given as the certificate: no certificate in it.
-    let err = tidings::server::tls_config_from_pem(&dir.join("key.pem"), &dir.join("key.pem")).unwrap_err().to_string();
-    assert!(err.contains("no certificate"), "{err}");
+    // The two swapped.
+    let err = tidings::server::tls_config_from_pem(&dir.join("key.pem"), &dir.join("cert.pem")).unwrap_err().to_string();
+    assert!(err.contains("key.pem: no certificate in it (it holds a private key: swapped?)"), "{err}");
     // A certificate given as the key.
     let err = tidings::server::tls_config_from_pem(&dir.join("cert.pem"), &dir.join("cert.pem")).unwrap_err().to_string();
-    assert!(err.contains("cert.pem"), "{err}");
+    assert!(err.contains("cert.pem: no private key in it (it holds a certificate, not a key)"), "{err}");
+    // A file that never ends is not read forever.
+    let err = tidings::server::tls_config_from_pem(&dir.join("cert.pem"), "/dev/zero".as_ref()).unwrap_err().to_string();
+    assert!(err.contains("/dev/zero: over 1048576 bytes"), "{err}");
     // Another certificate's key: refused where rustls can tell; where it cannot (ECDSA on
     // aws-lc-rs), no client completes a handshake.
     let (other, _) = certificate();
@@ -258,4 +261,27 @@ async fn over_tls_a_refused_connection_is_closed() {
     assert!(read.is_err() || rest.is_empty(), "answered in plain text: {:?}", String::from_utf8_lossy(&rest));
     assert_eq!(stats.get().refused_capacity, 1);
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A client that starts HTTP/2's preface and never finishes it (or never answers the `PING`
+/// of the server's `GOAWAY`) is dropped after twice the header timeout, as the docs say:
+/// otherwise a few such sockets would hold every connection the server allows.
+#[tokio::test]
+async fn a_connection_that_never_finishes_the_http2_preface_is_dropped() {
+    use tokio::io::AsyncWriteExt;
+    let (addr, _hub, stats) = start(|s| s.header_timeout(Duration::from_millis(300))).await;
+    for sent in [&b"PRI * HTTP/2.0\r\n"[..], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"] {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(sent).await.unwrap();
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "kept after sending {sent:?}");
+        assert!(started.elapsed() >= Duration::from_millis(300), "closed before the header timeout");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stats.get().open > 0 {
+        assert!(Instant::now() < deadline, "still counted as open");
+        tokio::task::yield_now().await;
+    }
 }

@@ -115,7 +115,9 @@ pub(crate) fn any_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(hard_header_cap(config)).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(hard_header_cap(config)).unwrap_or(u32::MAX))
+        .max_concurrent_streams(config.max_streams_per_connection)
+        .enable_connect_protocol();
     builder
 }
 
@@ -212,12 +214,12 @@ pub(crate) async fn serve_with_hyper<I>(
         let (executor, _alive) = ConnectionExecutor::new(config.stats.clone());
         let connection = http2_builder(&config.config, executor).serve_connection(io, service);
         let idle = idle_for(&activity, config.config.header_timeout);
-        drive(pin!(Repoll::new(connection)), stopped, idle).await;
+        drive(pin!(Repoll::new(connection)), stopped, idle, config.config.header_timeout).await;
     } else {
         // With upgrades, as `axum::serve`: a `101 Switching Protocols` hands the connection to
         // the handler (WebSocket). An idle connection is closed by hyper's header timeout.
         let connection = http1_builder(&config.config).serve_connection(io, service).with_upgrades();
-        drive(pin!(Repoll::new(connection)), stopped, std::future::pending()).await;
+        drive(pin!(Repoll::new(connection)), stopped, std::future::pending(), Duration::ZERO).await;
     }
 }
 
@@ -278,14 +280,22 @@ where
 }
 
 /// Runs `connection` until it ends; once `stopped`, or once `idle` resolves, asks it to finish
-/// and close.
-async fn drive<C, T, E>(mut connection: Pin<&mut Repoll<C>>, mut stopped: watch::Receiver<bool>, idle: impl Future<Output = ()>)
-where
+/// and close. A connection asked to close for being idle that is still open `linger` later
+/// (a client that never finished HTTP/2's preface, or does not answer the `GOAWAY`'s `PING`)
+/// is dropped.
+async fn drive<C, T, E>(
+    mut connection: Pin<&mut Repoll<C>>,
+    mut stopped: watch::Receiver<bool>,
+    idle: impl Future<Output = ()>,
+    linger: Duration,
+) where
     C: Graceful<Output = Result<T, E>>,
     E: std::fmt::Display,
 {
     let mut idle = pin!(idle);
     let mut stopping = false;
+    let mut dropping = pin!(tokio::time::sleep(Duration::MAX));
+    let mut idle_closed = false;
     loop {
         tokio::select! {
             result = connection.as_mut() => {
@@ -300,7 +310,13 @@ where
             }
             () = idle.as_mut(), if !stopping => {
                 stopping = true;
+                idle_closed = true;
                 connection.as_mut().inner().graceful_shutdown();
+                dropping.as_mut().reset(tokio::time::Instant::now() + linger);
+            }
+            () = dropping.as_mut(), if idle_closed => {
+                tracing::debug!("an idle connection did not close: dropped");
+                break;
             }
         }
     }

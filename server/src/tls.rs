@@ -39,15 +39,31 @@ impl std::error::Error for TlsError {}
 ///
 /// # Errors
 ///
-/// [`TlsError`], naming the file and what is wrong with it.
+/// [`TlsError`], naming the file and what is wrong with it: unreadable, over 1 MiB, without a
+/// certificate (or a key), an encrypted key, a key rustls cannot use.
 pub fn tls_config_from_pem(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+    let cert_pem = read_pem(cert)?;
+    let certs = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|err| TlsError(format!("{}: {err}", cert.display())))?;
     if certs.is_empty() {
-        return Err(TlsError(format!("{}: no certificate in it", cert.display())));
+        let hint = if PrivateKeyDer::from_pem_slice(&cert_pem).is_ok() { " (it holds a private key: swapped?)" } else { "" };
+        return Err(TlsError(format!("{}: no certificate in it{hint}", cert.display())));
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|err| TlsError(format!("{}: {err}", key.display())))?;
+    let key_pem = read_pem(key)?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|err| {
+        let found = if CertificateDer::pem_slice_iter(&key_pem).next().is_some() {
+            "it holds a certificate, not a key".to_owned()
+        } else if key_pem.windows(9).any(|w| w == b"ENCRYPTED") {
+            "an encrypted key (not supported: decrypt it with openssl first)".to_owned()
+        } else {
+            err.to_string()
+        };
+        TlsError(format!(
+            "{}: no private key in it ({found}); expected PEM `PRIVATE KEY`, `RSA PRIVATE KEY` or `EC PRIVATE KEY`",
+            key.display()
+        ))
+    })?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -57,6 +73,22 @@ pub fn tls_config_from_pem(cert: &Path, key: &Path) -> Result<Arc<rustls::Server
         .map_err(|err| TlsError(format!("the certificate and key do not make a TLS configuration: {err}")))?;
     config.alpn_protocols = ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
+}
+
+/// The most of a PEM file that is read: a certificate chain or a key is a few KiB.
+const MAX_PEM_BYTES: u64 = 1 << 20;
+
+/// Reads a PEM file, at most [`MAX_PEM_BYTES`] (a path such as `/dev/zero` is not read forever).
+fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_PEM_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|err| TlsError(format!("{}: {err}", path.display())))?;
+    if bytes.len() as u64 > MAX_PEM_BYTES {
+        return Err(TlsError(format!("{}: over {MAX_PEM_BYTES} bytes, not a PEM file", path.display())));
+    }
+    Ok(bytes)
 }
 
 impl crate::Server {
