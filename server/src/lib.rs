@@ -55,6 +55,7 @@ mod hand_off;
 mod head;
 mod host;
 mod limits;
+mod listener;
 mod proxy;
 mod repoll;
 mod shutdown;
@@ -62,6 +63,7 @@ mod shutdown;
 mod tls;
 
 pub use limits::{ServerStats, ServerStatsHandle};
+pub use listener::{LimitedListener, LimitedStream};
 pub use proxy::{ClientIp, DEFAULT_TRUSTED_PROXIES};
 pub use shutdown::shutdown_signal;
 #[cfg(feature = "tls")]
@@ -165,23 +167,29 @@ struct Config {
     pub(crate) grace_period: Duration,
 }
 
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            trusted_proxies: proxy::default_trusted(),
+            proxy_protocol: false,
+            max_streams_per_connection: 100,
+            max_connections: default_max_connections(),
+            max_connections_per_ip: 1024,
+            header_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+            stall_timeout: Some(Duration::from_secs(30)),
+            retry_after: Duration::from_secs(5),
+            grace_period: Duration::from_secs(10),
+        }
+    }
+}
+
 impl Server {
     /// A server for `router`, with the default limits.
     pub fn new(router: Router) -> Server {
         Server {
             router,
-            config: Config {
-                trusted_proxies: proxy::default_trusted(),
-                proxy_protocol: false,
-                max_streams_per_connection: 100,
-                max_connections: default_max_connections(),
-                max_connections_per_ip: 1024,
-                header_timeout: Duration::from_secs(10),
-                max_header_bytes: 16 * 1024,
-                stall_timeout: Some(Duration::from_secs(30)),
-                retry_after: Duration::from_secs(5),
-                grace_period: Duration::from_secs(10),
-            },
+            config: Config::default(),
             stats: Arc::default(),
             #[cfg(feature = "tls")]
             tls: None,
@@ -374,7 +382,7 @@ impl Server {
     }
 }
 
-async fn accept_error(err: io::Error) {
+pub(crate) async fn accept_error(err: io::Error) {
     if matches!(
         err.kind(),
         io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
