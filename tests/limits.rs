@@ -7,13 +7,14 @@ mod common;
 #[path = "../examples/sse_demo.rs"]
 mod sse_demo;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use common::{connect_from, receives};
 use tidings::http::{Server, ServerStatsHandle};
 use tidings::{Hub, MemoryStore, NewEvent, Topic};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 async fn start(configure: impl FnOnce(Server) -> Server) -> (SocketAddr, Hub, ServerStatsHandle) {
     let hub = Hub::new(MemoryStore::new());
@@ -26,12 +27,6 @@ async fn start(configure: impl FnOnce(Server) -> Server) -> (SocketAddr, Hub, Se
     (addr, hub, stats)
 }
 
-/// Connects from `source` (any 127.0.0.0/8 address is this machine's loopback).
-async fn connect_from(addr: SocketAddr, source: Ipv4Addr) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::new(IpAddr::V4(source), 0)).unwrap();
-    socket.connect(addr).await.unwrap()
-}
 
 /// Reads until the response head is complete (and `want` bytes of body, if the head says a
 /// length) or the peer closes; returns what came.
@@ -196,17 +191,6 @@ async fn per_address_limit(configure: impl FnOnce(Server) -> Server) {
     receives(&mut streams[0], "data: for the admitted").await;
 }
 
-/// Reads `stream` until `expected` came.
-async fn receives(stream: &mut TcpStream, expected: &str) {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&got).contains(expected) {
-        match tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
-            other => panic!("stream ended or stalled ({other:?}) before {expected:?}: {:?}", String::from_utf8_lossy(&got)),
-        }
-    }
-}
 
 #[tokio::test]
 async fn total_connections_are_bounded_with_503() {

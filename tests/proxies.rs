@@ -14,6 +14,7 @@ use std::time::Duration;
 use axum::Extension;
 use axum::extract::ConnectInfo;
 use axum::routing::get;
+use common::{receives};
 use tidings::http::Server;
 use tidings::server::ClientIp;
 use tidings::{Hub, MemoryStore, NewEvent, Topic};
@@ -204,17 +205,6 @@ async fn with_the_proxy_protocol_the_limit_counts_each_real_client() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head:.300}");
 }
 
-/// Reads `stream` until `expected` came.
-async fn receives(stream: &mut TcpStream, expected: &str) {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&got).contains(expected) {
-        match tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
-            other => panic!("stream ended or stalled ({other:?}) before {expected:?}: {:?}", String::from_utf8_lossy(&got)),
-        }
-    }
-}
 
 #[tokio::test]
 async fn with_the_proxy_protocol_a_connection_over_capacity_gets_its_503_after_the_header() {

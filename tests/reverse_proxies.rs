@@ -10,16 +10,17 @@ mod common;
 #[path = "../examples/sse_demo.rs"]
 mod sse_demo;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{connect_from, receives};
 use tidings::http::Server;
 use tidings::{Hub, MemoryStore, NewEvent, Topic};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
 /// The demo's routes served by `configure(Server::new(..))`.
@@ -118,12 +119,6 @@ impl Proxy {
     }
 }
 
-/// Connects to `addr` from `source` (any 127.0.0.0/8 address is this machine's loopback).
-async fn connect_from(addr: SocketAddr, source: Ipv4Addr) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::new(IpAddr::V4(source), 0)).unwrap();
-    socket.connect(addr).await.unwrap()
-}
 
 /// Reads until the answer's head came, and its body if it has a length; returns the text.
 async fn read_answer(stream: &mut TcpStream) -> String {
@@ -163,17 +158,6 @@ fn is_stream(head: &str) -> bool {
     head.starts_with("HTTP/1.1 200") && head.to_ascii_lowercase().contains("content-type: text/event-stream")
 }
 
-/// Reads `stream` until `expected` came.
-async fn receives(stream: &mut TcpStream, expected: &str) {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&got).contains(expected) {
-        match tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
-            other => panic!("stream ended or stalled ({other:?}) before {expected:?}: {:?}", String::from_utf8_lossy(&got)),
-        }
-    }
-}
 
 /// 1 500 SSE clients (500 each from three addresses) through `kind`, in front of the demo
 /// served with `configure`: every one streams, a publish through the proxy is accepted, and

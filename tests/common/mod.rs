@@ -71,3 +71,24 @@ pub async fn memory_web_push(hub: tidings::Hub) -> tidings::webpush::WebPush {
     .await
     .expect("the transport starts")
 }
+
+/// Connects to `addr` from `source` (any 127.0.0.0/8 address is this machine's loopback), so
+/// that tests can be several clients.
+pub async fn connect_from(addr: std::net::SocketAddr, source: std::net::Ipv4Addr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::new(std::net::IpAddr::V4(source), 0)).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// Reads `stream` until `expected` came (30 s at most).
+pub async fn receives(stream: &mut tokio::net::TcpStream, expected: &str) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(expected) {
+        match tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            other => panic!("stream ended or stalled ({other:?}) before {expected:?}: {:?}", String::from_utf8_lossy(&got)),
+        }
+    }
+}
