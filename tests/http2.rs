@@ -19,12 +19,8 @@ use tokio::io::AsyncReadExt;
 
 async fn start(configure: impl FnOnce(Server) -> Server) -> (SocketAddr, Hub, ServerStatsHandle) {
     let hub = Hub::new(MemoryStore::new());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let push = common::memory_web_push(hub.clone()).await;
-    let server = configure(Server::new(sse_demo::app(hub.clone(), &push)));
-    let stats = server.stats();
-    tokio::spawn(server.serve(listener, std::future::pending()));
+    let (addr, stats) = common::serve_with(sse_demo::app(hub.clone(), &push), configure).await;
     (addr, hub, stats)
 }
 

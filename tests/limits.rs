@@ -10,7 +10,7 @@ mod sse_demo;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use common::{connect_from, receives};
+use common::{connect_from, read_answer, receives};
 use tidings::http::{Server, ServerStatsHandle};
 use tidings::{Hub, MemoryStore, NewEvent, Topic};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,42 +18,11 @@ use tokio::net::TcpStream;
 
 async fn start(configure: impl FnOnce(Server) -> Server) -> (SocketAddr, Hub, ServerStatsHandle) {
     let hub = Hub::new(MemoryStore::new());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let push = common::memory_web_push(hub.clone()).await;
-    let server = configure(Server::new(sse_demo::app(hub.clone(), &push)));
-    let stats = server.stats();
-    tokio::spawn(server.serve(listener, std::future::pending()));
+    let (addr, stats) = common::serve_with(sse_demo::app(hub.clone(), &push), configure).await;
     (addr, hub, stats)
 }
 
-
-/// Reads until the response head is complete (and `want` bytes of body, if the head says a
-/// length) or the peer closes; returns what came.
-async fn read_answer(stream: &mut TcpStream) -> String {
-    let mut got = Vec::new();
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let text = String::from_utf8_lossy(&got);
-        if let Some(end) = text.find("\r\n\r\n") {
-            let length = text[..end]
-                .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>()))
-                .and_then(Result::ok);
-            match length {
-                Some(n) if got.len() >= end + 4 + n => break,
-                None if got.len() > end + 4 => break, // a stream: its first bytes are enough
-                _ => {}
-            }
-        }
-        match tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break,
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-            Err(_) => panic!("no answer within 20 s; got {:?}", String::from_utf8_lossy(&got)),
-        }
-    }
-    String::from_utf8_lossy(&got).into_owned()
-}
 
 async fn request(addr: SocketAddr, raw: &[u8]) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();

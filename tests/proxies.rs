@@ -14,25 +14,23 @@ use std::time::Duration;
 use axum::Extension;
 use axum::extract::ConnectInfo;
 use axum::routing::get;
-use common::{receives};
+use common::{read_answer, receives};
 use tidings::http::Server;
 use tidings::server::ClientIp;
 use tidings::{Hub, MemoryStore, NewEvent, Topic};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// The demo's routes plus `/who`, which answers `"<ClientIp> <ConnectInfo>"`, served with
 /// `configure`d settings.
 async fn start(configure: impl FnOnce(Server) -> Server) -> (SocketAddr, Hub) {
     let hub = Hub::new(MemoryStore::new());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let push = common::memory_web_push(hub.clone()).await;
     let who = |Extension(ClientIp(ip)): Extension<ClientIp>, ConnectInfo(peer): ConnectInfo<SocketAddr>| async move {
         format!("{ip} {peer}")
     };
     let app = sse_demo::app(hub.clone(), &push).route("/who", get(who));
-    tokio::spawn(configure(Server::new(app)).serve(listener, std::future::pending()));
+    let (addr, _stats) = common::serve_with(app, configure).await;
     (addr, hub)
 }
 
@@ -43,30 +41,6 @@ async fn send(addr: SocketAddr, raw: &[u8]) -> (TcpStream, String) {
     stream.write_all(raw).await.unwrap();
     let answer = read_answer(&mut stream).await;
     (stream, answer)
-}
-
-async fn read_answer(stream: &mut TcpStream) -> String {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let text = String::from_utf8_lossy(&got).into_owned();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let length = text[..end]
-                .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>()))
-                .and_then(Result::ok);
-            match length {
-                Some(n) if got.len() >= end + 4 + n => return text,
-                None if got.len() > end + 4 => return text,
-                _ => {}
-            }
-        }
-        match tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
-            Ok(_) => return text,
-            Err(_) => panic!("no answer within 20 s; got {text:?}"),
-        }
-    }
 }
 
 fn body(answer: &str) -> &str {

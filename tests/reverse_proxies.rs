@@ -16,7 +16,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{connect_from, receives};
+use common::{connect_from, read_answer, receives};
 use tidings::http::Server;
 use tidings::{Hub, MemoryStore, NewEvent, Topic};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,10 +26,8 @@ use tokio::process::{Child, Command};
 /// The demo's routes served by `configure(Server::new(..))`.
 async fn start_demo(configure: impl FnOnce(Server) -> Server) -> (SocketAddr, Hub) {
     let hub = Hub::new(MemoryStore::new());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let push = common::memory_web_push(hub.clone()).await;
-    tokio::spawn(configure(Server::new(sse_demo::app(hub.clone(), &push))).serve(listener, std::future::pending()));
+    let (addr, _stats) = common::serve_with(sse_demo::app(hub.clone(), &push), configure).await;
     (addr, hub)
 }
 
@@ -119,31 +117,6 @@ impl Proxy {
     }
 }
 
-
-/// Reads until the answer's head came, and its body if it has a length; returns the text.
-async fn read_answer(stream: &mut TcpStream) -> String {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let text = String::from_utf8_lossy(&got).into_owned();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let length = text[..end]
-                .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>()))
-                .and_then(Result::ok);
-            match length {
-                Some(n) if got.len() >= end + 4 + n => return text,
-                None => return text, // a stream or a chunked answer: the head is enough
-                _ => {}
-            }
-        }
-        match tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
-            Ok(_) => return text,
-            Err(_) => panic!("no answer within 30 s; got {text:?}"),
-        }
-    }
-}
 
 /// Opens an SSE stream through `proxy` from `source`: the connection and the answer's head.
 async fn open_stream(proxy: SocketAddr, source: Ipv4Addr) -> (TcpStream, String) {

@@ -75,13 +75,14 @@ async fn sigterm_tells_every_stream_and_poll_when_to_come_back_then_exits_zero()
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Issue 19: once the grace period is over, `serve` returns only after every connection is
-/// closed, and nothing is written on any of them afterwards, on either of the server's paths
-/// (a stream it writes itself, and one hyper serves: a `GET` that carries a body). Here the hub
-/// is not shut down, so the streams would otherwise go on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nothing_is_written_on_a_stream_after_serve_returned() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// An SSE route served with a grace period of 200 ms until `stop` is sent, on a hub that is
+/// never shut down (its streams would go on): the address, the hub, `stop`, and `serve`'s task.
+async fn serve_streams_until_stopped() -> (
+    std::net::SocketAddr,
+    tidings::Hub,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
     let hub = tidings::Hub::new(tidings::MemoryStore::new());
     let app = axum::Router::new().route("/events", tidings::sse::Sse::new(hub.clone()).method_router());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -92,6 +93,17 @@ async fn nothing_is_written_on_a_stream_after_serve_returned() {
             .grace_period(Duration::from_millis(200))
             .serve(listener, async move { stopped.await.unwrap_or(()) }),
     );
+    (addr, hub, stop, server)
+}
+
+/// Issue 19: once the grace period is over, `serve` returns only after every connection is
+/// closed, and nothing is written on any of them afterwards, on either of the server's paths
+/// (a stream it writes itself, and one hyper serves: a `GET` that carries a body). Here the hub
+/// is not shut down, so the streams would otherwise go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_written_on_a_stream_after_serve_returned() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (addr, hub, stop, server) = serve_streams_until_stopped().await;
     let requests = [
         "GET /events?topic=t HTTP/1.1\r\nHost: x\r\n\r\n",
         "GET /events?topic=t HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
@@ -129,16 +141,7 @@ async fn nothing_is_written_on_a_stream_after_serve_returned() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_written_on_an_http2_stream_after_serve_returned() {
     use futures_util::StreamExt;
-    let hub = tidings::Hub::new(tidings::MemoryStore::new());
-    let app = axum::Router::new().route("/events", tidings::sse::Sse::new(hub.clone()).method_router());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        tidings::http::Server::new(app)
-            .grace_period(Duration::from_millis(200))
-            .serve(listener, async move { stopped.await.unwrap_or(()) }),
-    );
+    let (addr, hub, stop, server) = serve_streams_until_stopped().await;
     let client = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
     let mut bodies = Vec::new();
     for _ in 0..2 {

@@ -24,12 +24,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Whether connections start with a TLS handshake.
-    pub(crate) fn has_tls(&self) -> bool {
+    /// What a connection refused before anything was read from it starts with (or, once its
+    /// PROXY header is read, `proxy_header_read`).
+    pub(crate) fn refusing(&self, proxy_header_read: bool) -> Refusing {
         #[cfg(feature = "tls")]
-        return self.tls.is_some();
-        #[cfg(not(feature = "tls"))]
-        false
+        if self.tls.is_some() {
+            return Refusing::Tls;
+        }
+        if self.config.proxy_protocol && !proxy_header_read { Refusing::AfterProxyHeader } else { Refusing::Http }
     }
 }
 
@@ -74,8 +76,7 @@ pub(crate) fn serve_connection(
                 Ok(slot) => admitted.slot = Some(slot),
                 Err(status) => {
                     drop(admitted);
-                    let how = if shared.has_tls() { Refusing::Tls } else { Refusing::Http };
-                    refuse(Rewind { prefix: rest, stream }, status, &shared.stats, config, how);
+                    refuse(Rewind { prefix: rest, stream }, status, &shared.stats, config, shared.refusing(true));
                     return;
                 }
             }

@@ -71,7 +71,7 @@ pub use tls::{ALPN_PROTOCOLS, TlsError, tls_config_from_pem};
 
 use connection::{Shared, serve_connection};
 use hand_off::Rewind;
-use limits::{Counters, Origin, Refusing, admit, default_max_connections, refuse};
+use limits::{Counters, Origin, admit, default_max_connections, refuse};
 use shutdown::all_closed;
 
 /// A hardened server for a tidings [`Router`], in place of `axum::serve`: HTTP/1.1 and HTTP/2
@@ -353,16 +353,7 @@ impl Server {
                         *slot = Some(task.abort_handle());
                     }
                 }
-                Err(status) => {
-                    let how = if shared.has_tls() {
-                        Refusing::Tls
-                    } else if config.proxy_protocol {
-                        Refusing::AfterProxyHeader
-                    } else {
-                        Refusing::Http
-                    };
-                    refuse(Rewind { prefix: Vec::new(), stream }, status, &stats, config, how);
-                }
+                Err(status) => refuse(Rewind { prefix: Vec::new(), stream }, status, &stats, config, shared.refusing(false)),
             }
         }
         drop(listener);

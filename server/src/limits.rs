@@ -212,7 +212,7 @@ where
 }
 
 /// `response`, its body keeping `guard` until it is dropped.
-pub(crate) fn hold<G: Send + 'static>(response: Response, guard: G) -> Response {
+pub(crate) fn hold<G: Send + Unpin + 'static>(response: Response, guard: G) -> Response {
     response.map(|body| axum::body::Body::new(Held { body, _guard: guard }))
 }
 
@@ -261,9 +261,7 @@ struct Held<G> {
     _guard: G,
 }
 
-impl<G> Unpin for Held<G> {}
-
-impl<G> http_body::Body for Held<G> {
+impl<G: Unpin> http_body::Body for Held<G> {
     type Data = axum::body::Bytes;
     type Error = axum::Error;
 
@@ -286,15 +284,12 @@ impl<G> http_body::Body for Held<G> {
 /// The address connections are counted under: IPv4 (also when mapped into IPv6) as it is,
 /// IPv6 by its /64 network.
 pub(crate) fn client_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
+    match canonical(ip) {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
     }
 }
 /// Answers every request on `io` with the refusal `status`, then closes it (HTTP/1.1 or, with

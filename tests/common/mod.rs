@@ -92,3 +92,46 @@ pub async fn receives(stream: &mut tokio::net::TcpStream, expected: &str) {
         }
     }
 }
+
+/// Serves `app` with `configure(tidings::http::Server::new(app))` on a fresh loopback port
+/// until the test ends: its address, and a handle on its counters.
+pub async fn serve_with(
+    app: axum::Router,
+    configure: impl FnOnce(tidings::http::Server) -> tidings::http::Server,
+) -> (std::net::SocketAddr, tidings::http::ServerStatsHandle) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = configure(tidings::http::Server::new(app));
+    let stats = server.stats();
+    tokio::spawn(server.serve(listener, std::future::pending()));
+    (addr, stats)
+}
+
+/// Reads one answer from `stream`: its head and, if it says a length, that much body; else
+/// (a stream, a chunked answer) the head and the first body bytes; or what came before the
+/// peer closed. Panics after 30 s without them.
+pub async fn read_answer(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let text = String::from_utf8_lossy(&got);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>()))
+                .and_then(Result::ok);
+            match length {
+                Some(n) if got.len() >= end + 4 + n => break,
+                None if got.len() > end + 4 => break, // a stream: its first bytes are enough
+                _ => {}
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("no answer within 30 s; got {:?}", String::from_utf8_lossy(&got)),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}

@@ -430,13 +430,11 @@ async fn sse_client(
     let (mut stream, rest, head) = match opened {
         Ok((s, b, h)) if h.status == 200 => (s, b, h),
         _ => {
-            shared.failed.fetch_add(1, Ordering::Relaxed);
-            shared.notify.notify_one();
+            count_opening(&shared, false);
             return seen;
         }
     };
-    shared.opened.fetch_add(1, Ordering::Relaxed);
-    shared.notify.notify_one();
+    count_opening(&shared, true);
     let mut dechunk = Dechunk::for_head(&head);
     let mut body = Vec::with_capacity(8192);
     dechunk.feed(&rest, &mut body);
@@ -462,6 +460,14 @@ async fn sse_client(
             _ = deadline.changed() => {}
         }
     }
+}
+
+/// Counts a subscriber that opened its stream (`opened`) or failed to, and wakes whoever waits
+/// for them all.
+fn count_opening(shared: &Shared, opened: bool) {
+    let counter = if opened { &shared.opened } else { &shared.failed };
+    counter.fetch_add(1, Ordering::Relaxed);
+    shared.notify.notify_one();
 }
 
 /// Records the `data:` of every complete line of `body`, and keeps the incomplete rest.
@@ -509,13 +515,11 @@ async fn sse_client_h2(
     let (_sender, response) = match opened {
         Ok((sender, response)) if response.status() == 200 => (sender, response),
         _ => {
-            shared.failed.fetch_add(1, Ordering::Relaxed);
-            shared.notify.notify_one();
+            count_opening(&shared, false);
             return seen;
         }
     };
-    shared.opened.fetch_add(1, Ordering::Relaxed);
-    shared.notify.notify_one();
+    count_opening(&shared, true);
     let mut response_body = response.into_body();
     let mut body = Vec::with_capacity(8192);
     let mut deadline = (*deadline).clone();
