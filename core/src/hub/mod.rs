@@ -683,6 +683,16 @@ impl Hub {
         self.inner.is_closing()
     }
 
+    /// Resolves once [`Hub::shutdown`] has been called (at once if it already was).
+    /// Cancel-safe. For transports that keep a connection open while it follows no topic (a
+    /// WebSocket between an `unsubscribe` and the next `subscribe`): a subscription learns of
+    /// the shutdown through [`Delivery::Closing`], such a connection through this.
+    pub async fn closed(&self) {
+        let mut shutdown = self.inner.shutdown.subscribe();
+        // An error means the hub is gone, which is a shutdown too.
+        let _ = shutdown.wait_for(|&s| s).await;
+    }
+
     /// Counters since the hub was built.
     pub fn stats(&self) -> HubStats {
         HubStats {

@@ -56,6 +56,14 @@ pub struct Capabilities {
     /// Carries events of 1 MiB whole (Web Push carries at most about 4 KiB, and sends larger
     /// events in a truncated form for the client to fetch).
     pub large_payloads: bool,
+    /// Adds and removes topics on an open connection ([`TestClient::subscribe`],
+    /// [`TestClient::unsubscribe`]), keeping the cursor exact across each change.
+    pub live_topics: bool,
+    /// Carries messages from the client to the server on the same connection
+    /// ([`TestClient::publish`], [`TestClient::send_unreadable`],
+    /// [`TestClient::send_oversized`]). The adapter's server lets a client publish to the
+    /// topics it follows and to no other.
+    pub return_channel: bool,
 }
 
 impl Capabilities {
@@ -68,6 +76,23 @@ impl Capabilities {
         many_clients: true,
         persistent: true,
         large_payloads: true,
+        live_topics: false,
+        return_channel: false,
+    };
+
+    /// What a socket transport such as WebSocket can do: everything a stream can, with exact
+    /// line endings (JSON carries them), topics that change on the open connection, and a
+    /// return channel.
+    pub const SOCKET: Capabilities = Capabilities {
+        replay: true,
+        heartbeats: true,
+        closing: true,
+        normalises_line_endings: false,
+        many_clients: true,
+        persistent: true,
+        large_payloads: true,
+        live_topics: true,
+        return_channel: true,
     };
 
     /// What a polling transport such as long-polling can do: replay, a closing signal, exact
@@ -80,6 +105,8 @@ impl Capabilities {
         many_clients: true,
         persistent: false,
         large_payloads: true,
+        live_topics: false,
+        return_channel: false,
     };
 
     /// What a push transport such as Web Push can do: replay from a cursor, exact line
@@ -93,6 +120,8 @@ impl Capabilities {
         many_clients: false,
         persistent: true,
         large_payloads: false,
+        live_topics: false,
+        return_channel: false,
     };
 
     /// Sets [`Capabilities::heartbeats`].
@@ -233,6 +262,44 @@ pub trait TestClient: Send {
     /// The cursor the client would bring back if it reconnected now (the last one received,
     /// including the one a stream starts with), if any.
     fn cursor(&self) -> Option<String>;
+
+    /// Adds `topics` on the open connection, positioned by `cursor` where it names them, and
+    /// waits until the server confirms. What arrives meanwhile is kept for [`TestClient::next`].
+    /// Only for transports with [`Capabilities::live_topics`]; the default refuses.
+    async fn subscribe(&mut self, topics: &[&str], cursor: Option<String>) -> Result<(), Refused> {
+        let _ = (topics, cursor);
+        Err(unsupported())
+    }
+
+    /// Removes `topics` from the open connection and waits until the server confirms.
+    /// Only for transports with [`Capabilities::live_topics`]; the default refuses.
+    async fn unsubscribe(&mut self, topics: &[&str]) -> Result<(), Refused> {
+        let _ = topics;
+        Err(unsupported())
+    }
+
+    /// Publishes `data` to `topic` through the connection: the published event's cursor, or
+    /// the server's refusal. Only for transports with [`Capabilities::return_channel`].
+    async fn publish(&mut self, topic: &str, data: &str) -> Result<String, Refused> {
+        let _ = (topic, data);
+        Err(unsupported())
+    }
+
+    /// Sends a message the transport's protocol cannot read, and returns the error the server
+    /// answered with (the connection stays open). `Err` says how the exchange failed.
+    async fn send_unreadable(&mut self) -> Result<Refused, String> {
+        Err("this transport has no return channel".into())
+    }
+
+    /// Sends a message over the server's size limit, and returns how the server closed the
+    /// connection (the close code as `status`, and its reason).
+    async fn send_oversized(&mut self) -> Result<Refused, String> {
+        Err("this transport has no return channel".into())
+    }
+}
+
+fn unsupported() -> Refused {
+    Refused { status: 0, message: "not supported by this transport".into() }
 }
 
 /// Opens fresh, empty logs of the store under test.
@@ -440,6 +507,10 @@ macro_rules! __transport_scenarios {
             invalid_topic_names_are_refused_with_400: nothing,
             too_many_topics_are_refused_with_400: nothing,
             shutdown_tells_clients_to_come_back_with_jitter: closing,
+            topics_change_on_a_live_connection_with_an_exact_cursor: live_topics,
+            clients_publish_through_their_connection_where_allowed: return_channel,
+            unreadable_messages_are_answered_and_the_connection_lives_on: return_channel,
+            oversized_messages_close_with_a_code_and_a_reason: return_channel,
         }
     };
 }

@@ -54,6 +54,12 @@ fn persistent_with_large_payloads(c: &Capabilities) -> Option<&'static str> {
 fn many_clients(c: &Capabilities) -> Option<&'static str> {
     (!c.many_clients).then_some("many clients")
 }
+fn live_topics(c: &Capabilities) -> Option<&'static str> {
+    (!c.live_topics).then_some("live topics")
+}
+fn return_channel(c: &Capabilities) -> Option<&'static str> {
+    (!c.return_channel).then_some("return channel")
+}
 
 macro_rules! define_all {
     (; $($name:ident: $needs:ident,)+) => {
@@ -827,4 +833,105 @@ pub async fn shutdown_tells_clients_to_come_back_with_jitter(s: Suite) -> Outcom
     delays.dedup();
     ensure!(delays.len() > 1, "all 12 clients were told the same delay: no jitter");
     expect_refused(&env, ConnectRequest::topics(&["t"]), 503).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Live topics and the return channel (socket transports)
+
+fn refused(what: &str, r: crate::Refused) -> Failure {
+    Failure(format!("{what} was refused: {} {}", r.status, r.message))
+}
+
+/// Topics added and removed on an open connection: kept topics go on without loss or repeat,
+/// removed ones stop, added ones start where the client's cursor places them (at the end
+/// without one, with a gap notice for them alone when it cannot be read), and the cursor the
+/// client holds afterwards resumes exactly.
+pub async fn topics_change_on_a_live_connection_with_an_exact_cursor(s: Suite) -> Outcome {
+    let env = start(&s).await;
+    let mut client = connect(&env, ConnectRequest::topics(&["a"])).await?;
+    publish(&env.hub, "a", "a1").await?;
+    expect_data(&mut client, &["a1".to_owned()]).await?;
+    // Events of `b` before it is added are not the client's; after, they are.
+    publish(&env.hub, "b", "b0").await?;
+    client.subscribe(&["b"], None).await.map_err(|r| refused("subscribe", r))?;
+    publish(&env.hub, "b", "b1").await?;
+    publish(&env.hub, "a", "a2").await?;
+    let mut got = vec![next_event(&mut client).await?.data, next_event(&mut client).await?.data];
+    got.sort();
+    ensure!(got == ["a2", "b1"], "after adding b, expected a2 and b1, got {got:?}");
+    client.unsubscribe(&["a"]).await.map_err(|r| refused("unsubscribe", r))?;
+    publish(&env.hub, "a", "a3").await?;
+    publish(&env.hub, "b", "b2").await?;
+    expect_data(&mut client, &["b2".to_owned()]).await?;
+
+    // An added topic starts after the position the client's cursor gives it.
+    let mut other = connect(&env, ConnectRequest::topics(&["c"])).await?;
+    publish_all(&env.hub, "c", &numbered("c", 0..3)).await?;
+    expect_data(&mut other, &["c0".to_owned()]).await?;
+    let after_c0 = other.cursor();
+    client.subscribe(&["c"], after_c0).await.map_err(|r| refused("subscribe with a cursor", r))?;
+    expect_data(&mut client, &numbered("c", 1..3)).await?;
+
+    // A cursor that cannot be read: a gap notice for the added topic alone.
+    publish(&env.hub, "d", "d0").await?;
+    client.subscribe(&["d"], Some("garbage".into())).await.map_err(|r| refused("subscribe with garbage", r))?;
+    expect_gap(&mut client, &["d"]).await?;
+    expect_data(&mut client, &["d0".to_owned()]).await?;
+
+    // The cursor held now resumes each topic exactly, on a new connection.
+    let cursor = client.cursor();
+    drop(client);
+    publish(&env.hub, "b", "b3").await?;
+    publish(&env.hub, "c", "c3").await?;
+    publish(&env.hub, "d", "d1").await?;
+    let mut back = connect(&env, ConnectRequest::topics(&["b", "c", "d"]).cursor(cursor)).await?;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(next_event(&mut back).await?.data);
+    }
+    got.sort();
+    ensure!(got == ["b3", "c3", "d1"], "resumed with the changed cursor, expected b3 c3 d1, got {got:?}");
+    Ok(())
+}
+
+/// A client publishes through its connection to a topic it follows: it gets the event's
+/// cursor back, and every subscriber (itself included) receives the event with that cursor.
+/// To a topic it does not follow, the answer is a refusal, and the connection goes on.
+pub async fn clients_publish_through_their_connection_where_allowed(s: Suite) -> Outcome {
+    let env = start(&s).await;
+    let mut author = connect(&env, ConnectRequest::topics(&["p"])).await?;
+    let mut reader = connect(&env, ConnectRequest::topics(&["p"])).await?;
+    let id = author.publish("p", "from the client").await.map_err(|r| refused("publish", r))?;
+    for client in [&mut author, &mut reader] {
+        let e = next_event(client).await?;
+        ensure!(e.data == "from the client", "expected the client's event, got {:?}", e.data);
+        ensure!(e.cursor == id, "the event's cursor {:?} is not the one the publish returned ({id:?})", e.cursor);
+    }
+    match author.publish("q", "not mine").await {
+        Ok(id) => return Err(Failure(format!("publishing to a topic the client does not follow was accepted ({id})"))),
+        Err(r) => ensure!(r.status == 403 && !r.message.is_empty(), "expected a 403 with a message, got {} {:?}", r.status, r.message),
+    }
+    publish(&env.hub, "p", "after").await?;
+    expect_data(&mut author, &["after".to_owned()]).await
+}
+
+/// A message the server cannot read is answered with an error that says why, and the
+/// connection keeps delivering.
+pub async fn unreadable_messages_are_answered_and_the_connection_lives_on(s: Suite) -> Outcome {
+    let env = start(&s).await;
+    let mut client = connect(&env, ConnectRequest::topics(&["t"])).await?;
+    let answer = client.send_unreadable().await.map_err(Failure)?;
+    ensure!(answer.status == 400 && !answer.message.is_empty(), "expected a 400 with a message, got {} {:?}", answer.status, answer.message);
+    publish(&env.hub, "t", "still here").await?;
+    expect_data(&mut client, &["still here".to_owned()]).await
+}
+
+/// A message over the server's limit closes the connection with a code and a reason, rather
+/// than dropping it in silence.
+pub async fn oversized_messages_close_with_a_code_and_a_reason(s: Suite) -> Outcome {
+    let env = start(&s).await;
+    let mut client = connect(&env, ConnectRequest::topics(&["t"])).await?;
+    let close = client.send_oversized().await.map_err(Failure)?;
+    ensure!(close.status != 0 && !close.message.is_empty(), "expected a close code and a reason, got {} {:?}", close.status, close.message);
+    Ok(())
 }

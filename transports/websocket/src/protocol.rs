@@ -1,0 +1,257 @@
+//! The `tidings.v1` messages: JSON text, one object per WebSocket message, each with a
+//! `"type"`. `docs/protocol.md` ("WebSocket") is their reference.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tidings_core::{Cursor, Event, JsonEvent, SharedEvent, Topic, WireFormat};
+
+use crate::frame;
+
+/// The subprotocol this crate speaks, as `Sec-WebSocket-Protocol` names it.
+pub const SUBPROTOCOL: &str = "tidings.v1";
+
+/// The longest `ref` a client may attach to a message, in bytes of JSON.
+pub const MAX_REF_LEN: usize = 256;
+
+/// A message from the client, as `tidings.v1` defines them.
+#[derive(Debug)]
+pub(crate) enum ClientMessage {
+    /// Adds topics, positioned by `cursor` where it names them.
+    Subscribe { topics: Vec<Topic>, cursor: Option<String> },
+    /// Removes topics.
+    Unsubscribe { topics: Vec<Topic> },
+    /// Publishes an event through the hub, if the endpoint allows it.
+    Publish { topic: Topic, event_type: Option<tidings_core::EventType>, data: String },
+    /// A message for the application's handler.
+    Message { data: Box<RawValue> },
+    /// Asks for a `pong` (a heartbeat a browser's script can see).
+    Ping,
+}
+
+/// A client message and the `ref` it carries (echoed, as raw JSON, in the answer).
+#[derive(Debug)]
+pub(crate) struct Request {
+    pub(crate) message: ClientMessage,
+    pub(crate) reference: Option<Box<RawValue>>,
+}
+
+/// Why a client message cannot be read: answered with an `error` message (code 400), the
+/// socket stays open.
+#[derive(Debug)]
+pub(crate) struct Malformed {
+    pub(crate) reference: Option<Box<RawValue>>,
+    pub(crate) message: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wire {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(rename = "ref")]
+    reference: Option<Box<RawValue>>,
+    topics: Option<Vec<String>>,
+    cursor: Option<String>,
+    topic: Option<String>,
+    event: Option<String>,
+    data: Option<Box<RawValue>>,
+}
+
+/// Reads one client message. Every way it can be wrong is a [`Malformed`] naming what.
+pub(crate) fn parse(text: &[u8]) -> Result<Request, Malformed> {
+    let malformed = |reference: Option<Box<RawValue>>, message: String| Malformed { reference, message };
+    if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(malformed(None, "a message is a JSON object with a \"type\"".into()));
+    }
+    let wire: Wire = serde_json::from_slice(text).map_err(|e| malformed(None, format!("invalid JSON: {e}")))?;
+    let reference = match wire.reference {
+        Some(r) if r.get().len() > MAX_REF_LEN => {
+            return Err(malformed(None, format!("\"ref\" is over {MAX_REF_LEN} bytes")));
+        }
+        r => r,
+    };
+    let fail = |message: String| Err(Malformed { reference: reference.clone(), message });
+    let topics = |list: Option<Vec<String>>| -> Result<Vec<Topic>, String> {
+        let list = list.ok_or("\"topics\" is missing")?;
+        list.iter()
+            .map(|t| Topic::parse(t).map_err(|e| format!("invalid topic {:?}: {e}", t.chars().take(64).collect::<String>())))
+            .collect()
+    };
+    // Each type takes its own fields: another one present is an error, not ignored.
+    let extra = |allowed: &[&str]| -> Option<String> {
+        let present = [
+            ("topics", wire.topics.is_some()),
+            ("cursor", wire.cursor.is_some()),
+            ("topic", wire.topic.is_some()),
+            ("event", wire.event.is_some()),
+            ("data", wire.data.is_some()),
+        ];
+        present
+            .iter()
+            .find(|(name, there)| *there && !allowed.contains(name))
+            .map(|(name, _)| format!("a {:?} message has no {name:?}", wire.kind))
+    };
+    let allowed: &[&str] = match wire.kind.as_str() {
+        "subscribe" => &["topics", "cursor"],
+        "unsubscribe" => &["topics"],
+        "publish" => &["topic", "event", "data"],
+        "message" => &["data"],
+        "ping" => &[],
+        other => return fail(format!("unknown message type {:?}", other.chars().take(64).collect::<String>())),
+    };
+    if let Some(err) = extra(allowed) {
+        return fail(err);
+    }
+    let message = match wire.kind.as_str() {
+        "subscribe" => match topics(wire.topics) {
+            Ok(topics) => ClientMessage::Subscribe { topics, cursor: wire.cursor },
+            Err(e) => return fail(e),
+        },
+        "unsubscribe" => match topics(wire.topics) {
+            Ok(topics) => ClientMessage::Unsubscribe { topics },
+            Err(e) => return fail(e),
+        },
+        "publish" => {
+            let Some(topic) = wire.topic else { return fail("\"topic\" is missing".into()) };
+            let topic = match Topic::parse(&topic) {
+                Ok(topic) => topic,
+                Err(e) => return fail(format!("invalid topic: {e}")),
+            };
+            let event_type = match wire.event.as_deref().map(tidings_core::EventType::parse) {
+                None => None,
+                Some(Ok(kind)) => Some(kind),
+                Some(Err(e)) => return fail(format!("invalid event type: {e}")),
+            };
+            let data = match wire.data.as_deref().map(|raw| serde_json::from_str::<String>(raw.get())) {
+                Some(Ok(data)) => data,
+                Some(Err(_)) => return fail("\"data\" of a publish is a string".into()),
+                None => return fail("\"data\" is missing".into()),
+            };
+            ClientMessage::Publish { topic, event_type, data }
+        }
+        "message" => match wire.data {
+            Some(data) => ClientMessage::Message { data },
+            None => return fail("\"data\" is missing".into()),
+        },
+        _ => ClientMessage::Ping,
+    };
+    Ok(Request { message, reference })
+}
+
+/// `{"type":"event","id":"` — what precedes the cursor in an event message.
+const EVENT_START: &[u8] = br#"{"type":"event","id":""#;
+
+/// A whole text frame of an event whose `id` is the event's own cursor ([`Event::cursor`]):
+/// the frame every one-topic subscriber receives, the same bytes for all, encoded once.
+#[derive(Debug)]
+pub struct EventFrameWithId;
+
+impl WireFormat for EventFrameWithId {
+    fn encode(event: &Event) -> Bytes {
+        let body = JsonEvent::encode(event);
+        let cursor = event.cursor().to_string();
+        let len = EVENT_START.len() + cursor.len() + 2 + body.len();
+        let mut out = BytesMut::with_capacity(frame::header_len(len) + len);
+        frame::put_header(&mut out, frame::TEXT, len);
+        out.put_slice(EVENT_START);
+        out.put_slice(cursor.as_bytes());
+        out.put_slice(b"\",");
+        out.put_slice(&body);
+        out.freeze()
+    }
+}
+
+/// The header and the start of an event message whose `id` is `cursor` (a subscriber's own),
+/// up to where the event's shared [`JsonEvent`] bytes follow.
+pub(crate) fn event_head(cursor: &Cursor, event: &SharedEvent) -> Bytes {
+    let token = cursor.to_string();
+    let body_len = event.with_encoded::<JsonEvent, _>(Bytes::len);
+    let len = EVENT_START.len() + token.len() + 2 + body_len;
+    let mut out = BytesMut::with_capacity(frame::MAX_HEADER + EVENT_START.len() + token.len() + 2);
+    frame::put_header(&mut out, frame::TEXT, len);
+    out.put_slice(EVENT_START);
+    out.put_slice(token.as_bytes());
+    out.put_slice(b"\",");
+    out.freeze()
+}
+
+/// A whole text frame holding `json`.
+pub(crate) fn text_frame(json: &serde_json::Value) -> Bytes {
+    frame::frame(frame::TEXT, json.to_string().as_bytes())
+}
+
+/// A JSON value for a `ref`, as the client sent it.
+pub(crate) fn reference_value(reference: &Option<Box<RawValue>>) -> serde_json::Value {
+    reference.as_deref().and_then(|r| serde_json::from_str(r.get()).ok()).unwrap_or(serde_json::Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_each_message_type() {
+        let r = parse(br#"{"type":"subscribe","topics":["a","b"],"cursor":"C","ref":7}"#).unwrap();
+        assert!(matches!(&r.message, ClientMessage::Subscribe { topics, cursor: Some(c) } if topics.len() == 2 && c == "C"));
+        assert_eq!(r.reference.unwrap().get(), "7");
+        let r = parse(br#"{"type":"publish","topic":"a","event":"note","data":"x\ny"}"#).unwrap();
+        assert!(matches!(&r.message, ClientMessage::Publish { data, event_type: Some(_), .. } if data == "x\ny"));
+        let r = parse(br#"{"type":"message","data":{"any":["json"]}}"#).unwrap();
+        assert!(matches!(&r.message, ClientMessage::Message { data } if data.get() == r#"{"any":["json"]}"#));
+        assert!(matches!(parse(br#" {"type":"ping"}"#).unwrap().message, ClientMessage::Ping));
+        assert!(matches!(parse(br#"{"type":"unsubscribe","topics":[]}"#).unwrap().message, ClientMessage::Unsubscribe { .. }));
+    }
+
+    #[test]
+    fn every_malformed_message_names_its_fault_and_keeps_the_ref() {
+        for (text, says) in [
+            (&br#"[1,2]"#[..], "JSON object"),
+            (br#"{"type":"subscribe""#, "invalid JSON"),
+            (br#"{"type":"jump","ref":"r"}"#, "unknown message type"),
+            (br#"{"type":"subscribe","ref":"r"}"#, "\"topics\" is missing"),
+            (br#"{"type":"subscribe","topics":["a\nb"],"ref":"r"}"#, "invalid topic"),
+            (br#"{"type":"unsubscribe","topics":["a"],"cursor":"c","ref":"r"}"#, "has no \"cursor\""),
+            (br#"{"type":"publish","topic":"a","data":5,"ref":"r"}"#, "is a string"),
+            (br#"{"type":"publish","topic":"a","event":"tidings.x","data":"","ref":"r"}"#, "invalid event type"),
+            (br#"{"type":"publish","data":"","ref":"r"}"#, "\"topic\" is missing"),
+            (br#"{"type":"message","ref":"r"}"#, "\"data\" is missing"),
+            (br#"{"type":"ping","extra":1}"#, "unknown field"),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(err.message.contains(says), "{}: {}", String::from_utf8_lossy(text), err.message);
+            if err.message.contains("\"r\"") || text.ends_with(br#""ref":"r"}"#) {
+                assert_eq!(err.reference.as_deref().map(RawValue::get), Some("\"r\""), "{}", err.message);
+            }
+        }
+        let long = format!(r#"{{"type":"ping","ref":"{}"}}"#, "x".repeat(MAX_REF_LEN));
+        assert!(parse(long.as_bytes()).unwrap_err().message.contains("\"ref\" is over"));
+    }
+
+    #[test]
+    fn an_event_frame_is_a_text_frame_of_json() {
+        let event = Event {
+            epoch: tidings_core::Epoch::from_raw(3),
+            topic: Topic::new("t\"q"),
+            seq: 9,
+            event_type: None,
+            data: "a\nb".into(),
+        };
+        let f = EventFrameWithId::encode(&event);
+        assert_eq!(f[0], 0x81);
+        assert_eq!(f[1] as usize, f.len() - 2);
+        let v: serde_json::Value = serde_json::from_slice(&f[2..]).unwrap();
+        assert_eq!(v["type"], "event");
+        assert_eq!(v["id"], event.cursor().to_string());
+        assert_eq!(v["topic"], "t\"q");
+        assert_eq!(v["data"], "a\nb");
+        let shared = SharedEvent::new(event);
+        let mut other = Cursor::new(tidings_core::Epoch::from_raw(3));
+        other.set(&Topic::new("x"), 4);
+        let head = event_head(&other, &shared);
+        let whole = [&head[..], &shared.encoded::<JsonEvent>()[..]].concat();
+        assert_eq!(whole[1] as usize, whole.len() - 2);
+        let v: serde_json::Value = serde_json::from_slice(&whole[2..]).unwrap();
+        assert_eq!(v["id"], other.to_string());
+    }
+}
