@@ -1,5 +1,6 @@
-// tidings browser client: one small API over Server-Sent Events, with long-polling as a
-// fallback, exact resume from a cursor, and one shared connection for all tabs of an origin.
+// tidings browser client: one small API over WebSocket, Server-Sent Events and long-polling
+// (each the fallback of the one before), exact resume from a cursor, one shared connection for
+// all tabs of an origin, and a return channel (send, publish) over WebSocket.
 //
 //   import { connect } from "/tidings.js";
 //   const feed = connect({ topics: ["demo"], eventTypes: ["my-custom-event"] });
@@ -9,8 +10,9 @@
 //
 // Events: "event" {id, topic, type, data}; "gap" {id, topics}; "state" {state, transport,
 // leader} where state is "connecting", "open" or "unavailable"; "error" {status, message}
-// when the server (or a proxy) refuses the subscription (400/401/403), after which the client
-// stops. Every other failure is retried, on both transports alike (classifyStatus).
+// when the server (or a proxy) refuses the subscription (400/401/403; over WebSocket the close
+// codes 4400/4401/4403), after which the client stops. Every other failure is retried, on
+// every transport alike (classifyStatus).
 //
 // Tabs that ask for the same thing share one connection: one leads (a Web Lock), the others
 // follow its broadcasts. Every tab has a position from the moment it joins; a leader whose page
@@ -144,19 +146,23 @@ async function probe(url, signal) {
 /**
  * Opens a subscription. Options:
  * - topics: the topics (required)
- * - sse: the SSE endpoint (default "/events"); poll: the long-poll endpoint (default "/poll")
+ * - ws: the WebSocket endpoint (default "/ws"); sse: the SSE endpoint (default "/events");
+ *   poll: the long-poll endpoint (default "/poll")
  * - eventTypes: the event types the app publishes (EventSource only hands over named events
  *   it listens for; "message" is always included). "open", "error" and "tidings.*" are
  *   refused: EventSource and tidings dispatch those names themselves
- * - transport: "auto" (default: SSE, falling back to long-polling), "sse" or "poll"
+ * - transport: "auto" (default: WebSocket, falling back to SSE, then to long-polling),
+ *   "websocket", "sse" or "poll"
  * - share: share one connection between the tabs of this origin that ask for the same thing
  *   (same endpoints, topics, event types and transport; default true)
  * - storageKey: where the cursor is kept in sessionStorage (default from the endpoint, the
  *   topics and the event types)
  * - openTimeout: ms to wait for an opened SSE stream to deliver its first bytes before
  *   deciding a proxy buffers it (default 5000); sseFailures: failed SSE opens before
- *   falling back (default 2); pollTimeout: seconds a poll may wait (default 25);
- *   upgradeAfter: ms on long-polling before the stream is tried again (default 300000)
+ *   falling back (default 2); wsFailures: WebSocket opens that fail (no `subscribed` within
+ *   openTimeout) before falling back (default 2); pollTimeout: seconds a poll may wait
+ *   (default 25); upgradeAfter: ms on long-polling before the stream is tried again
+ *   (default 300000)
  */
 export function connect(options) {
   return new Feed(options);
@@ -172,8 +178,8 @@ export class Feed extends EventTarget {
       if (reason) throw new Error(reason);
     }
     this.options = {
-      sse: "/events", poll: "/poll", eventTypes: [], transport: "auto", share: true,
-      openTimeout: 5000, sseFailures: 2, pollTimeout: 25, upgradeAfter: 300000, ...options, topics,
+      ws: "/ws", sse: "/events", poll: "/poll", eventTypes: [], transport: "auto", share: true,
+      openTimeout: 5000, sseFailures: 2, wsFailures: 2, pollTimeout: 25, upgradeAfter: 300000, ...options, topics,
     };
     this.topics = topics;
     this.keys = new Map(topics.map((t) => [topicKey(t), t]));
@@ -184,7 +190,7 @@ export class Feed extends EventTarget {
     this.storageKey = o.storageKey ||
       "tidings:" + o.sse + ":" + topics.join("\u0000") + (types.length ? "\u0001" + types.join("\u0000") : "");
     this.shareName = "tidings-share:" +
-      JSON.stringify([o.sse, o.poll, [...topics].sort(), types, o.transport, this.storageKey]);
+      JSON.stringify([o.ws, o.sse, o.poll, [...topics].sort(), types, o.transport, this.storageKey]);
     this.cursor = this._load();
     this.positions = null; // per-topic sequence numbers of this.cursor, for de-duplication
     this._setCursor(this.cursor);
@@ -194,8 +200,76 @@ export class Feed extends EventTarget {
     this.closed = false;
     this._session = null;
     this._wake = new EventTarget(); // "online": backoffs end at once
+    this._socket = null; // the open WebSocket, once it said `subscribed` (leader only)
+    this._answers = new Map(); // ref -> {resolve, reject}: send() and publish() awaiting answers
+    this._refs = 0;
     this._lifecycle();
     this._join();
+  }
+
+  /**
+   * Sends `data` (any JSON value) to the application's message handler over the WebSocket
+   * (from any tab: a follower's goes through the leader's socket). Resolves with the reply's
+   * `data`; rejects with an Error whose `code` is the server's (403, 501...), or 503 when no
+   * socket is open (the feed is on SSE or long-polling, or reconnecting).
+   */
+  send(data) {
+    return this._request({ type: "message", data }).then((answer) => answer.data);
+  }
+
+  /**
+   * Publishes `data` (a string) to `topic`, of event type `type` if given, through the
+   * WebSocket, where the server's policy allows it. Resolves with the event's cursor; rejects
+   * as send() does.
+   */
+  publish(topic, data, type) {
+    const message = { type: "publish", topic, data };
+    if (type) message.event = type;
+    return this._request(message).then((answer) => answer.id);
+  }
+
+  /** One request over the leader's socket: this tab's own, or through the leader. */
+  _request(message) {
+    if (this.closed) return Promise.reject(Object.assign(new Error("tidings: the feed is closed"), { code: 503 }));
+    const session = this._session;
+    if (this.leader || !session || !session.channel) return this._sendOver(message);
+    const id = Math.random().toString(36).slice(2) + Date.now().toString(36);
+    return new Promise((resolve, reject) => {
+      session.asked = session.asked || new Map();
+      session.asked.set(id, { resolve, reject });
+      session.channel.postMessage({ kind: "request", id, message });
+    });
+  }
+
+  /** Sends `message` with a fresh `ref` over the open socket; settles with its answer. */
+  _sendOver(message) {
+    const socket = this._socket;
+    if (!socket || socket.readyState !== WebSocket.OPEN) {
+      const error = new Error(`tidings: send() and publish() need an open WebSocket (the feed is on ${this.transport || "nothing yet"})`);
+      return Promise.reject(Object.assign(error, { code: 503 }));
+    }
+    const ref = ++this._refs;
+    return new Promise((resolve, reject) => {
+      this._answers.set(ref, { resolve, reject });
+      socket.send(JSON.stringify({ ...message, ref }));
+    });
+  }
+
+  /** Settles the request an answer (`ack`, `reply`, `pong`, `error` with a `ref`) is for. */
+  _answer(message) {
+    const waiting = this._answers.get(message.ref);
+    if (!waiting) return;
+    this._answers.delete(message.ref);
+    if (message.type === "error") waiting.reject(Object.assign(new Error(message.message), { code: message.code }));
+    else waiting.resolve(message);
+  }
+
+  /** The socket is gone: every request still waiting fails. */
+  _unanswered() {
+    for (const waiting of this._answers.values()) {
+      waiting.reject(Object.assign(new Error("tidings: the socket closed before the answer"), { code: 503 }));
+    }
+    this._answers.clear();
   }
 
   /** Stops the subscription for good. */
@@ -420,10 +494,24 @@ export class Feed extends EventTarget {
       // A tab just joined: tell it where the shared connection stands, and our position.
       if (message.kind === "hello") {
         session.channel.postMessage({ kind: "state", detail: { state: this.state, transport: this.transport, leader: true }, cursor: this.cursor });
+      } else if (message.kind === "request") {
+        // A follower's send() or publish(), over our socket; the answer goes back by its id.
+        this._sendOver(message.message).then(
+          (answer) => session.channel.postMessage({ kind: "answer", id: message.id, answer }),
+          (error) => session.channel.postMessage({ kind: "answer", id: message.id, error: { message: error.message, code: error.code } }),
+        );
       }
       return;
     }
-    if (message.kind === "hello") return;
+    if (message.kind === "hello" || message.kind === "request") return;
+    if (message.kind === "answer") {
+      const waiting = session.asked && session.asked.get(message.id);
+      if (!waiting) return;
+      session.asked.delete(message.id);
+      if (message.error) waiting.reject(Object.assign(new Error(message.error.message), { code: message.error.code }));
+      else waiting.resolve(message.answer);
+      return;
+    }
     if (session.held) session.held.push(message); // in order, after our catch-up
     else this._follow(session, message);
   }
@@ -515,17 +603,126 @@ export class Feed extends EventTarget {
   // ---- Transports.
 
   async _run(session) {
-    const wantSse = this.options.transport !== "poll" && typeof EventSource !== "undefined";
-    // After a fallback, try the stream again every `upgradeAfter` ms (the proxy may be gone);
-    // the cursor goes along both ways, and de-duplication absorbs any overlap.
-    const upgradeAfter = wantSse && this.options.transport === "auto" ? this.options.upgradeAfter : Infinity;
+    const via = this.options.transport;
+    const wantWs = (via === "auto" || via === "websocket") && typeof WebSocket !== "undefined";
+    const wantSse = (via === "auto" || via === "sse") && typeof EventSource !== "undefined";
+    // After a fallback, try the socket and the stream again every `upgradeAfter` ms (the proxy
+    // may be gone); the cursor goes along every way, and de-duplication absorbs any overlap.
+    const upgradeAfter = (wantWs || wantSse) && via === "auto" ? this.options.upgradeAfter : Infinity;
     while (!this.closed && !session.signal.aborted) {
+      if (wantWs) {
+        const fellBack = await this._runWs(session);
+        if (!fellBack || this.closed || session.signal.aborted) return;
+      }
       if (wantSse) {
         const fellBack = await this._runSse(session);
         if (!fellBack || this.closed || session.signal.aborted) return;
       }
       if ((await this._runPoll(upgradeAfter, session)) === "stopped") return;
     }
+  }
+
+  /**
+   * Runs WebSocket until stopped (returns false) or until it should fall back (returns true):
+   * with transport "auto", when the socket never said `subscribed` (a proxy that refuses
+   * upgrades, a server without the endpoint) `wsFailures` times, each within `openTimeout`.
+   * The close codes are taken by the failure table: 4400/4401/4403 end the feed, a `closing`
+   * message's `retry_ms` is waited for, anything else is retried with backoff.
+   */
+  _runWs(session) {
+    return new Promise((resolve) => {
+      const auto = this.options.transport === "auto";
+      let failures = 0;
+      let socket = null;
+      let timer = null;
+      let finished = false;
+      const finish = (fallBack) => {
+        if (finished) return;
+        finished = true;
+        clearTimeout(timer);
+        if (socket) {
+          socket.onclose = null;
+          socket.close(1000);
+        }
+        this._socket = null;
+        this._unanswered();
+        resolve(fallBack);
+      };
+      session.stops.push(() => finish(false));
+      const url = () => {
+        const u = new URL(this.options.ws, location.href);
+        u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
+        for (const t of this.topics) u.searchParams.append("topic", t);
+        if (this.cursor) u.searchParams.set("cursor", this.cursor);
+        return u;
+      };
+      const open = () => {
+        if (this.closed || session.signal.aborted) return finish(false);
+        const current = new WebSocket(url(), "tidings.v1");
+        socket = current;
+        let opened = false; // this socket said `subscribed`
+        let retry = null; // a `closing` message's retry_ms
+        if (auto && !this._wsOpened) {
+          clearTimeout(timer);
+          // A socket that does not open (a proxy that holds the upgrade) is as good as none.
+          timer = setTimeout(() => { if (!opened) current.close(); }, this.options.openTimeout);
+        }
+        const delivering = () => {
+          opened = true;
+          this._wsOpened = true;
+          failures = 0;
+          clearTimeout(timer);
+          this._socket = current;
+          this._setState("open", "websocket");
+        };
+        current.onmessage = (m) => {
+          let message;
+          try { message = JSON.parse(m.data); } catch { return; }
+          if (message.ref !== undefined && message.ref !== null) return this._answer(message);
+          if (message.type === "subscribed") {
+            delivering();
+            // The socket starts where our cursor was, or where the log ends if we had none.
+            // Never step back: a catch-up may have taken us further already.
+            const mine = this.positions, theirs = message.id && decodeCursor(message.id);
+            if (theirs && (!mine || mine.epoch !== theirs.epoch)) {
+              this._setCursor(message.id);
+              this._broadcast({ kind: "position", cursor: this.cursor });
+            }
+          } else if (message.type === "event") {
+            delivering();
+            if (this._wants(message.event)) {
+              this._deliver("event", { id: message.id, topic: message.topic, type: message.event || "message", data: message.data });
+            } else {
+              this._skip(message.id);
+            }
+          } else if (message.type === "gap") {
+            delivering();
+            this._deliver("gap", { id: message.id, topics: message.topics });
+          } else if (message.type === "closing") {
+            retry = message.retry_ms;
+          }
+          // An `error` without a `ref` precedes a close whose code says it all.
+        };
+        current.onclose = async (e) => {
+          if (finished || socket !== current) return;
+          clearTimeout(timer);
+          this._socket = null;
+          this._unanswered();
+          // 4000 + an HTTP status: the subscription is refused, as a 4xx is on the others.
+          if (e.code >= 4000 && e.code < 5000 && classifyStatus(e.code - 4000) === "refused") {
+            finish(false);
+            return this._refused({ status: e.code - 4000, message: e.reason || `closed with ${e.code}` });
+          }
+          this._setState("unavailable", "websocket");
+          if (!opened) failures += 1;
+          if (auto && !this._wsOpened && failures >= this.options.wsFailures) return finish(true);
+          const asked = Number.isFinite(retry) ? Math.max(MIN_RETRY_MS, retry) : null;
+          await this._wait(asked !== null ? asked : backoff(failures, 1000), session, asked !== null);
+          if (!finished) open();
+        };
+      };
+      open();
+    });
   }
 
   /** Runs SSE until stopped (returns false) or until it should fall back (returns true). */

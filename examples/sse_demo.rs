@@ -58,6 +58,7 @@ use axum::extract::State;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use tidings::longpoll::LongPoll;
+use tidings::websocket::{SubscribedTopics, WebSocket};
 use tidings::sse::Sse;
 use tidings::redis::{RedisOptions, RedisStore};
 use tidings::sqlite::SqliteStore;
@@ -275,6 +276,29 @@ async fn stats(State(hub): State<Hub>) -> Response {
     .into_response()
 }
 
+/// The demo's handler of WebSocket `message`s: `{"ask": "who"}` is answered with how many
+/// subscriptions the hub has; anything else is a 400 naming what it understands.
+#[derive(Debug)]
+struct Presence;
+
+#[async_trait::async_trait]
+impl tidings::websocket::OnMessage for Presence {
+    async fn on_message(
+        &self,
+        client: &tidings::websocket::Client<'_>,
+        data: &serde_json::value::RawValue,
+    ) -> Result<Option<serde_json::Value>, tidings::http::HttpError> {
+        #[derive(serde::Deserialize)]
+        struct Ask {
+            ask: String,
+        }
+        match serde_json::from_str::<Ask>(data.get()) {
+            Ok(ask) if ask.ask == "who" => Ok(Some(serde_json::json!({ "subscribers": client.hub.subscriber_count() }))),
+            _ => Err(tidings::http::HttpError::bad_request(r#"this demo understands {"ask": "who"}"#)),
+        }
+    }
+}
+
 /// Publishes "Server says hi! (event #k)" to `demo` every `period` (2.5 s in the demo).
 pub(crate) async fn ticker(hub: Hub, period: Duration) {
     let demo = Topic::new("demo");
@@ -304,6 +328,15 @@ pub(crate) fn app(hub: Hub, push: &WebPush) -> Router {
         .route("/", get(|| async { Html(PAGE) }))
         .route("/events", Sse::new(hub.clone()).default_topics(vec![Topic::new("demo")]).method_router())
         .route("/poll", LongPoll::new(hub.clone()).default_topics(vec![Topic::new("demo")]).method_router())
+        // A client may publish over its socket to the topics it follows, and ask who is here.
+        .route(
+            "/ws",
+            WebSocket::new(hub.clone())
+                .default_topics(vec![Topic::new("demo")])
+                .publish(SubscribedTopics)
+                .on_message(Presence)
+                .method_router(),
+        )
         .route("/tidings.js", tidings::client::route())
         .route("/tidings-sw.js", tidings::client::service_worker_route())
         .route("/stats", get(stats))

@@ -1,10 +1,12 @@
-//! tidings pushes events from an app backend to its clients, over Server-Sent Events today
-//! (long-polling and Web Push share the same core), with exact replay after a reconnect.
+//! tidings pushes events from an app backend to its clients, over Server-Sent Events,
+//! WebSocket, long-polling and Web Push (one core, one contract), with exact replay after a
+//! reconnect.
 //!
 //! This facade re-exports [`tidings_core`] (events, topics, cursors, the hub, stores) and,
-//! behind features (both default), the transports: `sse` re-exports `tidings_sse` as `sse`,
-//! `longpoll` re-exports `tidings_longpoll` as `longpoll`; [`client`] serves the browser
-//! client.
+//! behind features (all default), the transports: `sse` re-exports `tidings_sse` as `sse`,
+//! `websocket` re-exports `tidings_websocket` as `websocket`, `longpoll` re-exports
+//! `tidings_longpoll` as `longpoll`, `webpush` re-exports `tidings_webpush` as `webpush`;
+//! [`client`] serves the browser client.
 //!
 //! The smallest working server: one topic, an SSE endpoint, a publish.
 //!
@@ -84,6 +86,13 @@ pub mod longpoll {
     pub use tidings_longpoll::*;
 }
 
+/// The WebSocket transport (`tidings-websocket`): the same events and cursors over one socket
+/// whose topics change while it is open, with a return channel.
+#[cfg(feature = "websocket")]
+pub mod websocket {
+    pub use tidings_websocket::*;
+}
+
 /// The durable SQLite store.
 #[cfg(feature = "sqlite")]
 pub mod sqlite {
@@ -103,7 +112,7 @@ pub mod webpush {
 }
 
 /// The browser client (`client/tidings.js`), served by the application.
-#[cfg(any(feature = "sse", feature = "longpoll"))]
+#[cfg(any(feature = "sse", feature = "longpoll", feature = "websocket"))]
 pub mod client {
     use axum::http::{HeaderValue, header};
     use axum::response::IntoResponse;
@@ -143,7 +152,7 @@ pub mod client {
 
 /// Shared HTTP glue (request parsing, credentials, error responses), and the server apps run
 /// ([`Server`](http::Server), from [`tidings::server`](crate::server)).
-#[cfg(any(feature = "sse", feature = "longpoll"))]
+#[cfg(any(feature = "sse", feature = "longpoll", feature = "websocket"))]
 pub mod http {
     pub use tidings_http::*;
     pub use tidings_server::{Server, ServerStats, ServerStatsHandle, shutdown_signal, stall_timeout};
@@ -151,7 +160,7 @@ pub mod http {
 
 /// The HTTP server tidings apps run (`tidings-server`): a drop-in for `axum::serve` with
 /// per-client limits, reverse-proxy awareness and streams written straight to the socket.
-#[cfg(any(feature = "sse", feature = "longpoll"))]
+#[cfg(any(feature = "sse", feature = "longpoll", feature = "websocket"))]
 pub mod server {
     pub use tidings_server::*;
 }

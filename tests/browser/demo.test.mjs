@@ -20,23 +20,30 @@ async function withDemo(fn, store) {
   }
 }
 
-test("events roll in, each with its id", () => withDemo(async (demo) => {
-  const page = await browser.newPage();
-  await page.goto(demo.url + "/");
-  assert.equal(await page.title(), "Server-Sent Events Demo");
-  await waitForText(page, "#status", "Server connected :)");
-  const ids = [await publish(demo.url, "first"), await publish(demo.url, "second\nline")];
-  await waitForItems(page, ["first", "second\nline"]);
-  const shown = await page.$$eval("#events li", (lis) => lis.map((li) => li.dataset.id));
-  for (const id of ids) assert.ok(shown.includes(id), `id ${id} is shown`);
-  assert.match(await page.textContent("#transport"), /Server-Sent Events/);
-  await page.close();
-}));
+// The page's transports: "auto" is WebSocket first; each can be chosen with ?transport=.
+const SHOWN = { websocket: /via WebSocket/, sse: /via Server-Sent Events/, poll: /via long-polling/ };
 
-test("leaving the page and coming back shows exactly what was missed", () => withDemo(async (demo) => {
+for (const [query, via] of [["", "websocket"], ["?transport=sse", "sse"], ["?transport=poll", "poll"]]) {
+  test(`events roll in, each with its id (page ${query || "default"}: ${via})`, () => withDemo(async (demo) => {
+    const page = await browser.newPage();
+    await page.goto(demo.url + "/" + query);
+    assert.equal(await page.title(), "Server-Sent Events Demo");
+    await waitForText(page, "#status", "Server connected :)");
+    const ids = [await publish(demo.url, "first"), await publish(demo.url, "second\nline")];
+    await waitForItems(page, ["first", "second\nline"]);
+    const shown = await page.$$eval("#events li", (lis) => lis.map((li) => li.dataset.id));
+    for (const id of ids) assert.ok(shown.includes(id), `id ${id} is shown`);
+    assert.match(await page.textContent("#transport"), SHOWN[via]);
+    await page.close();
+  }));
+}
+
+for (const via of ["websocket", "sse"]) {
+test(`leaving the page and coming back shows exactly what was missed (${via})`, () => withDemo(async (demo) => {
   const page = await browser.newPage();
-  await page.goto(demo.url + "/");
+  await page.goto(demo.url + "/?transport=" + via);
   await waitForText(page, "#status", "Server connected :)");
+  assert.match(await page.textContent("#transport"), SHOWN[via]);
   await publish(demo.url, "before leaving");
   await waitForItems(page, ["before leaving"]);
   await page.goto("about:blank");
@@ -60,10 +67,11 @@ test("leaving the page and coming back shows exactly what was missed", () => wit
   assert.ok(ticks.every((k, i) => i === 0 || k > ticks[i - 1]), `ticks in order: ${ticks}`);
 }));
 
-test("a killed server is reported; restarted, it is rejoined and the page catches up exactly", () => withDemo(async (demo) => {
+test(`a killed server is reported; restarted, it is rejoined and the page catches up exactly (${via})`, () => withDemo(async (demo) => {
   const page = await browser.newPage();
-  await page.goto(demo.url + "/");
+  await page.goto(demo.url + "/?transport=" + via);
   await waitForText(page, "#status", "Server connected :)");
+  assert.match(await page.textContent("#transport"), SHOWN[via]);
   await publish(demo.url, "before the crash");
   await waitForItems(page, ["before the crash"]);
   await stopDemo(demo, "SIGKILL");
@@ -91,10 +99,11 @@ test("a killed server is reported; restarted, it is rejoined and the page catche
   }
 }));
 
-test("with the memory store, a restarted server is rejoined with a gap notice", () => withDemo(async (demo) => {
+test(`with the memory store, a restarted server is rejoined with a gap notice (${via})`, () => withDemo(async (demo) => {
   const page = await browser.newPage();
-  await page.goto(demo.url + "/");
+  await page.goto(demo.url + "/?transport=" + via);
   await waitForText(page, "#status", "Server connected :)");
+  assert.match(await page.textContent("#transport"), SHOWN[via]);
   await publish(demo.url, "before the crash");
   await waitForItems(page, ["before the crash"]);
   await stopDemo(demo, "SIGKILL");
@@ -114,10 +123,11 @@ test("with the memory store, a restarted server is rejoined with a gap notice", 
     await page.close();
   }
 }, "memory"));
+}
 
 test("without EventSource the same events arrive by long-polling", () => withDemo(async (demo) => {
   const context = await browser.newContext();
-  await context.addInitScript(() => { delete window.EventSource; });
+  await context.addInitScript(() => { delete window.EventSource; delete window.WebSocket; });
   const page = await context.newPage();
   await page.goto(demo.url + "/");
   await waitForText(page, "#status", "Server connected :)");
@@ -171,6 +181,7 @@ test("three tabs share one connection", () => withDemo(async (demo) => {
 
 test("behind a proxy that buffers the stream, the client falls back to long-polling", () => withDemo(async (demo) => {
   const proxy = await bufferingProxy(demo.port);
+  proxy.refuseUpgrades = true; // nor does it pass WebSocket
   const page = await browser.newPage();
   try {
     await page.goto(proxy.url + "/");
@@ -193,7 +204,7 @@ test("behind a proxy that buffers the stream, the client falls back to long-poll
 test("the cursor carries over from Server-Sent Events to long-polling", () => withDemo(async (demo) => {
   const context = await browser.newContext();
   const page = await context.newPage();
-  await page.goto(demo.url + "/");
+  await page.goto(demo.url + "/?transport=sse");
   await waitForText(page, "#status", "Server connected :)");
   assert.match(await page.textContent("#transport"), /Server-Sent Events/);
   await publish(demo.url, "seen over SSE");
@@ -277,6 +288,7 @@ test("an event's topic is right after events of types the page does not listen f
 
 test("after a fallback, the client returns to Server-Sent Events once the stream gets through", () => withDemo(async (demo) => {
   const proxy = await bufferingProxy(demo.port);
+  proxy.refuseUpgrades = true; // nor does it pass WebSocket
   const page = await browser.newPage();
   try {
     await page.goto(proxy.url + "/tidings.js");
@@ -302,4 +314,69 @@ test("after a fallback, the client returns to Server-Sent Events once the stream
     proxy.closeAllConnections();
     proxy.close();
   }
+}));
+
+test("a proxy that refuses upgrades: the page lands on Server-Sent Events, its cursor kept", () => withDemo(async (demo) => {
+  const proxy = await bufferingProxy(demo.port);
+  proxy.buffering = false;
+  const page = await browser.newPage();
+  try {
+    // Through the proxy while it passes upgrades: the socket carries the events.
+    await page.goto(proxy.url + "/");
+    await waitForText(page, "#transport", "WebSocket");
+    await publish(demo.url, "over the socket");
+    await waitForItems(page, ["over the socket"]);
+    // The page goes away; the proxy is reconfigured to refuse upgrades; events go on.
+    await page.goto("about:blank");
+    proxy.refuseUpgrades = true;
+    const missed = ["missed 1", "missed 2"];
+    for (const m of missed) await publish(demo.url, m);
+    await page.goBack();
+    // The socket cannot open: the client falls back to the stream, from the socket's cursor.
+    await waitForText(page, "#transport", "Server-Sent Events", 30000);
+    await waitForItems(page, missed);
+    await publish(demo.url, "streamed");
+    await waitForItems(page, ["streamed"]);
+    const list = await listed(page);
+    for (const item of ["over the socket", ...missed, "streamed"]) {
+      assert.equal(list.filter((t) => t === item).length, 1, `${item} exactly once`);
+    }
+    assert.ok(!list.includes("GAP"), "no gap: the cursor was kept");
+    assert.ok(proxy.upgradesRefused >= 2, `the proxy refused ${proxy.upgradesRefused} upgrade(s)`);
+  } finally {
+    await page.close();
+    proxy.closeAllConnections();
+    proxy.close();
+  }
+}));
+
+test("over WebSocket, any tab sends to the server and publishes through the shared socket", () => withDemo(async (demo) => {
+  const context = await browser.newContext();
+  const pages = [];
+  for (let i = 0; i < 2; i++) {
+    const page = await context.newPage();
+    await page.goto(demo.url + "/?transport=websocket");
+    await waitForText(page, "#status", "Server connected :)");
+    pages.push(page);
+  }
+  const roles = await Promise.all(pages.map((p) => p.evaluate(() => window.tidingsFeed.leader)));
+  assert.deepEqual([...roles].sort(), [false, true], "one leader, one follower");
+  for (const page of pages) {
+    // The demo's message handler answers {"ask": "who"} with the hub's subscription count.
+    const reply = await page.evaluate(() => window.tidingsFeed.send({ ask: "who" }));
+    assert.equal(reply.subscribers, 1, "one subscription for two tabs");
+    // The handler's refusal comes back as an error with its code, and the socket lives on.
+    const refused = await page.evaluate(() => window.tidingsFeed.send("what?").then(() => null, (e) => [e.code, e.message]));
+    assert.equal(refused[0], 400);
+    assert.match(refused[1], /ask/);
+  }
+  const follower = pages[roles.indexOf(false)];
+  const id = await follower.evaluate(() => window.tidingsFeed.publish("demo", "from the follower"));
+  for (const page of pages) await waitForItems(page, ["from the follower"]);
+  const shown = await pages[0].$$eval("#events li", (lis) => lis.map((li) => li.dataset.id));
+  assert.ok(shown.includes(id), "the event carries the id publish() returned");
+  // A topic the socket does not follow: refused by the endpoint's policy.
+  const refused = await follower.evaluate(() => window.tidingsFeed.publish("elsewhere", "x").then(() => null, (e) => e.code));
+  assert.equal(refused, 403);
+  await context.close();
 }));

@@ -185,6 +185,9 @@ test("app events named error and open reach the app as events, never as the conn
   const polled = server.hit("/poll").then(() => { throw new Error("the client fell back to long-polling"); });
   polled.catch(() => {}); // raced below; never left unhandled
   try {
+    // EventSource's names are the subject: "auto" starts on the stream where there is no
+    // WebSocket (and falls back from it to long-polling, which must not happen here).
+    await page.evaluate(() => { delete window.WebSocket; });
     await page.evaluate((timeout) => window.openFeed({
       topics: ["t"], eventTypes: ["note"], share: false, openTimeout: timeout,
     }), OPEN_TIMEOUT);

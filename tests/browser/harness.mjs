@@ -132,6 +132,28 @@ export async function bufferingProxy(targetPort) {
     res.on("close", () => upstream.destroy());
     req.pipe(upstream);
   });
+  // Upgrades (WebSocket) are passed through as bytes, or refused with a 502 as a proxy not
+  // configured for them answers.
+  server.refuseUpgrades = false;
+  server.upgradesRefused = 0;
+  server.on("upgrade", async (req, socket, head) => {
+    if (server.refuseUpgrades) {
+      server.upgradesRefused += 1;
+      socket.end("HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+      return;
+    }
+    const net = await import("node:net");
+    const upstream = net.connect(targetPort, "127.0.0.1", () => {
+      let lines = `${req.method} ${req.url} HTTP/1.1\r\n`;
+      for (let i = 0; i < req.rawHeaders.length; i += 2) lines += `${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}\r\n`;
+      upstream.write(lines + "\r\n");
+      if (head && head.length) upstream.write(head);
+      upstream.pipe(socket);
+      socket.pipe(upstream);
+    });
+    upstream.on("error", () => socket.destroy());
+    socket.on("error", () => upstream.destroy());
+  });
   server.buffering = true;
   await new Promise((r) => server.listen(0, "127.0.0.1", r));
   server.url = `http://127.0.0.1:${server.address().port}`;
