@@ -12,6 +12,13 @@
 //! - `shared`: each frame is encoded once, as `Bytes`, and the same bytes go to every
 //!   subscriber.
 //!
+//! `GET /ws` is the same over WebSocket, as axum's documentation shows it (`WebSocketUpgrade`
+//! over tokio-tungstenite): one task per socket, each event sent as a text message of its
+//! data (the `Utf8Bytes` shared through the channel, not copied per socket). With
+//! `--ws-read-buffer N` and `--ws-write-buffer N`, tokio-tungstenite's buffers are set to N
+//! bytes (default: the library's, 128 KiB each): the tuned candidate of
+//! `docs/architecture.md`.
+//!
 //! `GET /events` streams; `POST /publish` takes `{"topic": ..., "data": ...}` (the topic is
 //! ignored: one channel) and answers 204.
 
@@ -21,6 +28,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
+use axum::extract::ws::{Message, Utf8Bytes, WebSocketUpgrade};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -35,6 +43,9 @@ struct App {
     shared: bool,
     text: broadcast::Sender<std::sync::Arc<str>>,
     frames: broadcast::Sender<Bytes>,
+    messages: broadcast::Sender<Utf8Bytes>,
+    ws_read_buffer: Option<usize>,
+    ws_write_buffer: Option<usize>,
 }
 
 /// The command line.
@@ -50,6 +61,12 @@ struct Cli {
     /// How each frame is encoded
     #[arg(long, value_enum, default_value_t = Variant::Events)]
     variant: Variant,
+    /// tokio-tungstenite's read buffer for /ws, in bytes (default: the library's)
+    #[arg(long)]
+    ws_read_buffer: Option<usize>,
+    /// tokio-tungstenite's write buffer for /ws, in bytes (default: the library's)
+    #[arg(long)]
+    ws_write_buffer: Option<usize>,
 }
 
 /// How each frame is encoded.
@@ -75,6 +92,35 @@ async fn events(State(app): State<App>) -> Response {
     }
 }
 
+async fn ws(State(app): State<App>, mut upgrade: WebSocketUpgrade) -> Response {
+    if let Some(n) = app.ws_read_buffer {
+        upgrade = upgrade.read_buffer_size(n);
+    }
+    if let Some(n) = app.ws_write_buffer {
+        upgrade = upgrade.write_buffer_size(n);
+    }
+    let mut messages = app.messages.subscribe();
+    upgrade.on_upgrade(move |mut socket| async move {
+        loop {
+            tokio::select! {
+                message = messages.recv() => match message {
+                    Ok(text) => {
+                        if socket.send(Message::Text(text)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                incoming = socket.recv() => match incoming {
+                    Some(Ok(_)) => {}
+                    _ => return,
+                },
+            }
+        }
+    })
+}
+
 async fn publish(State(app): State<App>, body: Bytes) -> Response {
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) else {
         return (StatusCode::BAD_REQUEST, "invalid JSON").into_response();
@@ -82,6 +128,7 @@ async fn publish(State(app): State<App>, body: Bytes) -> Response {
     let Some(data) = value.get("data").and_then(|d| d.as_str()) else {
         return (StatusCode::BAD_REQUEST, "no data").into_response();
     };
+    let _ = app.messages.send(Utf8Bytes::from(data));
     if app.shared {
         // Payloads without line breaks (the benchmark's) need one `data:` line.
         let mut frame = Vec::with_capacity(data.len() + 8);
@@ -100,8 +147,19 @@ async fn main() {
     let cli = Cli::parse();
     let port = cli.port;
     let shared = cli.variant == Variant::Shared;
-    let app = App { shared, text: broadcast::channel(4096).0, frames: broadcast::channel(4096).0 };
-    let router = Router::new().route("/events", get(events)).route("/publish", post(publish)).with_state(app);
+    let app = App {
+        shared,
+        text: broadcast::channel(4096).0,
+        frames: broadcast::channel(4096).0,
+        messages: broadcast::channel(4096).0,
+        ws_read_buffer: cli.ws_read_buffer,
+        ws_write_buffer: cli.ws_write_buffer,
+    };
+    let router = Router::new()
+        .route("/events", get(events))
+        .route("/ws", get(ws))
+        .route("/publish", post(publish))
+        .with_state(app);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
     println!("handwritten listening on http://{}", listener.local_addr().expect("an address"));
     axum::serve(listener, router).await.expect("serve");

@@ -7,14 +7,15 @@
 //! ```text
 //! loadgen fanout   --addr 127.0.0.1:PORT [--pid PID] [--kind tidings|handwritten|nchan]
 //!                  [--subscribers N] [--events M] [--rate EVENTS_PER_S] [--payload BYTES]
-//!                  [--sources K] [--server NAME] [--label LABEL] [--http2]
+//!                  [--sources K] [--server NAME] [--label LABEL] [--http2 | --websocket]
 //! loadgen longpoll (the same flags as fanout)                                  (tidings)
 //! loadgen replay   --addr ... [--pid ...] [--events M] [--payload BYTES] [--label LABEL] (tidings)
 //! loadgen MODE --help                                  (every flag, with its default)
 //! ```
 //!
 //! Each event's data is `"<n> <unix time in ns> xxx…"`, padded to `--payload` bytes; clients
-//! read `n` and the time from every `data:` line (SSE) or `data` field (long-poll). Client
+//! read `n` and the time from every `data:` line (SSE), `data` field (long-poll, tidings'
+//! WebSocket messages) or text message (the hand-written WebSocket server). Client
 //! connections are spread over `--sources` loopback addresses (127.0.0.1, .2, …) so that their
 //! number can pass one address's port range. Only ever aim it at loopback.
 
@@ -97,6 +98,10 @@ struct SubscriberArgs {
     /// of its own, as each browser has its own
     #[arg(long)]
     http2: bool,
+    /// WebSocket subscribers (fanout): tidings' `tidings.v1` at /ws?topic=bench, or the
+    /// hand-written server's /ws (each text message is an event's data)
+    #[arg(long, conflicts_with = "http2")]
+    websocket: bool,
 }
 
 /// The flags of `replay`.
@@ -128,6 +133,13 @@ impl Kind {
             Kind::Tidings => "tidings",
             Kind::Handwritten => "handwritten",
             Kind::Nchan => "nchan",
+        }
+    }
+
+    fn ws_path(self) -> &'static str {
+        match self {
+            Kind::Tidings => "/ws?topic=bench",
+            _ => "/ws",
         }
     }
 
@@ -462,6 +474,103 @@ async fn sse_client(
     }
 }
 
+/// One WebSocket subscriber (RFC 6455, client side, written for the benchmark): reads until it
+/// has every event or the deadline passes; answers pings.
+async fn ws_client(
+    addr: SocketAddr,
+    kind: Kind,
+    index: usize,
+    sources: usize,
+    events: u64,
+    shared: Arc<Shared>,
+    deadline: Arc<tokio::sync::watch::Receiver<Option<TokioInstant>>>,
+) -> Seen {
+    let mut seen = Seen::new(events);
+    let permit = shared.connecting.acquire().await.ok();
+    let opened = async {
+        let mut stream = connect(addr, index, sources).await?;
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: tidings.v1\r\n\r\n",
+            kind.ws_path()
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut buf = Vec::new();
+        let head = read_head(&mut stream, &mut buf).await?;
+        Ok::<_, std::io::Error>((stream, buf, head))
+    }
+    .await;
+    drop(permit);
+    let (mut stream, mut input) = match opened {
+        Ok((s, b, h)) if h.status == 101 => (s, b),
+        _ => {
+            count_opening(&shared, false);
+            return seen;
+        }
+    };
+    count_opening(&shared, true);
+    let mut chunk = vec![0u8; 16384];
+    let mut deadline = (*deadline).clone();
+    loop {
+        // Every whole frame in `input`: server frames are unmasked.
+        let mut at = 0;
+        while let Some((opcode, start, end)) = ws_frame(&input[at..]) {
+            let payload = &input[at + start..at + end];
+            match opcode {
+                0x1 => {
+                    // tidings: a JSON message whose `data` holds the event's; hand-written:
+                    // the event's data itself.
+                    let data = match payload.windows(8).position(|w| w == b"\"data\":\"") {
+                        Some(i) => &payload[i + 8..],
+                        None => payload,
+                    };
+                    seen.record(data);
+                }
+                0x9 => {
+                    // A pong, masked (with a zero mask) as a client's frames must be.
+                    let mut pong = vec![0x8A, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+                    pong.extend_from_slice(payload);
+                    if stream.write_all(&pong).await.is_err() {
+                        return seen;
+                    }
+                }
+                0x8 => return seen,
+                _ => {}
+            }
+            at += end;
+        }
+        input.drain(..at);
+        if seen.unique >= events {
+            return seen;
+        }
+        let until = *deadline.borrow();
+        let read = async {
+            match until {
+                Some(at) => tokio::time::timeout_at(at, stream.read(&mut chunk)).await.ok(),
+                None => Some(stream.read(&mut chunk).await),
+            }
+        };
+        tokio::select! {
+            r = read => match r {
+                Some(Ok(n)) if n > 0 => input.extend_from_slice(&chunk[..n]),
+                _ => return seen,
+            },
+            _ = deadline.changed() => {}
+        }
+    }
+}
+
+/// The first whole server frame of `input`: its opcode and where its payload starts and ends.
+fn ws_frame(input: &[u8]) -> Option<(u8, usize, usize)> {
+    let [b0, b1, ..] = *input else { return None };
+    let (len, start) = match b1 & 0x7F {
+        126 => (u16::from_be_bytes(input.get(2..4)?.try_into().ok()?) as usize, 4),
+        127 => (u64::from_be_bytes(input.get(2..10)?.try_into().ok()?) as usize, 10),
+        n => (n as usize, 2),
+    };
+    (input.len() >= start + len).then_some((b0 & 0x0F, start, start + len))
+}
+
 /// Counts a subscriber that opened its stream (`opened`) or failed to, and wakes whoever waits
 /// for them all.
 fn count_opening(shared: &Shared, opened: bool) {
@@ -702,6 +811,8 @@ async fn subscribers(mode: &str, args: &SubscriberArgs) {
         let (shared, deadline) = (shared.clone(), deadline_rx.clone());
         if mode == "longpoll" {
             tasks.push(tokio::spawn(poll_client(addr, i, sources, events, shared, waiting.clone(), deadline)));
+        } else if args.websocket {
+            tasks.push(tokio::spawn(ws_client(addr, kind, i, sources, events, shared, deadline)));
         } else if args.http2 {
             tasks.push(tokio::spawn(sse_client_h2(addr, kind.sse_path().to_owned(), i, sources, events, shared, deadline)));
         } else {
@@ -740,7 +851,7 @@ async fn subscribers(mode: &str, args: &SubscriberArgs) {
     println!(
         "{}",
         serde_json::json!({
-            "mode": mode, "kind": kind.name(), "server": args.server, "label": args.target.label, "http2": args.http2,
+            "mode": mode, "kind": kind.name(), "server": args.server, "label": args.target.label, "http2": args.http2, "websocket": args.websocket,
             "subscribers": n, "opened": opened, "failed": shared.failed.load(Ordering::Relaxed), "open_seconds": open_seconds,
             "events": events, "rate": rate, "payload": payload, "publish_refused": refused, "publish_seconds": publish_seconds,
             "deliveries": t.deliveries, "missing": t.missing, "repeated": t.repeated, "out_of_order": t.out_of_order,

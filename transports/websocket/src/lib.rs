@@ -312,12 +312,13 @@ impl WebSocket {
         };
         let opening = socket::Opening::new(parts.headers, params);
         let config = self.config.clone();
-        tokio::spawn(async move {
+        let task = async move {
             match on_upgrade.await {
                 Ok(upgraded) => socket::serve(config, hyper_util::rt::TokioIo::new(upgraded), opening).await,
                 Err(err) => tracing::debug!(%err, "the WebSocket upgrade did not complete"),
             }
-        });
+        };
+        tokio::spawn(task);
         let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
         let headers = response.headers_mut();
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));

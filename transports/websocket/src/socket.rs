@@ -6,7 +6,7 @@
 //! the next delivery, the hub's shutdown (while no subscription would tell), or the heartbeat.
 //! Each of those waits is cancel-safe (`read_buf`, `Subscription::next`, `Hub::closed`, a
 //! timer), so nothing is lost to the race. While idle, the socket keeps no write buffer and a
-//! read buffer of 512 bytes.
+//! read buffer of 128 bytes.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -38,7 +38,7 @@ const COALESCE_BELOW: usize = 16 * 1024;
 /// A burst of ready deliveries is gathered until it holds this much.
 const WRITE_BUFFER: usize = 64 * 1024;
 /// The read buffer a socket keeps while idle.
-const READ_ROOM: usize = 512;
+const READ_ROOM: usize = 128;
 /// How long a socket that sent a close frame reads (and drops) what the client still sends,
 /// waiting for its close frame: closing at once, with unread bytes, would reset the
 /// connection, and the client could lose the close frame that says why.
@@ -101,26 +101,9 @@ impl Credentials for Kept {
 
 /// Serves one upgraded connection until either side closes it.
 pub(crate) async fn serve(config: Arc<Config>, io: TokioIo<Upgraded>, opening: Opening) {
-    let now = Instant::now();
-    let mut socket = Socket {
-        heartbeat: Box::pin(tokio::time::sleep_until(now + config.heartbeat)),
-        reader: Reader::new(config.max_message),
-        config,
-        io,
-        subscription: None,
-        credentials: opening.credentials,
-        peer: opening.peer,
-        input: BytesMut::new(),
-        out: Out::default(),
-        last_read: now,
-        done: false,
-    };
-    let topics = if opening.topics.is_empty() { socket.config.default_topics.clone() } else { opening.topics };
-    if !topics.is_empty() {
-        socket.open(topics, opening.cursor.as_deref()).await;
-    } else {
-        socket.answer(&None, "subscribed", json!({ "topics": [] }));
-    }
+    // Boxed: the task keeps no room for the opening (a store read, the authorization hook)
+    // once it is done.
+    let mut socket = Box::pin(Socket::open(config, io, opening)).await;
     socket.run().await;
 }
 
@@ -129,6 +112,9 @@ struct Socket {
     io: TokioIo<Upgraded>,
     /// `None` while the socket follows no topic.
     subscription: Option<Subscription>,
+    /// While there is no subscription (which would say so), the hub's shutdown; boxed, and
+    /// only then, so that a socket with a subscription keeps no room for it.
+    shutdown: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     credentials: Kept,
     peer: Option<SocketAddr>,
     /// Bytes from the client not yet read as frames.
@@ -142,6 +128,33 @@ struct Socket {
 }
 
 impl Socket {
+    /// The socket, with the subscription its URL names opened (or its refusal queued).
+    async fn open(config: Arc<Config>, io: TokioIo<Upgraded>, opening: Opening) -> Socket {
+        let Opening { topics, cursor, peer, credentials } = opening;
+        let now = Instant::now();
+        let mut socket = Socket {
+            heartbeat: Box::pin(tokio::time::sleep_until(now + config.heartbeat)),
+            reader: Reader::new(config.max_message),
+            config,
+            io,
+            subscription: None,
+            shutdown: None,
+            credentials,
+            peer,
+            input: BytesMut::new(),
+            out: Out::default(),
+            last_read: now,
+            done: false,
+        };
+        let topics = if topics.is_empty() { socket.config.default_topics.clone() } else { topics };
+        if topics.is_empty() {
+            socket.answer(&None, "subscribed", json!({ "topics": [] }));
+        } else {
+            socket.open_url(topics, cursor.as_deref()).await;
+        }
+        socket
+    }
+
     async fn run(&mut self) {
         loop {
             if !self.out.is_empty() && self.flush().await.is_err() {
@@ -170,6 +183,14 @@ impl Socket {
             }
             // Idle: give back what a burst or a large message needed.
             self.out.release();
+            match (&self.subscription, &self.shutdown) {
+                (None, None) => {
+                    let hub = self.config.hub.clone();
+                    self.shutdown = Some(Box::pin(async move { hub.closed().await }));
+                }
+                (Some(_), Some(_)) => self.shutdown = None,
+                _ => {}
+            }
             if self.input.is_empty() && self.input.capacity() > 8 * READ_ROOM {
                 self.input = BytesMut::new();
             }
@@ -186,7 +207,7 @@ impl Socket {
                     Some(delivery) => self.push(delivery),
                     None => self.subscription = None,
                 },
-                () = self.config.hub.closed(), if self.subscription.is_none() => {
+                () = shut_down(&mut self.shutdown) => {
                     let delay = self.config.hub.reconnect_delay();
                     self.closing(delay);
                 }
@@ -278,7 +299,7 @@ impl Socket {
     }
 
     /// Opens the subscription the URL names; a refusal closes the socket with its reason.
-    async fn open(&mut self, topics: Vec<Topic>, cursor: Option<&str>) {
+    async fn open_url(&mut self, topics: Vec<Topic>, cursor: Option<&str>) {
         match self.open_subscription(topics, cursor).await {
             Ok(subscription) => self.replace(&None, subscription),
             Err(err) => match err {
@@ -496,6 +517,14 @@ impl Socket {
             Delivery::Closing(closing) => self.closing(closing.reconnect_after),
             _ => {}
         }
+    }
+}
+
+/// Resolves when `shutdown` does; never while there is none.
+async fn shut_down(shutdown: &mut Option<Pin<Box<dyn Future<Output = ()> + Send>>>) {
+    match shutdown {
+        Some(shutdown) => shutdown.await,
+        None => std::future::pending().await,
     }
 }
 
