@@ -111,7 +111,8 @@ def machine():
 def report(rows, seconds):
     pinned = [r for r in rows if r["mode"] == "fanout" and str(r.get("label", "")).startswith("pinned")]
     proto = [r for r in rows if r["mode"] == "fanout" and str(r.get("label", "")).startswith("protocol")]
-    fan = [r for r in rows if r["mode"] == "fanout" and r.get("rate", 0) == 0 and r not in pinned and r not in proto]
+    ws = [r for r in rows if r["mode"] == "fanout" and r.get("websocket")]
+    fan = [r for r in rows if r["mode"] == "fanout" and r.get("rate", 0) == 0 and r not in pinned and r not in proto and r not in ws]
     lat = [r for r in rows if r["mode"] == "fanout" and r.get("rate", 0) > 0]
     lp = [r for r in rows if r["mode"] == "longpoll"]
     rep = [r for r in rows if r["mode"] == "replay"]
@@ -200,6 +201,32 @@ def report(rows, seconds):
         for name, rs in [("HTTP/1.1", [r for r in proto if not r.get("http2")]), ("HTTP/2", [r for r in proto if r.get("http2")])]:
             if rs:
                 md.append(f"| {name} | {rng([r['kib_per_connection'] for r in rs], 1)} | {rng([r['deliveries_per_cpu_second'] for r in rs])} | "
+                          f"{rng([r['latency_ms']['p50'] for r in rs], 1)} | {rng([r['latency_ms']['p99'] for r in rs], 1)} | {sum(lost(r) for r in rs)} |")
+        md += [""]
+
+    if ws:
+        wby = defaultdict(list)
+        for r in ws:
+            wby[(server_of(r), r["subscribers"])].append(r)
+        wnames = {"tidings": "tidings", "axum-ws": "axum WebSocket (library buffers)", "axum-ws-tuned": "axum WebSocket (tuned buffers)"}
+        md += ["### WebSocket fan-out", "",
+               "The fan-out above over WebSocket (`loadgen fanout --websocket`): tidings' `/ws` "
+               "(`tidings.v1`, a JSON message per event) against the hand-written axum WebSocket "
+               "broadcast server (`bench/src/bin/handwritten.rs`, `/ws`: one task per socket over a "
+               "tokio broadcast channel, each event a text message of its data), with "
+               "tokio-tungstenite's buffers as the library sets them (128 KiB each) and tuned "
+               "(read 4 KiB, write 0).", "",
+               "| server | subscribers | deliveries / CPU-s | tidings / it, same round | KiB per idle connection | p50 ms | p99 ms | lost |",
+               "|---|---|---|---|---|---|---|---|"]
+        for n in sorted({r["subscribers"] for r in ws}):
+            mine = {r["label"]: r["deliveries_per_cpu_second"] for r in wby[("tidings", n)]}
+            for s in ["tidings", "axum-ws", "axum-ws-tuned"]:
+                rs = wby[(s, n)]
+                if not rs:
+                    continue
+                ratios = [mine[r["label"]] / r["deliveries_per_cpu_second"] for r in rs if r["label"] in mine and r["deliveries_per_cpu_second"] > 0]
+                md.append(f"| {wnames[s]} | {fmt(n)} | {rng([r['deliveries_per_cpu_second'] for r in rs])} | "
+                          f"{'–' if s == 'tidings' else rng(ratios, 2) + 'x'} | {rng([r['kib_per_connection'] for r in rs], 1)} | "
                           f"{rng([r['latency_ms']['p50'] for r in rs], 1)} | {rng([r['latency_ms']['p99'] for r in rs], 1)} | {sum(lost(r) for r in rs)} |")
         md += [""]
 

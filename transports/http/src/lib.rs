@@ -326,6 +326,48 @@ pub async fn subscribe(
     hub.subscribe(request).await.map_err(|err| HttpError::refused(err, hub))
 }
 
+/// An HTTP endpoint of a transport, as its builder describes it: what every transport's
+/// `method_router` and `into_router` share (SSE's `Sse`, long-polling's `LongPoll`,
+/// WebSocket's `WebSocket` implement it; see `docs/transports.md`).
+///
+/// ```
+/// use axum::extract::Request;
+/// use axum::response::{IntoResponse, Response};
+/// #[derive(Clone)]
+/// struct Hello;
+/// impl tidings_http::Endpoint for Hello {
+///     async fn handle(&self, _request: Request) -> Response {
+///         "hello".into_response()
+///     }
+/// }
+/// let app: axum::Router = axum::Router::new().route("/hello", tidings_http::method_router(Hello));
+/// ```
+pub trait Endpoint: Clone + Send + Sync + 'static {
+    /// Answers one request (a `GET`: [`method_router`] answers other methods with a 405).
+    fn handle(&self, request: Request) -> impl Future<Output = Response> + Send;
+
+    /// The CORS policy of its answers (default: none, so no CORS headers).
+    fn cors(&self) -> Option<CorsLayer> {
+        None
+    }
+}
+
+/// A `GET` route that `endpoint` answers, behind its CORS policy: to mount with
+/// `Router::route`.
+pub fn method_router<E: Endpoint, S: Clone + Send + Sync + 'static>(endpoint: E) -> MethodRouter<S> {
+    let cors = endpoint.cors();
+    get_route(cors, move |request: Request| {
+        let endpoint = endpoint.clone();
+        async move { endpoint.handle(request).await }
+    })
+}
+
+/// A router that `endpoint` answers at `/`, for `Router::nest`, or to serve as a tower
+/// `Service` on its own.
+pub fn router<E: Endpoint>(endpoint: E) -> axum::Router {
+    axum::Router::new().route("/", method_router(endpoint))
+}
+
 /// A `GET` route answered by `handle`, behind `cors` when one is given.
 pub fn get_route<S, F, Fut>(cors: Option<CorsLayer>, handle: F) -> MethodRouter<S>
 where

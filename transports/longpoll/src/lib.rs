@@ -64,6 +64,16 @@ pub struct LongPoll {
     cors: Option<CorsLayer>,
 }
 
+impl tidings_http::Endpoint for LongPoll {
+    fn handle(&self, request: Request) -> impl std::future::Future<Output = Response> + Send {
+        LongPoll::handle(self, request)
+    }
+
+    fn cors(&self) -> Option<CorsLayer> {
+        self.cors.clone()
+    }
+}
+
 /// The JSON of an event without its per-subscriber `id`, shared with the other JSON
 /// transports (it lives in the core, so each event is encoded once for all of them).
 pub use tidings_core::JsonEvent;
@@ -126,16 +136,12 @@ impl LongPoll {
 
     /// A `GET` handler, to mount with [`Router::route`].
     pub fn method_router<S: Clone + Send + Sync + 'static>(self) -> MethodRouter<S> {
-        let cors = self.cors.clone();
-        tidings_http::get_route(cors, move |request: Request| {
-            let endpoint = self.clone();
-            async move { endpoint.handle(request).await }
-        })
+        tidings_http::method_router(self)
     }
 
     /// A router that answers polls at `/` (a tower `Service`).
     pub fn into_router(self) -> Router {
-        Router::new().route("/", self.method_router())
+        tidings_http::router(self)
     }
 
     /// Answers one poll.

@@ -118,17 +118,13 @@ impl Sse {
 
     /// A `GET` handler, to mount with [`Router::route`].
     pub fn method_router<S: Clone + Send + Sync + 'static>(self) -> MethodRouter<S> {
-        let cors = self.cors.clone();
-        tidings_http::get_route(cors, move |request: Request| {
-            let endpoint = self.clone();
-            async move { endpoint.handle(request).await }
-        })
+        tidings_http::method_router(self)
     }
 
     /// A router that streams at `/`, for [`Router::nest`], or to serve as a tower `Service`
     /// on its own (a `Router` is one).
     pub fn into_router(self) -> Router {
-        Router::new().route("/", self.method_router())
+        tidings_http::router(self)
     }
 
     /// Answers one request: a stream, or a 4xx/503 before any byte of stream.
@@ -159,6 +155,16 @@ impl Sse {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
         response
+    }
+}
+
+impl tidings_http::Endpoint for Sse {
+    fn handle(&self, request: Request) -> impl std::future::Future<Output = Response> + Send {
+        Sse::handle(self, request)
+    }
+
+    fn cors(&self) -> Option<CorsLayer> {
+        self.cors.clone()
     }
 }
 

@@ -281,15 +281,12 @@ impl WebSocket {
 
     /// A `GET` handler, to mount with [`Router::route`].
     pub fn method_router<S: Clone + Send + Sync + 'static>(self) -> MethodRouter<S> {
-        tidings_http::get_route(None, move |request: Request| {
-            let endpoint = self.clone();
-            async move { endpoint.handle(request).await }
-        })
+        tidings_http::method_router(self)
     }
 
     /// A router that answers at `/`, for [`Router::nest`].
     pub fn into_router(self) -> Router {
-        Router::new().route("/", self.method_router())
+        tidings_http::router(self)
     }
 
     /// Answers one request: `101 Switching Protocols` and a socket served on a task of its
@@ -297,7 +294,7 @@ impl WebSocket {
     pub async fn handle(&self, mut request: Request) -> Response {
         let key = match check_handshake(request.headers()) {
             Ok(key) => key,
-            Err(err) => return err,
+            Err((status, message)) => return refuse(status, message),
         };
         let Some(on_upgrade) = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
             return refuse(
@@ -326,6 +323,15 @@ impl WebSocket {
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept_key(key.as_bytes()));
         headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL));
         response
+    }
+}
+
+/// No CORS: a browser does not apply it to WebSocket. A page of any origin can open a socket
+/// to the endpoint (with the cookies of the endpoint's site): an authorization hook that relies
+/// on cookies should check the `Origin` header, which the hook sees among the credentials.
+impl tidings_http::Endpoint for WebSocket {
+    fn handle(&self, request: Request) -> impl std::future::Future<Output = Response> + Send {
+        WebSocket::handle(self, request)
     }
 }
 
@@ -358,20 +364,20 @@ fn lists(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
 }
 
 /// Checks an opening handshake (RFC 6455, section 4.2.1) and returns the client's key.
-fn check_handshake(headers: &HeaderMap) -> Result<String, Response> {
+fn check_handshake(headers: &HeaderMap) -> Result<String, (StatusCode, &'static str)> {
     if !lists(headers, header::UPGRADE, "websocket") || !lists(headers, header::CONNECTION, "upgrade") {
-        return Err(refuse(StatusCode::UPGRADE_REQUIRED, "this endpoint speaks WebSocket: send an upgrade request"));
+        return Err((StatusCode::UPGRADE_REQUIRED, "this endpoint speaks WebSocket: send an upgrade request"));
     }
     if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
-        return Err(refuse(StatusCode::UPGRADE_REQUIRED, "Sec-WebSocket-Version must be 13"));
+        return Err((StatusCode::UPGRADE_REQUIRED, "Sec-WebSocket-Version must be 13"));
     }
     let key = headers.get(header::SEC_WEBSOCKET_KEY).and_then(|v| v.to_str().ok()).unwrap_or("").trim();
     let decoded = base64::engine::general_purpose::STANDARD.decode(key);
     if !matches!(decoded, Ok(ref bytes) if bytes.len() == 16) {
-        return Err(refuse(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key must be 16 bytes in base64"));
+        return Err((StatusCode::BAD_REQUEST, "Sec-WebSocket-Key must be 16 bytes in base64"));
     }
     if !lists(headers, header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL) {
-        return Err(refuse(
+        return Err((
             StatusCode::BAD_REQUEST,
             "offer the subprotocol tidings.v1 in Sec-WebSocket-Protocol (new WebSocket(url, \"tidings.v1\"))",
         ));
@@ -419,8 +425,9 @@ mod tests {
             (Some("sec-websocket-protocol"), None, 400),
             (None, Some(("sec-websocket-protocol", "tidings.v2")), 400),
         ] {
-            let response = check_handshake(&map(skip, replace)).unwrap_err();
-            assert_eq!(response.status().as_u16(), status, "{skip:?} {replace:?}");
+            let (got, message) = check_handshake(&map(skip, replace)).unwrap_err();
+            assert_eq!(got.as_u16(), status, "{skip:?} {replace:?}");
+            assert!(!message.is_empty());
         }
     }
 }

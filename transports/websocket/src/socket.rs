@@ -63,7 +63,10 @@ impl Opening {
 /// `subscribe` messages. Copied (not slices of the request's head, which would keep all of
 /// it), without the handshake's own headers and the subscription's parameters.
 #[derive(Debug, Default, Clone)]
-struct Kept(Option<Arc<(Vec<(HeaderName, HeaderValue)>, Vec<(String, String)>)>>);
+struct Kept(Option<Arc<KeptParts>>);
+
+/// The headers and the query parameters [`Kept`] holds.
+type KeptParts = (Vec<(HeaderName, HeaderValue)>, Vec<(String, String)>);
 
 impl Kept {
     fn new(headers: &HeaderMap, query: Vec<(String, String)>) -> Kept {
