@@ -396,3 +396,70 @@ async fn a_stream_served_by_hyper_ends_when_its_client_hangs_up() {
         tokio::task::yield_now().await;
     }
 }
+
+/// Opens a WebSocket (`/ws`, tidings.v1) from `source` and returns it once its answer's head
+/// came.
+async fn open_socket(addr: SocketAddr, source: Ipv4Addr) -> (TcpStream, String) {
+    let mut stream = connect_from(addr, source).await;
+    stream
+        .write_all(
+            b"GET /ws?topic=demo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+              Sec-WebSocket-Protocol: tidings.v1\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        if stream.read(&mut byte).await.unwrap() == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    let mut head = String::from_utf8_lossy(&head).into_owned();
+    if !head.starts_with("HTTP/1.1 101") {
+        // A refusal: its body too.
+        let mut rest = String::new();
+        let _ = stream.read_to_string(&mut rest).await;
+        head.push_str(&rest);
+    }
+    (stream, head)
+}
+
+#[tokio::test]
+async fn upgraded_connections_count_toward_the_limits_until_they_close() {
+    let (addr, _hub, stats) = start(|s| s.max_connections(2)).await;
+    let (a, head) = open_socket(addr, Ipv4Addr::new(127, 0, 0, 3)).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head:.300}");
+    let (_b, head) = open_socket(addr, Ipv4Addr::new(127, 0, 0, 4)).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head:.300}");
+    // Two open sockets fill the server: a third connection of any kind is refused.
+    let (_, refused) = open_socket(addr, Ipv4Addr::new(127, 0, 0, 5)).await;
+    assert_json_error(&refused, "503", "the server is at its connection limit (2)");
+    let (_, refused) = open_stream(addr, Ipv4Addr::new(127, 0, 0, 5)).await;
+    assert_json_error(&refused, "503", "the server is at its connection limit (2)");
+    assert_eq!(stats.get().open, 2);
+    // Once a socket closes, there is room again.
+    drop(a);
+    loop {
+        let (_, head) = open_socket(addr, Ipv4Addr::new(127, 0, 0, 5)).await;
+        if head.starts_with("HTTP/1.1 101") {
+            break;
+        }
+        assert!(head.starts_with("HTTP/1.1 503"), "{head:.300}");
+        tokio::task::yield_now().await; // the server has not seen the close yet
+    }
+}
+
+#[tokio::test]
+async fn upgraded_connections_count_under_their_address() {
+    let (addr, _hub, _) = start(|s| s.trusted_proxies([]).max_connections_per_ip(1)).await;
+    let one = Ipv4Addr::new(127, 0, 0, 1);
+    let (_socket, head) = open_socket(addr, one).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head:.300}");
+    let (_, refused) = open_socket(addr, one).await;
+    assert_json_error(&refused, "429", "too many connections from your address (the limit is 1)");
+    let (_, other) = open_socket(addr, Ipv4Addr::new(127, 0, 0, 2)).await;
+    assert!(other.starts_with("HTTP/1.1 101"), "{other:.300}");
+}

@@ -76,7 +76,7 @@ pub(crate) fn serve_connection(
                 Ok(slot) => admitted.slot = Some(slot),
                 Err(status) => {
                     drop(admitted);
-                    refuse(Rewind { prefix: rest, stream }, status, &shared.stats, config, shared.refusing(true));
+                    refuse(Rewind { prefix: rest, stream, _admitted: None }, status, &shared.stats, config, shared.refusing(true));
                     return;
                 }
             }
@@ -86,8 +86,9 @@ pub(crate) fn serve_connection(
         if let Some(acceptor) = shared.tls.clone() {
             // Boxed: a TLS session is several KiB, and plain connections should not carry room
             // for one.
-            Box::pin(serve_tls(acceptor, Rewind { prefix: read, stream }, origin, shared, stopped)).await;
-            drop(admitted);
+            // The count goes with the socket (an upgraded connection counts until it closes).
+            let io = Rewind { prefix: read, stream, _admitted: Some(admitted) };
+            Box::pin(serve_tls(acceptor, io, origin, shared, stopped)).await;
             return;
         }
         // Request heads are read here. A `GET` without a body is answered here too: a stream
@@ -130,9 +131,10 @@ pub(crate) fn serve_connection(
         };
         // HTTP/2's preface counts only as a connection's first bytes (RFC 9113 §3.4).
         let http2 = !answered && is_http2_preface(&head);
-        let io = Rewind { prefix: head, stream };
+        // The count goes with the socket: an upgraded connection (WebSocket) counts toward the
+        // limits until it closes, as every other connection does.
+        let io = Rewind { prefix: head, stream, _admitted: Some(admitted) };
         Box::pin(serve_with_hyper(io, http2, origin, shared, stopped)).await;
-        drop(admitted);
     }
 }
 

@@ -13,6 +13,7 @@ use axum::response::Response;
 use tokio::sync::Notify;
 
 use crate::Config;
+use crate::limits::Admitted;
 use crate::connection::Shared;
 use crate::error::refusal;
 use crate::head::{hard_header_cap, head_len, request_host};
@@ -326,6 +327,10 @@ async fn drive<C, T, E>(
 pub(crate) struct Rewind {
     pub(crate) prefix: Vec<u8>,
     pub(crate) stream: TcpStream,
+    /// The connection's count, when the socket carries it: then it counts for as long as the
+    /// socket is open, after a `101 Switching Protocols` too (hyper hands the socket, this
+    /// with it, to the handler).
+    pub(crate) _admitted: Option<Admitted>,
 }
 
 impl tokio::io::AsyncRead for Rewind {

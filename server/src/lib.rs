@@ -298,6 +298,11 @@ impl Server {
     /// `shutdown`, so that SSE streams and long-polls end), and returns once every connection is
     /// closed or the grace period is over.
     ///
+    /// A connection upgraded by a `101 Switching Protocols` (WebSocket) counts toward the
+    /// limits, and is waited for, until its socket closes; its task is the handler's, which the
+    /// server cannot drop at the end of the grace period: shut the hub down in `shutdown`, and
+    /// tidings' WebSocket sockets close (a `closing` message, then 1012).
+    ///
     /// # Errors
     ///
     /// None today: accept errors (`EMFILE`, …) are logged and retried after a second, as
@@ -353,7 +358,7 @@ impl Server {
                         *slot = Some(task.abort_handle());
                     }
                 }
-                Err(status) => refuse(Rewind { prefix: Vec::new(), stream }, status, &stats, config, shared.refusing(false)),
+                Err(status) => refuse(Rewind { prefix: Vec::new(), stream, _admitted: None }, status, &stats, config, shared.refusing(false)),
             }
         }
         drop(listener);
