@@ -431,3 +431,60 @@ mod tests {
         }
     }
 }
+
+/// For the fuzz targets in `fuzz/` only: not part of the API, may change at any time.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Reads `bytes`, as a client sent them in pieces cut at `cuts`, into messages and control
+    /// frames, and reads each text message as a `tidings.v1` message, as a socket does. Returns
+    /// what each came to (`"text ok"`, `"text malformed: ..."`, `"ping"`, `"close 1000"`, a
+    /// violation's code), or panics if an invariant breaks: a text message that is not UTF-8
+    /// or over `max_message`, a violation without a reason, a code a server may not send.
+    pub fn read_client_bytes(bytes: &[u8], cuts: &[usize], max_message: usize) -> Vec<String> {
+        let mut reader = crate::frame::Reader::new(max_message);
+        let mut input = bytes::BytesMut::new();
+        let mut out = Vec::new();
+        let mut at = 0;
+        let mut ends: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        ends.sort_unstable();
+        ends.push(bytes.len());
+        for end in ends {
+            if end < at {
+                continue;
+            }
+            input.extend_from_slice(&bytes[at..end]);
+            at = end;
+            loop {
+                match reader.next(&mut input) {
+                    Ok(Some(crate::frame::Incoming::Text(text))) => {
+                        assert!(text.len() <= max_message, "a message over the limit was read");
+                        assert!(std::str::from_utf8(&text).is_ok(), "a text message that is not UTF-8");
+                        match crate::protocol::parse(&text) {
+                            Ok(_) => out.push("text ok".to_owned()),
+                            Err(e) => {
+                                assert!(!e.message.is_empty());
+                                out.push(format!("text malformed: {}", e.message));
+                            }
+                        }
+                    }
+                    Ok(Some(crate::frame::Incoming::Ping(payload))) => {
+                        assert!(payload.len() <= 125);
+                        out.push("ping".to_owned());
+                    }
+                    Ok(Some(crate::frame::Incoming::Pong)) => out.push("pong".to_owned()),
+                    Ok(Some(crate::frame::Incoming::Close(code, _))) => out.push(format!("close {code:?}")),
+                    Ok(None) => break,
+                    Err(violation) => {
+                        assert!(!violation.reason.is_empty());
+                        assert!(matches!(violation.code, 1002 | 1003 | 1007 | 1009), "{}", violation.code);
+                        let frame = crate::frame::close_frame_bytes(violation.code, &violation.reason);
+                        assert!(frame.len() <= 127, "a close frame's payload is at most 125 bytes");
+                        out.push(format!("violation {}", violation.code));
+                        return out;
+                    }
+                }
+            }
+        }
+        out
+    }
+}
