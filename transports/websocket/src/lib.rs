@@ -26,12 +26,13 @@
 //!
 //! RFC 6455, section 4, over HTTP/1.1 (the request needs hyper's upgrade extension, which
 //! `tidings_server::Server` and `axum::serve` both give). The client must offer the subprotocol
-//! [`SUBPROTOCOL`] in `Sec-WebSocket-Protocol`; without it, or without the headers of an
-//! upgrade, the answer is a `426 Upgrade Required` or a `400` with a JSON body naming what is
-//! missing. The subscription the URL names (`topic` parameters, a cursor in `cursor` or
-//! `lastEventId`) is opened after the upgrade, so that a refusal reaches a browser's script: a
-//! close code `4000 + HTTP status` (4400, 4401, 4403) with the reason, after an `error`
-//! message. A URL without topics opens a socket with none, to be named by `subscribe`.
+//! [`SUBPROTOCOL`] in `Sec-WebSocket-Protocol`; without it, without the headers of an upgrade,
+//! or with an invalid `topic` in the URL, the answer is a `426 Upgrade Required` or a `400`
+//! with a JSON body naming what is wrong. The subscription the URL names (`topic` parameters, a
+//! cursor in `cursor` or `lastEventId`) is opened after the upgrade, so that a refusal reaches
+//! a browser's script: a close code `4000 + HTTP status` (4400, 4401, 4403) with the reason,
+//! after an `error` message. A URL without topics opens a socket with none, to be named by
+//! `subscribe`.
 //!
 //! # Limits
 //!

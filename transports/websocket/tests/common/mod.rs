@@ -137,6 +137,11 @@ pub struct WsClient {
 }
 
 impl WsClient {
+    /// A client over an open socket whose first message is not read yet.
+    pub fn from_stream(stream: Stream) -> WsClient {
+        WsClient { stream, cursor: None, buffer: VecDeque::new(), next_ref: 1 }
+    }
+
     /// Reads one thing from the wire.
     pub async fn read(&mut self) -> Item {
         loop {
