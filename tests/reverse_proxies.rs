@@ -3,7 +3,8 @@
 //! What a deployment relies on: with the server's defaults, 1 500 SSE clients through one proxy
 //! all stream and a publish still goes through; the per-client limit counts the real clients
 //! (`X-Forwarded-For` from nginx and Caddy, the PROXY protocol from HAProxy); long-polls wait
-//! and answer through the proxy. `scripts/test` installs the three programs.
+//! and answer through the proxy; a WebSocket opens, receives and publishes through each.
+//! `scripts/test` installs the three programs.
 
 mod common;
 #[allow(dead_code)]
@@ -252,4 +253,63 @@ async fn through_haproxy_the_limit_counts_each_client_by_the_proxy_protocol() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_caddy_the_limit_counts_each_client_by_x_forwarded_for() {
     per_client_limit_and_long_poll(Kind::Caddy, |s| s).await;
+}
+
+/// A WebSocket through `kind`: the upgrade passes, events arrive, a publish over the socket is
+/// acknowledged, and the application's message handler answers.
+async fn websocket_through(kind: Kind, configure: impl FnOnce(Server) -> Server) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+    let (demo, hub) = start_demo(configure).await;
+    let proxy = Proxy::start(kind, demo).await;
+    let mut request = format!("ws://localhost:{}/ws?topic=demo", proxy.addr.port()).into_client_request().unwrap();
+    request.headers_mut().insert("sec-websocket-protocol", "tidings.v1".parse().unwrap());
+    let stream = connect_from(proxy.addr, Ipv4Addr::new(127, 0, 0, 7)).await;
+    let (mut socket, response) = tokio_tungstenite::client_async(request, stream)
+        .await
+        .unwrap_or_else(|e| panic!("{kind:?}: the upgrade passes: {e}"));
+    assert_eq!(response.headers()["sec-websocket-protocol"], "tidings.v1", "{kind:?}");
+    type Socket = tokio_tungstenite::WebSocketStream<TcpStream>;
+    async fn next(socket: &mut Socket, kind: Kind) -> serde_json::Value {
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(10), socket.next()).await.expect("within 10 s");
+            match message {
+                Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).unwrap(),
+                Some(Ok(Message::Ping(_))) => continue,
+                other => panic!("{kind:?}: {other:?}"),
+            }
+        }
+    }
+    assert_eq!(next(&mut socket, kind).await["type"], "subscribed", "{kind:?}");
+    hub.publish(NewEvent::new(Topic::new("demo"), "through the proxy")).await.unwrap();
+    assert_eq!(next(&mut socket, kind).await["data"], "through the proxy", "{kind:?}");
+    socket
+        .send(Message::text(r#"{"type":"message","data":{"ask":"who"},"ref":1}"#))
+        .await
+        .unwrap();
+    let reply = next(&mut socket, kind).await;
+    assert_eq!((reply["type"].as_str(), reply["ref"].as_u64()), (Some("reply"), Some(1)), "{kind:?}: {reply}");
+    socket.send(Message::text(r#"{"type":"publish","topic":"demo","data":"from the socket","ref":2}"#)).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let m = next(&mut socket, kind).await;
+        seen.push(m["type"].as_str().unwrap_or_default().to_owned());
+    }
+    seen.sort();
+    assert_eq!(seen, ["ack", "event"], "{kind:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_passes_through_nginx() {
+    websocket_through(Kind::Nginx, |s| s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_passes_through_haproxy() {
+    websocket_through(Kind::Haproxy, |s| s.proxy_protocol(true)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_passes_through_caddy() {
+    websocket_through(Kind::Caddy, |s| s).await;
 }
