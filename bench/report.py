@@ -208,19 +208,20 @@ def report(rows, seconds):
         wby = defaultdict(list)
         for r in ws:
             wby[(server_of(r), r["subscribers"])].append(r)
-        wnames = {"tidings": "tidings", "axum-ws": "axum WebSocket (library buffers)", "axum-ws-tuned": "axum WebSocket (tuned buffers)"}
+        wnames = {"tidings": "tidings", "axum-ws": "axum WebSocket (library buffers)", "axum-ws-tuned": "axum WebSocket (tuned buffers)",
+                  "fastwebsockets": "fastwebsockets"}
         md += ["### WebSocket fan-out", "",
                "The fan-out above over WebSocket (`loadgen fanout --websocket`): tidings' `/ws` "
                "(`tidings.v1`, a JSON message per event) against the hand-written axum WebSocket "
                "broadcast server (`bench/src/bin/handwritten.rs`, `/ws`: one task per socket over a "
                "tokio broadcast channel, each event a text message of its data), with "
                "tokio-tungstenite's buffers as the library sets them (128 KiB each) and tuned "
-               "(read 4 KiB, write 0).", "",
+               "(read 4 KiB, write 0), and the same server with fastwebsockets behind `/ws`.", "",
                "| server | subscribers | deliveries / CPU-s | tidings / it, same round | KiB per idle connection | p50 ms | p99 ms | lost |",
                "|---|---|---|---|---|---|---|---|"]
         for n in sorted({r["subscribers"] for r in ws}):
             mine = {r["label"]: r["deliveries_per_cpu_second"] for r in wby[("tidings", n)]}
-            for s in ["tidings", "axum-ws", "axum-ws-tuned"]:
+            for s in ["tidings", "axum-ws", "axum-ws-tuned", "fastwebsockets"]:
                 rs = wby[(s, n)]
                 if not rs:
                     continue

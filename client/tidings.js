@@ -94,6 +94,9 @@ function reservedType(type) {
 const fromServer = (e) => e instanceof MessageEvent;
 
 const jitter = (ms) => ms / 2 + Math.random() * ms;
+
+/** The error a send() or publish() rejects with when nothing could answer it: code 503. */
+const unavailable = (why) => Object.assign(new Error("tidings: " + why), { code: 503 });
 const backoff = (failures, base) => jitter(Math.min(30000, base * 2 ** Math.min(failures, 6)));
 
 /**
@@ -161,8 +164,9 @@ async function probe(url, signal) {
  *   deciding a proxy buffers it (default 5000); sseFailures: failed SSE opens before
  *   falling back (default 2); wsFailures: WebSocket opens that fail (no `subscribed` within
  *   openTimeout) before falling back (default 2); pollTimeout: seconds a poll may wait
- *   (default 25); upgradeAfter: ms on long-polling before the stream is tried again
- *   (default 300000)
+ *   (default 25); upgradeAfter: ms on long-polling (or on SSE after WebSocket failed) before
+ *   the transport before it is tried again (default 300000); requestTimeout: ms a send() or
+ *   publish() waits for its answer (default 30000)
  */
 export function connect(options) {
   return new Feed(options);
@@ -179,7 +183,8 @@ export class Feed extends EventTarget {
     }
     this.options = {
       ws: "/ws", sse: "/events", poll: "/poll", eventTypes: [], transport: "auto", share: true,
-      openTimeout: 5000, sseFailures: 2, wsFailures: 2, pollTimeout: 25, upgradeAfter: 300000, ...options, topics,
+      openTimeout: 5000, sseFailures: 2, wsFailures: 2, pollTimeout: 25, upgradeAfter: 300000,
+      requestTimeout: 30000, ...options, topics,
     };
     this.topics = topics;
     this.keys = new Map(topics.map((t) => [topicKey(t), t]));
@@ -228,29 +233,49 @@ export class Feed extends EventTarget {
     return this._request(message).then((answer) => answer.id);
   }
 
-  /** One request over the leader's socket: this tab's own, or through the leader. */
+  /**
+   * One request over the leader's socket: this tab's own, or through the leader. Rejected with
+   * 503 when no answer comes within `requestTimeout` ms, or when this tab stops following
+   * (it leads, or its page stops running) before the answer.
+   */
   _request(message) {
-    if (this.closed) return Promise.reject(Object.assign(new Error("tidings: the feed is closed"), { code: 503 }));
+    if (this.closed) return Promise.reject(unavailable("the feed is closed"));
     const session = this._session;
     if (this.leader || !session || !session.channel) return this._sendOver(message);
     const id = Math.random().toString(36).slice(2) + Date.now().toString(36);
     return new Promise((resolve, reject) => {
       session.asked = session.asked || new Map();
-      session.asked.set(id, { resolve, reject });
+      const timer = setTimeout(() => {
+        session.asked.delete(id);
+        reject(unavailable("no answer from the tab that holds the socket"));
+      }, this.options.requestTimeout);
+      const settle = (f) => (v) => { clearTimeout(timer); f(v); };
+      session.asked.set(id, { resolve: settle(resolve), reject: settle(reject) });
       session.channel.postMessage({ kind: "request", id, message });
     });
+  }
+
+  /** A follower's requests still waiting for the leader: they fail (this tab leads or leaves). */
+  _abandonAsked(session) {
+    if (!session || !session.asked) return;
+    for (const waiting of session.asked.values()) waiting.reject(unavailable("the tab that held the socket went away"));
+    session.asked.clear();
   }
 
   /** Sends `message` with a fresh `ref` over the open socket; settles with its answer. */
   _sendOver(message) {
     const socket = this._socket;
     if (!socket || socket.readyState !== WebSocket.OPEN) {
-      const error = new Error(`tidings: send() and publish() need an open WebSocket (the feed is on ${this.transport || "nothing yet"})`);
-      return Promise.reject(Object.assign(error, { code: 503 }));
+      return Promise.reject(unavailable(`send() and publish() need an open WebSocket (the feed is on ${this.transport || "nothing yet"})`));
     }
     const ref = ++this._refs;
     return new Promise((resolve, reject) => {
-      this._answers.set(ref, { resolve, reject });
+      const timer = setTimeout(() => {
+        this._answers.delete(ref);
+        reject(unavailable("no answer from the server"));
+      }, this.options.requestTimeout);
+      const settle = (f) => (v) => { clearTimeout(timer); f(v); };
+      this._answers.set(ref, { resolve: settle(resolve), reject: settle(reject) });
       socket.send(JSON.stringify({ ...message, ref }));
     });
   }
@@ -266,9 +291,7 @@ export class Feed extends EventTarget {
 
   /** The socket is gone: every request still waiting fails. */
   _unanswered() {
-    for (const waiting of this._answers.values()) {
-      waiting.reject(Object.assign(new Error("tidings: the socket closed before the answer"), { code: 503 }));
-    }
+    for (const waiting of this._answers.values()) waiting.reject(unavailable("the socket closed before the answer"));
     this._answers.clear();
   }
 
@@ -461,6 +484,7 @@ export class Feed extends EventTarget {
   _leave() {
     const session = this._session;
     if (!session) return;
+    this._abandonAsked(session);
     this._session = null;
     this.leader = false;
     session.abort.abort();
@@ -479,6 +503,7 @@ export class Feed extends EventTarget {
     if (session.signal.aborted) return;
     await session.catching; // a follower's catch-up first (and what it was sent meanwhile)
     if (session.signal.aborted || this.closed) return;
+    this._abandonAsked(session); // asked of the leader we replace, which will not answer now
     this.leader = true;
     this._setState("connecting", null);
     // Where we take over from. A follower that is behind it (we caught up further than the
@@ -610,13 +635,17 @@ export class Feed extends EventTarget {
     // may be gone); the cursor goes along every way, and de-duplication absorbs any overlap.
     const upgradeAfter = (wantWs || wantSse) && via === "auto" ? this.options.upgradeAfter : Infinity;
     while (!this.closed && !session.signal.aborted) {
+      let socketFailed = false;
       if (wantWs) {
         const fellBack = await this._runWs(session);
         if (!fellBack || this.closed || session.signal.aborted) return;
+        socketFailed = true;
       }
       if (wantSse) {
-        const fellBack = await this._runSse(session);
-        if (!fellBack || this.closed || session.signal.aborted) return;
+        // On the stream because the socket failed: try the socket again after a while.
+        const outcome = await this._runSse(session, socketFailed ? upgradeAfter : Infinity);
+        if (outcome === "upgrade") continue;
+        if (!outcome || this.closed || session.signal.aborted) return;
       }
       if ((await this._runPoll(upgradeAfter, session)) === "stopped") return;
     }
@@ -660,12 +689,19 @@ export class Feed extends EventTarget {
         if (this.closed || session.signal.aborted) return finish(false);
         const current = new WebSocket(url(), "tidings.v1");
         socket = current;
+        let upgraded = false; // the upgrade passed (`open`)
         let opened = false; // this socket said `subscribed`
+        let held = false; // nothing came within openTimeout
         let retry = null; // a `closing` message's retry_ms
+        current.onopen = () => { upgraded = true; };
         if (auto && !this._wsOpened) {
           clearTimeout(timer);
           // A socket that does not open (a proxy that holds the upgrade) is as good as none.
-          timer = setTimeout(() => { if (!opened) current.close(); }, this.options.openTimeout);
+          timer = setTimeout(() => {
+            if (opened) return;
+            held = true;
+            current.close();
+          }, this.options.openTimeout);
         }
         const delivering = () => {
           opened = true;
@@ -714,9 +750,28 @@ export class Feed extends EventTarget {
             return this._refused({ status: e.code - 4000, message: e.reason || `closed with ${e.code}` });
           }
           this._setState("unavailable", "websocket");
-          if (!opened) failures += 1;
-          if (auto && !this._wsOpened && failures >= this.options.wsFailures) return finish(true);
-          const asked = Number.isFinite(retry) ? Math.max(MIN_RETRY_MS, retry) : null;
+          let asked = Number.isFinite(retry) ? Math.max(MIN_RETRY_MS, retry) : null;
+          if (!upgraded || held) {
+            // The upgrade did not pass (or nothing came through it): ask the same URL with
+            // fetch to read why, and take the answer as every transport does. A refusal
+            // (400, 401, 403, from the server or a proxy) ends the feed; anything else counts
+            // toward falling back to the stream.
+            const http = url();
+            http.protocol = http.protocol === "wss:" ? "https:" : "http:";
+            const answer = await probe(http, session.signal);
+            if (finished || session.signal.aborted) return;
+            if (answer && classifyStatus(answer.status) === "refused") {
+              finish(false);
+              return this._refused({ status: answer.status, message: answer.message });
+            }
+            if (answer && answer.delay !== null && asked === null) asked = answer.delay;
+            failures += 1;
+            if (auto && !this._wsOpened && failures >= this.options.wsFailures) {
+              if (asked !== null) await this._wait(asked, session, true);
+              return finish(true);
+            }
+          }
+          // Through the upgrade, closed by the server (a restart, the store down): transient.
           await this._wait(asked !== null ? asked : backoff(failures, 1000), session, asked !== null);
           if (!finished) open();
         };
@@ -725,17 +780,22 @@ export class Feed extends EventTarget {
     });
   }
 
-  /** Runs SSE until stopped (returns false) or until it should fall back (returns true). */
-  _runSse(session) {
+  /**
+   * Runs SSE until stopped (returns false), until it should fall back (returns true), or, after
+   * `until` ms, to try the socket again (returns "upgrade").
+   */
+  _runSse(session, until = Infinity) {
     return new Promise((resolve) => {
       let failures = 0;
       let source = null;
       let timer = null;
       let finished = false;
+      const upgrade = Number.isFinite(until) ? setTimeout(() => finish("upgrade"), until) : null;
       const finish = (fallBack) => {
         if (finished) return;
         finished = true;
         clearTimeout(timer);
+        clearTimeout(upgrade);
         if (source) source.close();
         resolve(fallBack);
       };

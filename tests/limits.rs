@@ -400,15 +400,18 @@ async fn a_stream_served_by_hyper_ends_when_its_client_hangs_up() {
 /// Opens a WebSocket (`/ws`, tidings.v1) from `source` and returns it once its answer's head
 /// came.
 async fn open_socket(addr: SocketAddr, source: Ipv4Addr) -> (TcpStream, String) {
+    open_socket_with(addr, source, "").await
+}
+
+/// [`open_socket`] with `extra` header lines (each ending in CRLF).
+async fn open_socket_with(addr: SocketAddr, source: Ipv4Addr, extra: &str) -> (TcpStream, String) {
     let mut stream = connect_from(addr, source).await;
-    stream
-        .write_all(
-            b"GET /ws?topic=demo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-              Sec-WebSocket-Protocol: tidings.v1\r\n\r\n",
-        )
-        .await
-        .unwrap();
+    let request = format!(
+        "GET /ws?topic=demo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Protocol: tidings.v1\r\n{extra}\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut byte = [0u8; 1];
@@ -462,4 +465,27 @@ async fn upgraded_connections_count_under_their_address() {
     assert_json_error(&refused, "429", "too many connections from your address (the limit is 1)");
     let (_, other) = open_socket(addr, Ipv4Addr::new(127, 0, 0, 2)).await;
     assert!(other.starts_with("HTTP/1.1 101"), "{other:.300}");
+}
+
+#[tokio::test]
+async fn upgraded_connections_from_a_trusted_proxy_count_under_the_client_it_names() {
+    // Loopback is a trusted proxy by default: each request is counted under the client its
+    // `X-Forwarded-For` names, and a socket's count lasts as long as the socket.
+    let (addr, _hub, _) = start(|s| s.max_connections_per_ip(1)).await;
+    let proxy = Ipv4Addr::new(127, 0, 0, 1);
+    let (first, head) = open_socket_with(addr, proxy, "X-Forwarded-For: 10.1.1.1\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head:.300}");
+    let (_, refused) = open_socket_with(addr, proxy, "X-Forwarded-For: 10.1.1.1\r\n").await;
+    assert_json_error(&refused, "429", "too many connections from your address (the limit is 1)");
+    let (_other, head) = open_socket_with(addr, proxy, "X-Forwarded-For: 10.1.1.2\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "another client: {head:.300}");
+    drop(first);
+    loop {
+        let (_, head) = open_socket_with(addr, proxy, "X-Forwarded-For: 10.1.1.1\r\n").await;
+        if head.starts_with("HTTP/1.1 101") {
+            break;
+        }
+        assert!(head.starts_with("HTTP/1.1 429"), "{head:.300}");
+        tokio::task::yield_now().await; // the server has not seen the close yet
+    }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::Config;
 use crate::direct::{Answered, answer_settled, stream_to_socket, write_answer};
-use crate::hand_off::{Rewind, is_http2_preface, serve_with_hyper};
+use crate::hand_off::{Rewind, UpgradedSlot, is_http2_preface, serve_with_hyper};
 use crate::head::{bodiless_get, read_head};
 use crate::limits::{Admitted, ClientSlot, Counters, Origin, Refusing, claim, refuse};
 use crate::proxy::read_proxy_header;
@@ -76,7 +76,7 @@ pub(crate) fn serve_connection(
                 Ok(slot) => admitted.slot = Some(slot),
                 Err(status) => {
                     drop(admitted);
-                    refuse(Rewind { prefix: rest, stream, _admitted: None }, status, &shared.stats, config, shared.refusing(true));
+                    refuse(Rewind { prefix: rest, stream, _admitted: None, _upgraded: None }, status, &shared.stats, config, shared.refusing(true));
                     return;
                 }
             }
@@ -87,8 +87,9 @@ pub(crate) fn serve_connection(
             // Boxed: a TLS session is several KiB, and plain connections should not carry room
             // for one.
             // The count goes with the socket (an upgraded connection counts until it closes).
-            let io = Rewind { prefix: read, stream, _admitted: Some(admitted) };
-            Box::pin(serve_tls(acceptor, io, origin, shared, stopped)).await;
+            let upgraded = UpgradedSlot::default();
+            let io = Rewind { prefix: read, stream, _admitted: Some(admitted), _upgraded: Some(upgraded.clone()) };
+            Box::pin(serve_tls(acceptor, io, origin, shared, stopped, upgraded)).await;
             return;
         }
         // Request heads are read here. A `GET` without a body is answered here too: a stream
@@ -133,8 +134,9 @@ pub(crate) fn serve_connection(
         let http2 = !answered && is_http2_preface(&head);
         // The count goes with the socket: an upgraded connection (WebSocket) counts toward the
         // limits until it closes, as every other connection does.
-        let io = Rewind { prefix: head, stream, _admitted: Some(admitted) };
-        Box::pin(serve_with_hyper(io, http2, origin, shared, stopped)).await;
+        let upgraded = UpgradedSlot::default();
+        let io = Rewind { prefix: head, stream, _admitted: Some(admitted), _upgraded: Some(upgraded.clone()) };
+        Box::pin(serve_with_hyper(io, http2, origin, shared, stopped, upgraded)).await;
     }
 }
 
@@ -147,6 +149,7 @@ async fn serve_tls(
     origin: Origin,
     shared: Arc<Shared>,
     mut stopped: watch::Receiver<bool>,
+    upgraded: UpgradedSlot,
 ) {
     let handshake = tokio::select! {
         tls = tokio::time::timeout(shared.config.header_timeout, acceptor.accept(io)) => tls,
@@ -154,7 +157,7 @@ async fn serve_tls(
     };
     let Ok(Ok(tls)) = handshake else { return };
     let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    serve_with_hyper(tls, http2, origin, shared, stopped).await;
+    serve_with_hyper(tls, http2, origin, shared, stopped, upgraded).await;
 }
 
 /// What became of one request read by [`serve_connection`].

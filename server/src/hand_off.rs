@@ -18,7 +18,7 @@ use crate::connection::Shared;
 use crate::error::refusal;
 use crate::head::{hard_header_cap, head_len, request_host};
 use crate::host::HostError;
-use crate::limits::{Counters, Origin, call_router_held, hold};
+use crate::limits::{ClientSlot, Counters, Origin, call_router, hold};
 use crate::repoll::Repoll;
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
@@ -187,6 +187,7 @@ pub(crate) async fn serve_with_hyper<I>(
     origin: Origin,
     shared: Arc<Shared>,
     stopped: watch::Receiver<bool>,
+    upgraded: UpgradedSlot,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -199,8 +200,18 @@ pub(crate) async fn serve_with_hyper<I>(
         let host = request_host(&request);
         let shared = shared.clone();
         let busy = service_activity.as_ref().map(Busy::new);
+        let upgraded = upgraded.clone();
         async move {
-            let response = answer(request, too_large, host, &shared, origin, max_header_bytes).await;
+            let (response, slot) = answer(request, too_large, host, &shared, origin, max_header_bytes).await;
+            let response = match slot {
+                // The socket goes on after the answer: the client's count goes with it.
+                Some(slot) if response.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+                    *upgraded.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(slot);
+                    response
+                }
+                Some(slot) => hold(response, slot),
+                None => response,
+            };
             Ok::<_, Infallible>(match busy {
                 Some(busy) => hold(response, busy),
                 None => response,
@@ -225,7 +236,8 @@ pub(crate) async fn serve_with_hyper<I>(
 }
 
 /// The answer to one request hyper read: a `431` or a `400` for a head over the limit or one
-/// that breaks the `Host` rule, else the router's.
+/// that breaks the `Host` rule, else the router's, with the client's slot to keep while it is
+/// written (from a trusted proxy).
 async fn answer(
     request: Request<Incoming>,
     too_large: bool,
@@ -233,19 +245,19 @@ async fn answer(
     shared: &Shared,
     origin: Origin,
     max_header_bytes: usize,
-) -> Response {
+) -> (Response, Option<ClientSlot>) {
     if too_large {
         shared.stats.header_too_large.fetch_add(1, Ordering::Relaxed);
         let message = format!("request headers are over {max_header_bytes} bytes");
-        return refusal(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &message, None);
+        return (refusal(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &message, None), None);
     }
     if let Err(err) = host {
         // Its body (if any) is not read: the connection cannot carry another request.
         let mut response = refusal(StatusCode::BAD_REQUEST, &err.to_string(), None);
         response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
-        return response;
+        return (response, None);
     }
-    call_router_held(&shared.router, request, origin, &shared.stats, &shared.config).await
+    call_router(&shared.router, request, origin, &shared.stats, &shared.config).await
 }
 
 /// A hyper connection that can be asked to finish what it is doing and close.
@@ -331,7 +343,14 @@ pub(crate) struct Rewind {
     /// socket is open, after a `101 Switching Protocols` too (hyper hands the socket, this
     /// with it, to the handler).
     pub(crate) _admitted: Option<Admitted>,
+    /// The per-client slot of a request answered `101` from a trusted proxy (counted per
+    /// request, as `X-Forwarded-For` names its client): kept with the socket, which the
+    /// request's handler keeps from then on.
+    pub(crate) _upgraded: Option<UpgradedSlot>,
 }
+
+/// Where the answer to an upgrade leaves its client's slot, for as long as the socket lives.
+pub(crate) type UpgradedSlot = Arc<std::sync::Mutex<Option<ClientSlot>>>;
 
 impl tokio::io::AsyncRead for Rewind {
     fn poll_read(

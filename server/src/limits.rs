@@ -192,25 +192,6 @@ pub(crate) struct Origin {
     pub(crate) forwarded: bool,
 }
 
-/// [`call_router`], the client's slot (if any) kept by the answer's body until it is dropped:
-/// for hyper, which owns the body from then on.
-pub(crate) async fn call_router_held<B>(
-    router: &Router,
-    request: Request<B>,
-    origin: Origin,
-    stats: &Arc<Counters>,
-    config: &Config,
-) -> Response
-where
-    B: http_body::Body<Data = axum::body::Bytes> + Send + 'static,
-    B::Error: Into<axum::BoxError>,
-{
-    match call_router(router, request, origin, stats, config).await {
-        (response, Some(slot)) => hold(response, slot),
-        (response, None) => response,
-    }
-}
-
 /// `response`, its body keeping `guard` until it is dropped.
 pub(crate) fn hold<G: Send + Unpin + 'static>(response: Response, guard: G) -> Response {
     response.map(|body| axum::body::Body::new(Held { body, _guard: guard }))

@@ -17,7 +17,9 @@
 //! data (the `Utf8Bytes` shared through the channel, not copied per socket). With
 //! `--ws-read-buffer N` and `--ws-write-buffer N`, tokio-tungstenite's buffers are set to N
 //! bytes (default: the library's, 128 KiB each): the tuned candidate of
-//! `docs/architecture.md`.
+//! `docs/architecture.md`. With `--ws-impl fastwebsockets`, `/ws` is served by
+//! fastwebsockets (Deno's) instead, the same way: the other candidate measured there (it only
+//! writes: the benchmark's clients send nothing it must read).
 //!
 //! `GET /events` streams; `POST /publish` takes `{"topic": ..., "data": ...}` (the topic is
 //! ignored: one channel) and answers 204.
@@ -48,6 +50,15 @@ struct App {
     ws_write_buffer: Option<usize>,
 }
 
+/// The WebSocket library behind `/ws`.
+#[derive(Clone, Copy, PartialEq, Debug, ValueEnum)]
+enum WsImpl {
+    /// axum's `ws` (tokio-tungstenite)
+    Tungstenite,
+    /// fastwebsockets
+    Fastwebsockets,
+}
+
 /// The command line.
 #[derive(Parser, Debug)]
 #[command(
@@ -67,6 +78,9 @@ struct Cli {
     /// tokio-tungstenite's write buffer for /ws, in bytes (default: the library's)
     #[arg(long)]
     ws_write_buffer: Option<usize>,
+    /// The WebSocket library behind /ws
+    #[arg(long, value_enum, default_value_t = WsImpl::Tungstenite)]
+    ws_impl: WsImpl,
 }
 
 /// How each frame is encoded.
@@ -121,6 +135,29 @@ async fn ws(State(app): State<App>, mut upgrade: WebSocketUpgrade) -> Response {
     })
 }
 
+async fn fws(State(app): State<App>, upgrade: fastwebsockets::upgrade::IncomingUpgrade) -> Response {
+    let Ok((response, upgraded)) = upgrade.upgrade() else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let mut messages = app.messages.subscribe();
+    tokio::spawn(async move {
+        let Ok(mut socket) = upgraded.await else { return };
+        loop {
+            match messages.recv().await {
+                Ok(text) => {
+                    let frame = fastwebsockets::Frame::text(fastwebsockets::Payload::Borrowed(text.as_bytes()));
+                    if socket.write_frame(frame).await.is_err() {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    response.map(Body::new)
+}
+
 async fn publish(State(app): State<App>, body: Bytes) -> Response {
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) else {
         return (StatusCode::BAD_REQUEST, "invalid JSON").into_response();
@@ -157,7 +194,7 @@ async fn main() {
     };
     let router = Router::new()
         .route("/events", get(events))
-        .route("/ws", get(ws))
+        .route("/ws", if cli.ws_impl == WsImpl::Fastwebsockets { get(fws) } else { get(ws) })
         .route("/publish", post(publish))
         .with_state(app);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind");

@@ -41,6 +41,8 @@ const REPORT_EVERY: u64 = 64;
 pub struct SubscribeRequest<'a> {
     topics: Vec<Topic>,
     cursor: Option<&'a str>,
+    /// A position the transport holds already (its own subscription's), in place of `cursor`.
+    position: Option<Cursor>,
     pub(super) transport: &'static str,
     peer: Option<SocketAddr>,
     credentials: &'a dyn Credentials,
@@ -53,6 +55,7 @@ impl fmt::Debug for SubscribeRequest<'_> {
         f.debug_struct("SubscribeRequest")
             .field("topics", &self.topics)
             .field("cursor", &self.cursor)
+            .field("position", &self.position)
             .field("transport", &self.transport)
             .field("peer", &self.peer)
             .finish_non_exhaustive()
@@ -65,6 +68,7 @@ impl<'a> SubscribeRequest<'a> {
         SubscribeRequest {
             topics,
             cursor: None,
+            position: None,
             transport: "local",
             peer: None,
             credentials: &NoCredentials,
@@ -75,6 +79,19 @@ impl<'a> SubscribeRequest<'a> {
     /// The cursor token the client sent back, untrusted (default: none, start at the end).
     pub fn cursor(mut self, token: Option<&'a str>) -> Self {
         self.cursor = token;
+        self
+    }
+
+    /// Starts from `position`, a cursor the transport holds already, rather than from a token
+    /// the client sent (default: none; when both are given, this one counts). For a transport
+    /// that moves a live connection to another set of topics: it opens the new subscription
+    /// from the old one's [`Subscription::cursor`], with the positions of added topics set from
+    /// the client's cursor ([`Cursor::set`]; a position past the end of a topic's log, such as
+    /// `u64::MAX`, is unknown and yields a gap notice for that topic alone). Unlike a token, it
+    /// is not parsed again, so it is not bound by the token's length limit. The lifecycle hooks
+    /// see it as the connection's cursor, as a token.
+    pub fn position(mut self, position: Cursor) -> Self {
+        self.position = Some(position);
         self
     }
 
@@ -240,7 +257,10 @@ impl Subscription {
         }
         let ring = hub.ring.subscribe();
 
-        let cursor = request.cursor.map(Cursor::parse);
+        let cursor = match &request.position {
+            Some(position) => Some(Ok(position.clone())),
+            None => request.cursor.map(Cursor::parse),
+        };
         let mut states = Vec::with_capacity(topics.len());
         let mut gap = Vec::new();
         let mut epoch = None;
@@ -281,7 +301,10 @@ impl Subscription {
             id: Hub::next_connection_id(&hub),
             transport: request.transport,
             topics,
-            cursor: request.cursor.map(|c| c.chars().take(crate::cursor::MAX_CURSOR_LEN).collect()),
+            cursor: match &request.position {
+                Some(position) => Some(position.to_string()),
+                None => request.cursor.map(|c| c.chars().take(crate::cursor::MAX_CURSOR_LEN).collect()),
+            },
             peer: request.peer,
             recipient,
         };

@@ -228,9 +228,9 @@ impl WebSocket {
         self
     }
 
-    /// How long a client may stay silent before the server sends it a ping (default 15 s):
-    /// the heartbeat that keeps proxies from closing an idle socket, and that a client which
-    /// went away without a word fails to answer.
+    /// How often the server pings the client (default 15 s): the heartbeat that keeps proxies
+    /// from closing an idle socket, and that a client which went away without a word fails to
+    /// answer (see [`WebSocket::client_timeout`], checked at each heartbeat).
     ///
     /// # Panics
     ///
@@ -242,7 +242,8 @@ impl WebSocket {
 
     /// How long a client may send nothing at all, not even the pong every WebSocket client
     /// answers a ping with, before the socket is closed with [`close::TIMEOUT`] (default 45 s,
-    /// three heartbeats). A browser answers pings by itself, in a background tab too.
+    /// three heartbeats). Checked at each heartbeat, so a silent client goes within this plus
+    /// one heartbeat interval. A browser answers pings by itself, in a background tab too.
     ///
     /// # Panics
     ///
@@ -292,22 +293,25 @@ impl WebSocket {
 
     /// Answers one request: `101 Switching Protocols` and a socket served on a task of its
     /// own, or a 4xx naming what the handshake lacks.
-    pub async fn handle(&self, mut request: Request) -> Response {
-        let key = match check_handshake(request.headers()) {
+    pub async fn handle(&self, request: Request) -> Response {
+        // The URL first: a plain `GET` of it (as the browser client sends to learn why a socket
+        // did not open) then gets the same 400 for an invalid topic as the upgrade would.
+        let (mut parts, body) = request.into_parts();
+        let params = match SubscribeParams::from_parts(&parts, "cursor") {
+            Ok(params) => params,
+            Err(err) => return err.into_response(),
+        };
+        let key = match check_handshake(&parts.headers) {
             Ok(key) => key,
             Err((status, message)) => return refuse(status, message),
         };
-        let Some(on_upgrade) = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
             return refuse(
                 StatusCode::UPGRADE_REQUIRED,
                 "this connection cannot be upgraded (WebSocket runs over HTTP/1.1)",
             );
         };
-        let (parts, _body) = request.into_parts();
-        let params = match SubscribeParams::from_parts(&parts, "cursor") {
-            Ok(params) => params,
-            Err(err) => return err.into_response(),
-        };
+        drop(body);
         let opening = socket::Opening::new(parts.headers, params);
         let config = self.config.clone();
         let task = async move {

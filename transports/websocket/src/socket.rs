@@ -39,6 +39,10 @@ const COALESCE_BELOW: usize = 16 * 1024;
 const WRITE_BUFFER: usize = 64 * 1024;
 /// The read buffer a socket keeps while idle.
 const READ_ROOM: usize = 128;
+/// Bursts written in a row before the socket looks at the client and the heartbeat again
+/// (through the `select!`, whose branches are polled in random order).
+const MAX_STREAK: u32 = 8;
+
 /// How long a socket that sent a close frame reads (and drops) what the client still sends,
 /// waiting for its close frame: closing at once, with unread bytes, would reset the
 /// connection, and the client could lose the close frame that says why.
@@ -66,7 +70,7 @@ impl Opening {
 struct Kept(Option<Arc<KeptParts>>);
 
 /// The headers and the query parameters [`Kept`] holds.
-type KeptParts = (Vec<(HeaderName, HeaderValue)>, Vec<(String, String)>);
+type KeptParts = (Box<[(HeaderName, HeaderValue)]>, Box<[(String, String)]>);
 
 impl Kept {
     fn new(headers: &HeaderMap, query: Vec<(String, String)>) -> Kept {
@@ -85,7 +89,8 @@ impl Kept {
         if headers.is_empty() && query.is_empty() {
             Kept(None)
         } else {
-            Kept(Some(Arc::new((headers, query))))
+            // Exactly as long as they are: kept for the socket's life.
+            Kept(Some(Arc::new((headers.into_boxed_slice(), query.into_boxed_slice()))))
         }
     }
 }
@@ -126,8 +131,12 @@ struct Socket {
     out: Out,
     heartbeat: Pin<Box<tokio::time::Sleep>>,
     last_read: Instant,
-    /// A close frame is queued: the socket ends once it is written.
+    /// A close frame is queued: the socket ends once it is written (nothing is queued after
+    /// it).
     done: bool,
+    /// `input` may hold whole frames not read yet: reading them waited for the answers queued
+    /// so far to be written.
+    more_input: bool,
 }
 
 impl Socket {
@@ -148,6 +157,7 @@ impl Socket {
             out: Out::default(),
             last_read: now,
             done: false,
+            more_input: false,
         };
         let topics = if topics.is_empty() { socket.config.default_topics.clone() } else { topics };
         if topics.is_empty() {
@@ -159,6 +169,10 @@ impl Socket {
     }
 
     async fn run(&mut self) {
+        // Bursts gathered in a row without waiting for the client: bounded, so that a topic
+        // busy enough to always have something ready never keeps the client's messages, its
+        // pongs and the heartbeat waiting.
+        let mut streak = 0;
         loop {
             if !self.out.is_empty() && self.flush().await.is_err() {
                 return;
@@ -169,9 +183,14 @@ impl Socket {
                 Box::pin(self.linger()).await;
                 return;
             }
+            if self.more_input {
+                // The rest of what the client sent, once the answers so far are written.
+                Box::pin(self.take_input()).await;
+                continue;
+            }
             // A burst (a replay, a busy topic) is gathered without touching a timer.
             let mut ready = false;
-            while self.out.len < WRITE_BUFFER && !self.done {
+            while self.out.len < WRITE_BUFFER && !self.done && streak < MAX_STREAK {
                 let Some(subscription) = self.subscription.as_mut() else { break };
                 match subscription.next_ready().await {
                     Some(delivery) => {
@@ -181,9 +200,11 @@ impl Socket {
                     None => break,
                 }
             }
-            if ready {
+            if ready && streak < MAX_STREAK {
+                streak += 1;
                 continue;
             }
+            streak = 0;
             // Idle: give back what a burst or a large message needed.
             self.out.release();
             match (&self.subscription, &self.shutdown) {
@@ -254,17 +275,23 @@ impl Socket {
         self.heartbeat.as_mut().reset(now + interval);
     }
 
-    /// Reads the whole frames the client sent and acts on each.
+    /// Reads the whole frames the client sent and acts on each, until the answers queued reach
+    /// [`WRITE_BUFFER`] (the rest waits for them to be written: a read full of requests cannot
+    /// queue more than that).
     async fn take_input(&mut self) {
+        self.more_input = false;
         while !self.done {
+            if self.out.len >= WRITE_BUFFER {
+                self.more_input = true;
+                return;
+            }
             match self.reader.next(&mut self.input) {
                 Ok(Some(Incoming::Text(text))) => self.on_text(&text).await,
                 Ok(Some(Incoming::Ping(payload))) => self.out.put(frame::frame(frame::PONG, &payload)),
                 Ok(Some(Incoming::Pong)) => {}
                 Ok(Some(Incoming::Close(code, _))) => {
                     // Echo the client's code (RFC 6455, section 5.5.1), then close.
-                    self.out.put(frame::close_frame_bytes(code.unwrap_or(close::NORMAL), ""));
-                    self.done = true;
+                    self.close(code.unwrap_or(close::NORMAL), "closed as the client asked");
                 }
                 Ok(None) => return,
                 Err(violation) => self.close(violation.code, &violation.reason),
@@ -303,7 +330,7 @@ impl Socket {
 
     /// Opens the subscription the URL names; a refusal closes the socket with its reason.
     async fn open_url(&mut self, topics: Vec<Topic>, cursor: Option<&str>) {
-        match self.open_subscription(topics, cursor).await {
+        match self.open_subscription(topics, Start::Token(cursor)).await {
             Ok(subscription) => self.replace(&None, subscription),
             Err(err) => match err {
                 SubscribeError::ShuttingDown => {
@@ -328,18 +355,24 @@ impl Socket {
     fn open_subscription(
         &self,
         topics: Vec<Topic>,
-        cursor: Option<&str>,
+        start: Start<'_>,
     ) -> impl Future<Output = Result<Subscription, SubscribeError>> + Send + use<> {
         let config = self.config.clone();
         let peer = self.peer;
         let credentials = self.credentials.clone();
-        let cursor = cursor.map(str::to_owned);
+        let (token, position) = match start {
+            Start::Token(token) => (token.map(str::to_owned), None),
+            Start::Position(position) => (None, Some(position)),
+        };
         async move {
-            let request = SubscribeRequest::new(topics)
-                .cursor(cursor.as_deref())
+            let mut request = SubscribeRequest::new(topics)
+                .cursor(token.as_deref())
                 .transport(TRANSPORT)
                 .peer(peer)
                 .credentials(&credentials);
+            if let Some(position) = position {
+                request = request.position(position);
+            }
             config.hub.subscribe(request).await
         }
     }
@@ -349,10 +382,21 @@ impl Socket {
     /// if it cannot be read).
     async fn subscribe(&mut self, reference: &Option<Box<RawValue>>, add: Vec<Topic>, cursor: Option<&str>) {
         let mut topics = self.topics();
-        let added: Vec<Topic> = add.into_iter().filter(|t| !topics.contains(t)).collect();
+        let mut added: Vec<Topic> = Vec::new();
+        for topic in add {
+            if !topics.contains(&topic) && !added.contains(&topic) {
+                added.push(topic);
+            }
+        }
         topics.extend(added.iter().cloned());
-        let token = match self.position_for_change() {
-            None => cursor.map(str::to_owned),
+        let limit = self.config.hub.max_topics();
+        if topics.len() > limit {
+            // Refused here, before a cursor is built for them (a cursor holds a bounded number).
+            return self.error(reference, &HttpError::from(SubscribeError::TooManyTopics { limit }));
+        }
+        let position = match self.position_for_change() {
+            _ if self.done => return,
+            None => None,
             Some(mut now) => {
                 if let Some(given) = cursor {
                     match Cursor::parse(given) {
@@ -369,10 +413,13 @@ impl Socket {
                         _ => added.iter().for_each(|topic| now.set(topic, u64::MAX)),
                     }
                 }
-                Some(now.to_string())
+                Some(now)
             }
         };
-        self.change(reference, topics, token.as_deref()).await;
+        match position {
+            Some(position) => self.change(reference, topics, Start::Position(position)).await,
+            None => self.change(reference, topics, Start::Token(cursor)).await,
+        }
     }
 
     /// Removes topics; the others go on from where the socket stands.
@@ -382,8 +429,11 @@ impl Socket {
             self.subscription = None;
             return self.answer(reference, "subscribed", json!({ "topics": [] }));
         }
-        let token = self.position_for_change().map(|c| c.to_string());
-        self.change(reference, topics, token.as_deref()).await;
+        match self.position_for_change() {
+            _ if self.done => {}
+            Some(position) => self.change(reference, topics, Start::Position(position)).await,
+            None => self.change(reference, topics, Start::Token(None)).await,
+        }
     }
 
     /// The exact position of the socket before its topics change: a gap notice the current
@@ -402,8 +452,8 @@ impl Socket {
     /// Opens a subscription to `topics` from `token` and puts it in place of the current one,
     /// which goes on unchanged if the new one is refused. The new one opens before the old one
     /// closes, so lifecycle hooks never see the client gone.
-    async fn change(&mut self, reference: &Option<Box<RawValue>>, topics: Vec<Topic>, token: Option<&str>) {
-        match self.open_subscription(topics, token).await {
+    async fn change(&mut self, reference: &Option<Box<RawValue>>, topics: Vec<Topic>, start: Start<'_>) {
+        match self.open_subscription(topics, start).await {
             Ok(subscription) => self.replace(reference, subscription),
             Err(err) => {
                 let error = HttpError::refused(err, &self.config.hub);
@@ -466,8 +516,12 @@ impl Socket {
         }
     }
 
-    /// Queues a message of `kind` with `fields` and the client's `ref`.
+    /// Queues a message of `kind` with `fields` and the client's `ref`; nothing once a close
+    /// frame is queued (RFC 6455: no data frame after a close).
     fn answer(&mut self, reference: &Option<Box<RawValue>>, kind: &str, fields: Value) {
+        if self.done {
+            return;
+        }
         let mut message = Map::new();
         message.insert("type".into(), Value::String(kind.into()));
         if reference.is_some() {
@@ -487,8 +541,11 @@ impl Socket {
         self.answer(reference, "error", fields);
     }
 
-    /// Queues a close frame; the socket ends once it is written.
+    /// Queues a close frame (the first only); the socket ends once it is written.
     fn close(&mut self, code: u16, reason: &str) {
+        if self.done {
+            return;
+        }
         self.out.put(frame::close_frame_bytes(code, reason));
         self.done = true;
     }
@@ -501,7 +558,7 @@ impl Socket {
     }
 
     fn push(&mut self, delivery: Delivery) {
-        let Some(subscription) = self.subscription.as_ref() else { return };
+        let Some(subscription) = self.subscription.as_ref().filter(|_| !self.done) else { return };
         match delivery {
             Delivery::Event(event) => {
                 if subscription.stands_just_after(event.event()) {
@@ -521,6 +578,12 @@ impl Socket {
             _ => {}
         }
     }
+}
+
+/// Where a new subscription starts: a token from the client, or the socket's own position.
+enum Start<'a> {
+    Token(Option<&'a str>),
+    Position(Cursor),
 }
 
 /// Resolves when `shutdown` does; never while there is none.

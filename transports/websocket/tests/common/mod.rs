@@ -121,8 +121,10 @@ impl TestServer for WsServer {
 #[derive(Debug)]
 pub enum Item {
     Received(Received),
-    /// A gap's or an event's cursor, to hold once the item before it was taken.
+    /// A cursor to hold once the items before it were taken (a `subscribed`'s).
     Cursor(String),
+    /// A gap notice and the cursor after it.
+    Gap(Vec<String>, String),
     /// `subscribed`, `ack`, `error`, `reply`, `pong`.
     Answer(Value),
     /// A close frame: its code and reason.
@@ -172,11 +174,7 @@ impl WsClient {
                         Some("gap") => {
                             let topics = value["topics"].as_array().into_iter().flatten();
                             let topics = topics.filter_map(|t| t.as_str().map(str::to_owned)).collect();
-                            self.buffer.push_back(Item::Cursor(value["id"].as_str().unwrap_or_default().to_owned()));
-                            // The gap goes first; its cursor is held once it is taken.
-                            let cursor = self.buffer.pop_back().expect("just pushed");
-                            self.buffer.push_front(cursor);
-                            Item::Received(Received::Gap(topics))
+                            Item::Gap(topics, value["id"].as_str().unwrap_or_default().to_owned())
                         }
                         Some("closing") => {
                             Item::Received(Received::Closing(value["retry_ms"].as_u64().map(Duration::from_millis)))
@@ -247,6 +245,10 @@ impl TestClient for WsClient {
             };
             match item {
                 Item::Cursor(cursor) => self.cursor = Some(cursor),
+                Item::Gap(topics, cursor) => {
+                    self.cursor = Some(cursor);
+                    return Received::Gap(topics);
+                }
                 Item::Received(Received::Event(e)) => {
                     self.cursor = Some(e.cursor.clone());
                     return Received::Event(e);
