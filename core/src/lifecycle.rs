@@ -60,6 +60,14 @@ pub trait Lifecycle: Send + Sync + 'static {
     fn on_disconnect(&self, connection: &Connection, disconnect: &Disconnect) {
         let _ = (connection, disconnect);
     }
+
+    /// A connection changed what it follows without going away
+    /// ([`Subscription::change`](crate::Subscription::change): a WebSocket client's
+    /// `subscribe` or `unsubscribe`): `before` and `after` have the same `id`, transport, peer
+    /// and recipient. No `on_disconnect` or `on_connect` is called for it.
+    fn on_change(&self, before: &Connection, after: &Connection) {
+        let _ = (before, after);
+    }
 }
 
 /// Lifecycle hooks that do nothing (the default).
@@ -77,6 +85,10 @@ impl<T: Lifecycle + ?Sized> Lifecycle for std::sync::Arc<T> {
     fn on_disconnect(&self, connection: &Connection, disconnect: &Disconnect) {
         (**self).on_disconnect(connection, disconnect);
     }
+
+    fn on_change(&self, before: &Connection, after: &Connection) {
+        (**self).on_change(before, after);
+    }
 }
 
 /// Two sets of hooks, called in order (to add presence tracking beside an app's own logging).
@@ -89,5 +101,10 @@ impl<A: Lifecycle, B: Lifecycle> Lifecycle for (A, B) {
     fn on_disconnect(&self, connection: &Connection, disconnect: &Disconnect) {
         self.0.on_disconnect(connection, disconnect);
         self.1.on_disconnect(connection, disconnect);
+    }
+
+    fn on_change(&self, before: &Connection, after: &Connection) {
+        self.0.on_change(before, after);
+        self.1.on_change(before, after);
     }
 }

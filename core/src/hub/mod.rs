@@ -634,7 +634,7 @@ impl Hub {
         request: SubscribeRequest<'_>,
     ) -> Result<Subscription, SubscribeError> {
         let transport = request.transport;
-        let result = Subscription::open(self.inner.clone(), request).await;
+        let result = Subscription::open(self.inner.clone(), request, None).await;
         if let Err(err) = &result {
             let reason = match err {
                 SubscribeError::NoTopics => "no_topics",

@@ -204,6 +204,8 @@ pub struct Subscription {
     unreported: u64,
     /// The `tidings_deliveries_total` counter of this transport, looked up once.
     deliveries: metrics::Counter,
+    /// Replaced by its continuation ([`Subscription::change`]): ends without `on_disconnect`.
+    quiet: bool,
 }
 
 impl fmt::Debug for Subscription {
@@ -218,9 +220,12 @@ impl fmt::Debug for Subscription {
 }
 
 impl Subscription {
+    /// Opens a subscription; with `continues`, as the continuation of that connection (its
+    /// id kept, `on_connect` not called: [`Subscription::change`] calls `on_change`).
     pub(super) async fn open(
         hub: Arc<HubInner>,
         request: SubscribeRequest<'_>,
+        continues: Option<u64>,
     ) -> Result<Subscription, SubscribeError> {
         let mut topics: Vec<Topic> = Vec::with_capacity(request.topics.len());
         for topic in request.topics {
@@ -298,7 +303,7 @@ impl Subscription {
             pending.push_back(Pending::Gap(gap));
         }
         let connection = Connection {
-            id: Hub::next_connection_id(&hub),
+            id: continues.unwrap_or_else(|| Hub::next_connection_id(&hub)),
             transport: request.transport,
             topics,
             cursor: match &request.position {
@@ -315,7 +320,9 @@ impl Subscription {
             metrics::counter!("tidings_replays_total", "transport" => connection.transport).increment(1);
         }
         tracing::debug!(connection = connection.id, transport = connection.transport, topics = connection.topics.len(), behind, "subscription opened");
-        hub.lifecycle.on_connect(&connection);
+        if continues.is_none() {
+            hub.lifecycle.on_connect(&connection);
+        }
         Ok(Subscription {
             epoch: epoch.unwrap_or(Epoch::from_raw(0)),
             ring,
@@ -329,8 +336,38 @@ impl Subscription {
             delivered: 0,
             unreported: 0,
             deliveries: metrics::counter!("tidings_deliveries_total", "transport" => request.transport),
+            quiet: false,
             hub,
         })
+    }
+
+    /// Moves this subscription to what `request` asks for (other topics, typically from
+    /// [`SubscribeRequest::position`] built on [`Subscription::cursor`]), as one connection: the
+    /// request is authorized like any, and on success this subscription continues from the
+    /// request's positions with the same [`Connection::id`]. The lifecycle sees
+    /// [`Lifecycle::on_change`](crate::Lifecycle::on_change), not an `on_disconnect` and an
+    /// `on_connect`, so that a client changing its topics is not counted as leaving and coming
+    /// back (presence), and a client changing them in a loop does not run the app's hooks for
+    /// each change. On error (a refusal, a shutdown, the store), this subscription is left as it
+    /// was.
+    ///
+    /// A gap notice this subscription has not yielded yet ([`Subscription::starts_with_gap`])
+    /// is dropped with it: yield it first, as its cursor already stands past it.
+    ///
+    /// # Errors
+    ///
+    /// The errors of [`Hub::subscribe`].
+    pub async fn change(&mut self, request: SubscribeRequest<'_>) -> Result<(), SubscribeError> {
+        let mut next = Subscription::open(self.hub.clone(), request, Some(self.connection.id)).await?;
+        std::mem::swap(self, &mut next);
+        let before = next;
+        // The connection goes on: its figures too, and the old part ends without a word.
+        self.delivered += before.delivered;
+        self.opened = before.opened;
+        let mut before = before;
+        before.quiet = true;
+        self.hub.lifecycle.on_change(&before.connection, &self.connection);
+        Ok(())
     }
 
     /// The cursor that stands after everything this subscription has yielded so far. Valid
@@ -590,6 +627,9 @@ impl Drop for Subscription {
         self.hub.open.fetch_sub(1, Ordering::Relaxed);
         self.report();
         metrics::gauge!("tidings_subscriptions", "transport" => self.connection.transport).decrement(1.0);
+        if self.quiet {
+            return;
+        }
         let disconnect = Disconnect { delivered: self.delivered, duration: self.opened.elapsed() };
         tracing::debug!(connection = self.connection.id, delivered = self.delivered, "subscription closed");
         self.hub.lifecycle.on_disconnect(&self.connection, &disconnect);

@@ -381,7 +381,10 @@ fn check_handshake(headers: &HeaderMap) -> Result<String, (StatusCode, &'static 
     if !matches!(decoded, Ok(ref bytes) if bytes.len() == 16) {
         return Err((StatusCode::BAD_REQUEST, "Sec-WebSocket-Key must be 16 bytes in base64"));
     }
-    if !lists(headers, header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL) {
+    // Subprotocol names are compared exactly (a client that offered `TIDINGS.V1` would fail the
+    // connection on an answer of `tidings.v1`).
+    let offered = headers.get_all(header::SEC_WEBSOCKET_PROTOCOL).iter().filter_map(|v| v.to_str().ok());
+    if !offered.flat_map(|v| v.split(',')).any(|t| t.trim() == SUBPROTOCOL) {
         return Err((
             StatusCode::BAD_REQUEST,
             "offer the subprotocol tidings.v1 in Sec-WebSocket-Protocol (new WebSocket(url, \"tidings.v1\"))",
@@ -429,6 +432,7 @@ mod tests {
             (None, Some(("sec-websocket-key", "c2hvcnQ=")), 400),
             (Some("sec-websocket-protocol"), None, 400),
             (None, Some(("sec-websocket-protocol", "tidings.v2")), 400),
+            (None, Some(("sec-websocket-protocol", "TIDINGS.V1")), 400),
         ] {
             let (got, message) = check_handshake(&map(skip, replace)).unwrap_err();
             assert_eq!(got.as_u16(), status, "{skip:?} {replace:?}");

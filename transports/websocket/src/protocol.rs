@@ -2,7 +2,6 @@
 //! `"type"`. `docs/protocol.md` ("WebSocket") is their reference.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use serde::Deserialize;
 use serde_json::value::RawValue;
 use tidings_core::{Cursor, Event, JsonEvent, SharedEvent, Topic, WireFormat};
 
@@ -44,55 +43,37 @@ pub(crate) struct Malformed {
     pub(crate) message: String,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Wire {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(rename = "ref")]
-    reference: Option<Box<RawValue>>,
-    topics: Option<Vec<String>>,
-    cursor: Option<String>,
-    topic: Option<String>,
-    event: Option<String>,
-    data: Option<Box<RawValue>>,
-}
+/// The fields of a `tidings.v1` message a client may send, for any type.
+const FIELDS: [&str; 7] = ["type", "ref", "topics", "cursor", "topic", "event", "data"];
 
-/// Reads one client message. Every way it can be wrong is a [`Malformed`] naming what.
+/// Reads one client message. Every way it can be wrong is a [`Malformed`] naming what: a field
+/// present is a field given, `null` included (a field of another type than the message's is an
+/// error, not ignored).
 pub(crate) fn parse(text: &[u8]) -> Result<Request, Malformed> {
     let malformed = |reference: Option<Box<RawValue>>, message: String| Malformed { reference, message };
     if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(malformed(None, "a message is a JSON object with a \"type\"".into()));
     }
-    let wire: Wire = serde_json::from_slice(text).map_err(|e| malformed(None, format!("invalid JSON: {e}")))?;
-    let reference = match wire.reference {
+    // Each field as the raw JSON it is: present or not is then exact, and `ref` goes back as
+    // the client wrote it.
+    let fields: std::collections::BTreeMap<String, Box<RawValue>> =
+        serde_json::from_slice(text).map_err(|e| malformed(None, format!("invalid JSON: {e}")))?;
+    let reference = match fields.get("ref") {
         Some(r) if r.get().len() > MAX_REF_LEN => {
             return Err(malformed(None, format!("\"ref\" is over {MAX_REF_LEN} bytes")));
         }
-        r => r,
+        r => r.cloned(),
     };
     let fail = |message: String| Err(Malformed { reference: reference.clone(), message });
-    let topics = |list: Option<Vec<String>>| -> Result<Vec<Topic>, String> {
-        let list = list.ok_or("\"topics\" is missing")?;
-        list.iter()
-            .map(|t| Topic::parse(t).map_err(|e| format!("invalid topic {:?}: {e}", t.chars().take(64).collect::<String>())))
-            .collect()
+    if let Some(unknown) = fields.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return fail(format!("unknown field {:?}", unknown.chars().take(64).collect::<String>()));
+    }
+    let kind = match fields.get("type").map(|t| serde_json::from_str::<String>(t.get())) {
+        Some(Ok(kind)) => kind,
+        Some(Err(_)) => return fail("\"type\" is a string".into()),
+        None => return fail("\"type\" is missing".into()),
     };
-    // Each type takes its own fields: another one present is an error, not ignored.
-    let extra = |allowed: &[&str]| -> Option<String> {
-        let present = [
-            ("topics", wire.topics.is_some()),
-            ("cursor", wire.cursor.is_some()),
-            ("topic", wire.topic.is_some()),
-            ("event", wire.event.is_some()),
-            ("data", wire.data.is_some()),
-        ];
-        present
-            .iter()
-            .find(|(name, there)| *there && !allowed.contains(name))
-            .map(|(name, _)| format!("a {:?} message has no {name:?}", wire.kind))
-    };
-    let allowed: &[&str] = match wire.kind.as_str() {
+    let allowed: &[&str] = match kind.as_str() {
         "subscribe" => &["topics", "cursor"],
         "unsubscribe" => &["topics"],
         "publish" => &["topic", "event", "data"],
@@ -100,38 +81,71 @@ pub(crate) fn parse(text: &[u8]) -> Result<Request, Malformed> {
         "ping" => &[],
         other => return fail(format!("unknown message type {:?}", other.chars().take(64).collect::<String>())),
     };
-    if let Some(err) = extra(allowed) {
-        return fail(err);
+    if let Some(extra) = fields.keys().find(|k| !matches!(k.as_str(), "type" | "ref") && !allowed.contains(&k.as_str())) {
+        return fail(format!("a {kind:?} message has no {extra:?}"));
     }
-    let message = match wire.kind.as_str() {
-        "subscribe" => match topics(wire.topics) {
-            Ok(topics) => ClientMessage::Subscribe { topics, cursor: wire.cursor },
-            Err(e) => return fail(e),
-        },
-        "unsubscribe" => match topics(wire.topics) {
+    // A field read as `T`, or a message naming what it should be.
+    fn field<T: serde::de::DeserializeOwned>(
+        fields: &std::collections::BTreeMap<String, Box<RawValue>>,
+        name: &str,
+        what: &str,
+    ) -> Result<Option<T>, String> {
+        match fields.get(name) {
+            None => Ok(None),
+            Some(raw) => serde_json::from_str(raw.get()).map(Some).map_err(|_| format!("{name:?} is {what}")),
+        }
+    }
+    let topics = |fields: &std::collections::BTreeMap<String, Box<RawValue>>| -> Result<Vec<Topic>, String> {
+        let list: Vec<String> = field(fields, "topics", "a list of topic names")?.ok_or("\"topics\" is missing")?;
+        list.iter()
+            .map(|t| Topic::parse(t).map_err(|e| format!("invalid topic {:?}: {e}", t.chars().take(64).collect::<String>())))
+            .collect()
+    };
+    let message = match kind.as_str() {
+        "subscribe" => {
+            let topics = match topics(&fields) {
+                Ok(topics) => topics,
+                Err(e) => return fail(e),
+            };
+            let cursor: Option<String> = match field(&fields, "cursor", "a string") {
+                Ok(cursor) => cursor,
+                Err(e) => return fail(e),
+            };
+            // As for every transport: a cursor that is empty once trimmed is no cursor.
+            let cursor = cursor.as_deref().and_then(tidings_http::carried_cursor).map(str::to_owned);
+            ClientMessage::Subscribe { topics, cursor }
+        }
+        "unsubscribe" => match topics(&fields) {
             Ok(topics) => ClientMessage::Unsubscribe { topics },
             Err(e) => return fail(e),
         },
         "publish" => {
-            let Some(topic) = wire.topic else { return fail("\"topic\" is missing".into()) };
+            let topic: String = match field(&fields, "topic", "a string") {
+                Ok(Some(topic)) => topic,
+                Ok(None) => return fail("\"topic\" is missing".into()),
+                Err(e) => return fail(e),
+            };
             let topic = match Topic::parse(&topic) {
                 Ok(topic) => topic,
                 Err(e) => return fail(format!("invalid topic: {e}")),
             };
-            let event_type = match wire.event.as_deref().map(tidings_core::EventType::parse) {
-                None => None,
-                Some(Ok(kind)) => Some(kind),
-                Some(Err(e)) => return fail(format!("invalid event type: {e}")),
+            let event_type = match field::<String>(&fields, "event", "a string") {
+                Ok(None) => None,
+                Ok(Some(name)) => match tidings_core::EventType::parse(&name) {
+                    Ok(kind) => Some(kind),
+                    Err(e) => return fail(format!("invalid event type: {e}")),
+                },
+                Err(e) => return fail(e),
             };
-            let data = match wire.data.as_deref().map(|raw| serde_json::from_str::<String>(raw.get())) {
-                Some(Ok(data)) => data,
-                Some(Err(_)) => return fail("\"data\" of a publish is a string".into()),
-                None => return fail("\"data\" is missing".into()),
+            let data = match field::<String>(&fields, "data", "a string") {
+                Ok(Some(data)) => data,
+                Ok(None) => return fail("\"data\" is missing".into()),
+                Err(_) => return fail("\"data\" of a publish is a string".into()),
             };
             ClientMessage::Publish { topic, event_type, data }
         }
-        "message" => match wire.data {
-            Some(data) => ClientMessage::Message { data },
+        "message" => match fields.get("data") {
+            Some(data) => ClientMessage::Message { data: data.clone() },
             None => return fail("\"data\" is missing".into()),
         },
         _ => ClientMessage::Ping,
@@ -176,14 +190,19 @@ pub(crate) fn event_head(cursor: &Cursor, event: &SharedEvent) -> Bytes {
     out.freeze()
 }
 
-/// A whole text frame holding `json`.
-pub(crate) fn text_frame(json: &serde_json::Value) -> Bytes {
-    frame::frame(frame::TEXT, json.to_string().as_bytes())
-}
-
-/// A JSON value for a `ref`, as the client sent it.
-pub(crate) fn reference_value(reference: &Option<Box<RawValue>>) -> serde_json::Value {
-    reference.as_deref().and_then(|r| serde_json::from_str(r.get()).ok()).unwrap_or(serde_json::Value::Null)
+/// A whole text frame holding `fields` (a JSON object) and, first, the client's `ref` as the
+/// client wrote it (its bytes, not re-encoded: `1E2` goes back as `1E2`).
+pub(crate) fn answer_frame(fields: &serde_json::Value, reference: Option<&RawValue>) -> Bytes {
+    let json = fields.to_string();
+    match reference {
+        None => frame::frame(frame::TEXT, json.as_bytes()),
+        Some(reference) => {
+            let rest = json.strip_prefix('{').unwrap_or(&json);
+            let separator = if rest == "}" { "" } else { "," };
+            let text = format!("{{\"ref\":{}{separator}{rest}", reference.get());
+            frame::frame(frame::TEXT, text.as_bytes())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -200,6 +219,12 @@ mod tests {
         let r = parse(br#"{"type":"message","data":{"any":["json"]}}"#).unwrap();
         assert!(matches!(&r.message, ClientMessage::Message { data } if data.get() == r#"{"any":["json"]}"#));
         assert!(matches!(parse(br#" {"type":"ping"}"#).unwrap().message, ClientMessage::Ping));
+        // `data` of a message is any JSON, `null` too.
+        let r = parse(br#"{"type":"message","data":null}"#).unwrap();
+        assert!(matches!(&r.message, ClientMessage::Message { data } if data.get() == "null"));
+        // A cursor that is empty once trimmed is no cursor, as in a URL.
+        let r = parse(br#"{"type":"subscribe","topics":["a"],"cursor":" "}"#).unwrap();
+        assert!(matches!(&r.message, ClientMessage::Subscribe { cursor: None, .. }));
         assert!(matches!(parse(br#"{"type":"unsubscribe","topics":[]}"#).unwrap().message, ClientMessage::Unsubscribe { .. }));
     }
 
@@ -217,6 +242,10 @@ mod tests {
             (br#"{"type":"publish","data":"","ref":"r"}"#, "\"topic\" is missing"),
             (br#"{"type":"message","ref":"r"}"#, "\"data\" is missing"),
             (br#"{"type":"ping","extra":1}"#, "unknown field"),
+            (br#"{"type":"publish","topic":"a","data":"x","topics":null,"ref":"r"}"#, "has no \"topics\""),
+            (br#"{"ref":"r"}"#, "\"type\" is missing"),
+            (br#"{"type":7,"ref":"r"}"#, "\"type\" is a string"),
+            (br#"{"type":"subscribe","topics":"a","ref":"r"}"#, "a list of topic names"),
         ] {
             let err = parse(text).unwrap_err();
             assert!(err.message.contains(says), "{}: {}", String::from_utf8_lossy(text), err.message);
@@ -253,5 +282,25 @@ mod tests {
         assert_eq!(whole[1] as usize, whole.len() - 2);
         let v: serde_json::Value = serde_json::from_slice(&whole[2..]).unwrap();
         assert_eq!(v["id"], other.to_string());
+    }
+}
+
+#[cfg(test)]
+mod answer_tests {
+    use super::*;
+
+    #[test]
+    fn the_ref_goes_back_byte_for_byte() {
+        for raw in ["1E2", "12345678901234567890123", "-0", r#"{"b":1,"a":2}"#, r#""x""#] {
+            let reference = RawValue::from_string(raw.to_owned()).unwrap();
+            let frame = answer_frame(&serde_json::json!({ "type": "pong" }), Some(&reference));
+            let text = std::str::from_utf8(&frame[2..]).unwrap();
+            assert_eq!(text, format!(r#"{{"ref":{raw},"type":"pong"}}"#));
+            assert!(serde_json::from_str::<serde_json::Value>(text).is_ok());
+        }
+        let frame = answer_frame(&serde_json::json!({}), Some(&RawValue::from_string("1".into()).unwrap()));
+        assert_eq!(&frame[2..], br#"{"ref":1}"#);
+        let frame = answer_frame(&serde_json::json!({ "type": "pong" }), None);
+        assert_eq!(&frame[2..], br#"{"type":"pong"}"#);
     }
 }

@@ -449,12 +449,31 @@ impl Socket {
         self.subscription.as_ref().map(Subscription::cursor)
     }
 
-    /// Opens a subscription to `topics` from `token` and puts it in place of the current one,
-    /// which goes on unchanged if the new one is refused. The new one opens before the old one
-    /// closes, so lifecycle hooks never see the client gone.
+    /// Opens a subscription to `topics` from `start`, or moves the current one there
+    /// (`Subscription::change`: the same connection for the lifecycle hooks); a refusal leaves
+    /// the current one as it was.
     async fn change(&mut self, reference: &Option<Box<RawValue>>, topics: Vec<Topic>, start: Start<'_>) {
-        match self.open_subscription(topics, start).await {
-            Ok(subscription) => self.replace(reference, subscription),
+        let peer = self.peer;
+        let credentials = self.credentials.clone();
+        let result = if let Some(current) = &mut self.subscription {
+            // The same connection goes on (`Subscription::change`): the lifecycle sees a
+            // change, not a client leaving and coming back.
+            let (token, position) = match start {
+                Start::Token(token) => (token, None),
+                Start::Position(position) => (None, Some(position)),
+            };
+            let mut request =
+                SubscribeRequest::new(topics).cursor(token).transport(TRANSPORT).peer(peer).credentials(&credentials);
+            if let Some(position) = position {
+                request = request.position(position);
+            }
+            current.change(request).await.map(|()| None)
+        } else {
+            self.open_subscription(topics, start).await.map(Some)
+        };
+        match result {
+            Ok(Some(subscription)) => self.replace(reference, subscription),
+            Ok(None) => self.announce(reference),
             Err(err) => {
                 let error = HttpError::refused(err, &self.config.hub);
                 self.error(reference, &error);
@@ -463,6 +482,13 @@ impl Socket {
     }
 
     fn replace(&mut self, reference: &Option<Box<RawValue>>, subscription: Subscription) {
+        self.subscription = Some(subscription);
+        self.announce(reference);
+    }
+
+    /// Queues the `subscribed` message of the subscription now in place.
+    fn announce(&mut self, reference: &Option<Box<RawValue>>) {
+        let Some(subscription) = &self.subscription else { return };
         let topics: Vec<&str> = subscription.topics().map(Topic::as_str).collect();
         let mut fields = json!({ "topics": topics });
         // Never a cursor before the gap notice it stands past: the notice carries it.
@@ -470,7 +496,6 @@ impl Socket {
             fields["id"] = Value::String(subscription.cursor().to_string());
         }
         self.answer(reference, "subscribed", fields);
-        self.subscription = Some(subscription);
     }
 
     async fn publish(&mut self, reference: &Option<Box<RawValue>>, event: NewEvent) {
@@ -524,13 +549,10 @@ impl Socket {
         }
         let mut message = Map::new();
         message.insert("type".into(), Value::String(kind.into()));
-        if reference.is_some() {
-            message.insert("ref".into(), protocol::reference_value(reference));
-        }
         if let Value::Object(fields) = fields {
             message.extend(fields);
         }
-        self.out.put(protocol::text_frame(&Value::Object(message)));
+        self.out.put(protocol::answer_frame(&Value::Object(message), reference.as_deref()));
     }
 
     fn error(&mut self, reference: &Option<Box<RawValue>>, error: &HttpError) {

@@ -73,11 +73,12 @@ async fn later_subscriptions_are_authorized_with_the_upgrade_requests_credential
     assert_eq!(next_data(&mut without).await, "still yours");
 }
 
-/// Counts open connections per topic set, as presence does.
+/// Counts connections, as presence does, and records each change.
 #[derive(Default)]
 struct Presence {
     open: Mutex<i64>,
-    lowest_after_first: Mutex<Option<i64>>,
+    disconnects: Mutex<u32>,
+    changes: Mutex<Vec<(u64, u64)>>,
 }
 
 impl Lifecycle for Presence {
@@ -86,15 +87,17 @@ impl Lifecycle for Presence {
     }
 
     fn on_disconnect(&self, _: &Connection, _: &Disconnect) {
-        let mut open = self.open.lock().unwrap();
-        *open -= 1;
-        let mut lowest = self.lowest_after_first.lock().unwrap();
-        *lowest = Some(lowest.map_or(*open, |l: i64| l.min(*open)));
+        *self.open.lock().unwrap() -= 1;
+        *self.disconnects.lock().unwrap() += 1;
+    }
+
+    fn on_change(&self, before: &Connection, after: &Connection) {
+        self.changes.lock().unwrap().push((before.id, after.id));
     }
 }
 
 #[tokio::test]
-async fn presence_never_sees_a_client_gone_while_it_changes_topics() {
+async fn topic_changes_are_one_connection_to_the_lifecycle_hooks() {
     let presence = Arc::new(Presence::default());
     let hub = Hub::builder(MemoryStore::new()).lifecycle(presence.clone()).build();
     let addr = start(hub.clone(), |w| w).await;
@@ -104,8 +107,14 @@ async fn presence_never_sees_a_client_gone_while_it_changes_topics() {
     }
     socket.unsubscribe(&["a", "b"]).await.unwrap();
     assert_eq!(*presence.open.lock().unwrap(), 1, "one subscription for the socket");
-    assert_eq!(*presence.lowest_after_first.lock().unwrap(), Some(1), "the client was never counted gone");
+    assert_eq!(*presence.disconnects.lock().unwrap(), 0, "the client was never seen going");
+    let changes = presence.changes.lock().unwrap().clone();
+    assert_eq!(changes.len(), 4, "one change per subscribe or unsubscribe: {changes:?}");
+    assert!(changes.iter().all(|&(before, after)| before == after && after == changes[0].0), "{changes:?}");
+    // With a cursor it cannot read (a gap for the added topic): one connection still.
+    assert!(socket.subscribe(&["e"], Some("x".into())).await.is_ok());
     assert_eq!(hub.subscriber_count(), 1);
+    assert_eq!(*presence.disconnects.lock().unwrap(), 0);
     drop(socket);
     tokio::time::timeout(Duration::from_secs(10), async {
         while hub.subscriber_count() != 0 {
