@@ -243,15 +243,24 @@ export class Feed extends EventTarget {
     const session = this._session;
     if (this.leader || !session || !session.channel) return this._sendOver(message);
     const id = Math.random().toString(36).slice(2) + Date.now().toString(36);
+    session.asked = session.asked || new Map();
+    return this._awaitAnswer(session.asked, id, "no answer from the tab that holds the socket",
+      () => session.channel.postMessage({ kind: "request", id, message }));
+  }
+
+  /**
+   * Sends with `send()` and waits for whoever takes `key` out of `waiting` to settle it; after
+   * `requestTimeout` ms, rejects with 503 saying `why`.
+   */
+  _awaitAnswer(waiting, key, why, send) {
     return new Promise((resolve, reject) => {
-      session.asked = session.asked || new Map();
       const timer = setTimeout(() => {
-        session.asked.delete(id);
-        reject(unavailable("no answer from the tab that holds the socket"));
+        waiting.delete(key);
+        reject(unavailable(why));
       }, this.options.requestTimeout);
       const settle = (f) => (v) => { clearTimeout(timer); f(v); };
-      session.asked.set(id, { resolve: settle(resolve), reject: settle(reject) });
-      session.channel.postMessage({ kind: "request", id, message });
+      waiting.set(key, { resolve: settle(resolve), reject: settle(reject) });
+      send();
     });
   }
 
@@ -269,15 +278,8 @@ export class Feed extends EventTarget {
       return Promise.reject(unavailable(`send() and publish() need an open WebSocket (the feed is on ${this.transport || "nothing yet"})`));
     }
     const ref = ++this._refs;
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this._answers.delete(ref);
-        reject(unavailable("no answer from the server"));
-      }, this.options.requestTimeout);
-      const settle = (f) => (v) => { clearTimeout(timer); f(v); };
-      this._answers.set(ref, { resolve: settle(resolve), reject: settle(reject) });
-      socket.send(JSON.stringify({ ...message, ref }));
-    });
+    return this._awaitAnswer(this._answers, ref, "no answer from the server",
+      () => socket.send(JSON.stringify({ ...message, ref })));
   }
 
   /** Settles the request an answer (`ack`, `reply`, `pong`, `error` with a `ref`) is for. */

@@ -457,20 +457,39 @@ async fn sse_client(
         if seen.unique >= events {
             return seen;
         }
-        let until = *deadline.borrow();
-        let read = async {
-            match until {
-                Some(at) => tokio::time::timeout_at(at, stream.read(&mut chunk)).await.ok(),
-                None => Some(stream.read(&mut chunk).await),
-            }
-        };
-        tokio::select! {
-            r = read => match r {
-                Some(Ok(n)) if n > 0 => dechunk.feed(&chunk[..n], &mut body),
-                _ => return seen,
-            },
-            _ = deadline.changed() => {}
+        match before_deadline(stream.read(&mut chunk), &mut deadline).await {
+            Waited::Done(Ok(n)) if n > 0 => dechunk.feed(&chunk[..n], &mut body),
+            Waited::Moved => {}
+            _ => return seen,
         }
+    }
+}
+
+/// What became of a future awaited under the deadline.
+enum Waited<T> {
+    /// It resolved.
+    Done(T),
+    /// The deadline was set or moved meanwhile: await it again.
+    Moved,
+    /// The deadline passed.
+    Passed,
+}
+
+/// Awaits `fut` until the deadline (none until publishing ends), or until the deadline moves.
+async fn before_deadline<F: std::future::Future>(
+    fut: F,
+    deadline: &mut tokio::sync::watch::Receiver<Option<TokioInstant>>,
+) -> Waited<F::Output> {
+    let until = *deadline.borrow_and_update();
+    let timed = async {
+        match until {
+            Some(at) => tokio::time::timeout_at(at, fut).await.ok(),
+            None => Some(fut.await),
+        }
+    };
+    tokio::select! {
+        r = timed => r.map_or(Waited::Passed, Waited::Done),
+        _ = deadline.changed() => Waited::Moved,
     }
 }
 
@@ -543,19 +562,10 @@ async fn ws_client(
         if seen.unique >= events {
             return seen;
         }
-        let until = *deadline.borrow();
-        let read = async {
-            match until {
-                Some(at) => tokio::time::timeout_at(at, stream.read(&mut chunk)).await.ok(),
-                None => Some(stream.read(&mut chunk).await),
-            }
-        };
-        tokio::select! {
-            r = read => match r {
-                Some(Ok(n)) if n > 0 => input.extend_from_slice(&chunk[..n]),
-                _ => return seen,
-            },
-            _ = deadline.changed() => {}
+        match before_deadline(stream.read(&mut chunk), &mut deadline).await {
+            Waited::Done(Ok(n)) if n > 0 => input.extend_from_slice(&chunk[..n]),
+            Waited::Moved => {}
+            _ => return seen,
         }
     }
 }
@@ -637,23 +647,14 @@ async fn sse_client_h2(
         if seen.unique >= events {
             return seen;
         }
-        let until = *deadline.borrow();
-        let frame = async {
-            match until {
-                Some(at) => tokio::time::timeout_at(at, response_body.frame()).await.ok(),
-                None => Some(response_body.frame().await),
-            }
-        };
-        tokio::select! {
-            frame = frame => match frame {
-                Some(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        body.extend_from_slice(&data);
-                    }
+        match before_deadline(response_body.frame(), &mut deadline).await {
+            Waited::Done(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    body.extend_from_slice(&data);
                 }
-                _ => return seen,
-            },
-            _ = deadline.changed() => {}
+            }
+            Waited::Moved => {}
+            _ => return seen,
         }
     }
 }
@@ -704,16 +705,10 @@ async fn poll_client(
         // The deadline is set once publishing ends: wait for the same answer under it (never
         // send the poll twice).
         let result = loop {
-            let until = *deadline.borrow_and_update();
-            let timed = async {
-                match until {
-                    Some(at) => tokio::time::timeout_at(at, &mut answer).await.ok(),
-                    None => Some((&mut answer).await),
-                }
-            };
-            tokio::select! {
-                r = timed => break r,
-                _ = deadline.changed() => {}
+            match before_deadline(&mut answer, &mut deadline).await {
+                Waited::Done(r) => break Some(r),
+                Waited::Moved => {}
+                Waited::Passed => break None,
             }
         };
         let Some(Ok((200, body))) = result else { return seen };
