@@ -137,7 +137,8 @@ async function probe(url, signal) {
     let body = null;
     try { body = JSON.parse(text); } catch { /* a proxy's page */ }
     const message = (body && body.error) || `HTTP ${response.status}`;
-    return { status: response.status, delay: retryDelay(response.headers, body), message };
+    const ours = Boolean(body && typeof body.error === "string");
+    return { status: response.status, delay: retryDelay(response.headers, body), message, ours };
   } catch {
     return null; // the network, not an answer
   } finally {
@@ -663,14 +664,18 @@ export class Feed extends EventTarget {
   _runWs(session) {
     return new Promise((resolve) => {
       const auto = this.options.transport === "auto";
-      let failures = 0;
+      let failures = 0; // sockets in a row that did not say `subscribed` (the backoff)
+      let blocked = 0; // ... of which the upgrade did not pass (toward falling back)
       let socket = null;
       let timer = null;
       let finished = false;
+      const stop = () => finish(false);
       const finish = (fallBack) => {
         if (finished) return;
         finished = true;
         clearTimeout(timer);
+        const at = session.stops.indexOf(stop);
+        if (at >= 0) session.stops.splice(at, 1);
         if (socket) {
           socket.onclose = null;
           socket.close(1000);
@@ -679,7 +684,7 @@ export class Feed extends EventTarget {
         this._unanswered();
         resolve(fallBack);
       };
-      session.stops.push(() => finish(false));
+      session.stops.push(stop);
       const url = () => {
         const u = new URL(this.options.ws, location.href);
         u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
@@ -709,6 +714,7 @@ export class Feed extends EventTarget {
           opened = true;
           this._wsOpened = true;
           failures = 0;
+          blocked = 0;
           clearTimeout(timer);
           this._socket = current;
           this._setState("open", "websocket");
@@ -753,6 +759,7 @@ export class Feed extends EventTarget {
           }
           this._setState("unavailable", "websocket");
           let asked = Number.isFinite(retry) ? Math.max(MIN_RETRY_MS, retry) : null;
+          if (!opened) failures += 1; // the backoff grows with every socket that did not open
           if (!upgraded || held) {
             // The upgrade did not pass (or nothing came through it): ask the same URL with
             // fetch to read why, and take the answer as every transport does. A refusal
@@ -762,13 +769,15 @@ export class Feed extends EventTarget {
             http.protocol = http.protocol === "wss:" ? "https:" : "http:";
             const answer = await probe(http, session.signal);
             if (finished || session.signal.aborted) return;
-            if (answer && classifyStatus(answer.status) === "refused") {
+            // The probe is not the upgrade: only a refusal from tidings itself (its JSON error,
+            // about the URL) is final; a proxy's refusal of a plain GET counts as a failure.
+            if (answer && answer.ours && classifyStatus(answer.status) === "refused") {
               finish(false);
               return this._refused({ status: answer.status, message: answer.message });
             }
             if (answer && answer.delay !== null && asked === null) asked = answer.delay;
-            failures += 1;
-            if (auto && !this._wsOpened && failures >= this.options.wsFailures) {
+            blocked += 1;
+            if (auto && !this._wsOpened && blocked >= this.options.wsFailures) {
               if (asked !== null) await this._wait(asked, session, true);
               return finish(true);
             }
@@ -792,16 +801,47 @@ export class Feed extends EventTarget {
       let source = null;
       let timer = null;
       let finished = false;
-      const upgrade = Number.isFinite(until) ? setTimeout(() => finish("upgrade"), until) : null;
+      let trial = null; // a socket tried beside the stream
+      // Every `until` ms, a socket is tried beside the stream, which goes on meanwhile: only
+      // once it says `subscribed` does the feed move to WebSocket (from its own cursor).
+      const tryUpgrade = () => {
+        if (finished) return;
+        const u = new URL(this.options.ws, location.href);
+        u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
+        for (const t of this.topics) u.searchParams.append("topic", t);
+        try { trial = new WebSocket(u, "tidings.v1"); } catch { return; }
+        const giveUp = setTimeout(() => trial && trial.close(), this.options.openTimeout);
+        trial.onmessage = (m) => {
+          let message = null;
+          try { message = JSON.parse(m.data); } catch { /* not ours */ }
+          clearTimeout(giveUp);
+          if (trial) trial.close();
+          trial = null;
+          if (message && message.type === "subscribed") finish("upgrade");
+        };
+        trial.onclose = () => {
+          clearTimeout(giveUp);
+          trial = null;
+          if (!finished) upgrade = setTimeout(tryUpgrade, until);
+        };
+      };
+      let upgrade = Number.isFinite(until) ? setTimeout(tryUpgrade, until) : null;
+      const stop = () => finish(false);
       const finish = (fallBack) => {
         if (finished) return;
         finished = true;
         clearTimeout(timer);
         clearTimeout(upgrade);
+        if (trial) {
+          trial.onclose = null;
+          trial.close();
+        }
+        const at = session.stops.indexOf(stop);
+        if (at >= 0) session.stops.splice(at, 1);
         if (source) source.close();
         resolve(fallBack);
       };
-      session.stops.push(() => finish(false));
+      session.stops.push(stop);
       const url = () => {
         const u = new URL(this.options.sse, location.href);
         for (const t of this.topics) u.searchParams.append("topic", t);

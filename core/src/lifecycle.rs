@@ -64,7 +64,9 @@ pub trait Lifecycle: Send + Sync + 'static {
     /// A connection changed what it follows without going away
     /// ([`Subscription::change`](crate::Subscription::change): a WebSocket client's
     /// `subscribe` or `unsubscribe`): `before` and `after` have the same `id`, transport, peer
-    /// and recipient. No `on_disconnect` or `on_connect` is called for it.
+    /// and recipient (a change to which the authorization hook gives another recipient is an
+    /// `on_connect` and an `on_disconnect` instead). No `on_disconnect` or `on_connect` is
+    /// called for it.
     fn on_change(&self, before: &Connection, after: &Connection) {
         let _ = (before, after);
     }

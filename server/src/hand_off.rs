@@ -201,11 +201,13 @@ pub(crate) async fn serve_with_hyper<I>(
         let shared = shared.clone();
         let busy = service_activity.as_ref().map(Busy::new);
         let upgraded = upgraded.clone();
+        // Only an HTTP/1.1 request that asks for an upgrade can hand its socket on.
+        let upgrading = !http2 && request.headers().contains_key(http::header::UPGRADE);
         async move {
             let (response, slot) = answer(request, too_large, host, &shared, origin, max_header_bytes).await;
             let response = match slot {
                 // The socket goes on after the answer: the client's count goes with it.
-                Some(slot) if response.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+                Some(slot) if upgrading && response.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
                     *upgraded.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(slot);
                     response
                 }

@@ -380,3 +380,47 @@ test("over WebSocket, any tab sends to the server and publishes through the shar
   assert.equal(refused, 403);
   await context.close();
 }));
+
+test("on the stream after the socket failed, the client moves back to WebSocket once it gets through, without a pause", () => withDemo(async (demo) => {
+  const proxy = await bufferingProxy(demo.port);
+  proxy.buffering = false;
+  proxy.refuseUpgrades = true;
+  const page = await browser.newPage();
+  try {
+    await page.goto(proxy.url + "/tidings.js");
+    await page.evaluate(async () => {
+      const { connect } = await import("/tidings.js");
+      window.received = [];
+      window.states = [];
+      const feed = connect({ topics: ["up"], share: false, storageKey: "ws-upgrade", openTimeout: 500, upgradeAfter: 1500 });
+      feed.addEventListener("event", (e) => window.received.push(e.detail.data));
+      feed.addEventListener("state", (e) => window.states.push(`${e.detail.state}/${e.detail.transport}`));
+      window.feed = feed;
+    });
+    await page.waitForFunction(() => window.states.includes("open/sse"), null, { timeout: 20000 });
+    await publish(demo.url, "on the stream", "up");
+    await page.waitForFunction(() => window.received.includes("on the stream"), null, { timeout: 20000 });
+    // While upgrades are refused, the stream stays: a try of the socket beside it is refused
+    // (by the proxy) and changes nothing.
+    const refusedBefore = proxy.upgradesRefused;
+    const deadline = Date.now() + 20000;
+    while (proxy.upgradesRefused === refusedBefore) {
+      assert.ok(Date.now() < deadline, "the socket is tried again beside the stream");
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.equal(await page.evaluate(() => window.states.at(-1)), "open/sse");
+    proxy.refuseUpgrades = false;
+    await page.waitForFunction(() => window.states.at(-1) === "open/websocket", null, { timeout: 20000 });
+    await publish(demo.url, "over the socket", "up");
+    await page.waitForFunction(() => window.received.includes("over the socket"), null, { timeout: 20000 });
+    const states = await page.evaluate(() => window.states);
+    const fromStream = states.slice(states.indexOf("open/sse"));
+    assert.ok(!fromStream.includes("unavailable/sse") && !fromStream.includes("unavailable/websocket"),
+      `no pause reported between the stream and the socket: ${fromStream}`);
+    assert.deepEqual(await page.evaluate(() => window.received), ["on the stream", "over the socket"]);
+  } finally {
+    await page.close();
+    proxy.closeAllConnections();
+    proxy.close();
+  }
+}));

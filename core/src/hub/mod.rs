@@ -536,6 +536,19 @@ impl std::error::Error for PublishError {
     }
 }
 
+/// Adds a refused subscription (or change of one) to `tidings_subscribe_refused_total`.
+pub(crate) fn count_refusal(transport: &'static str, err: &SubscribeError) {
+    let reason = match err {
+        SubscribeError::NoTopics => "no_topics",
+        SubscribeError::TooManyTopics { .. } => "too_many_topics",
+        SubscribeError::Refused(Refusal::Unauthenticated(_)) => "unauthenticated",
+        SubscribeError::Refused(_) => "forbidden",
+        SubscribeError::ShuttingDown => "shutting_down",
+        _ => "store",
+    };
+    metrics::counter!("tidings_subscribe_refused_total", "transport" => transport, "reason" => reason).increment(1);
+}
+
 /// Why [`Hub::subscribe`] refused a subscription. Transports map each to a 4xx or 503.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -636,15 +649,7 @@ impl Hub {
         let transport = request.transport;
         let result = Subscription::open(self.inner.clone(), request, None).await;
         if let Err(err) = &result {
-            let reason = match err {
-                SubscribeError::NoTopics => "no_topics",
-                SubscribeError::TooManyTopics { .. } => "too_many_topics",
-                SubscribeError::Refused(Refusal::Unauthenticated(_)) => "unauthenticated",
-                SubscribeError::Refused(_) => "forbidden",
-                SubscribeError::ShuttingDown => "shutting_down",
-                _ => "store",
-            };
-            metrics::counter!("tidings_subscribe_refused_total", "transport" => transport, "reason" => reason).increment(1);
+            count_refusal(transport, err);
         }
         result
     }

@@ -314,7 +314,9 @@ impl Subscription {
             recipient,
         };
         hub.open.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("tidings_subscriptions_opened_total", "transport" => connection.transport).increment(1);
+        if continues.is_none() {
+            metrics::counter!("tidings_subscriptions_opened_total", "transport" => connection.transport).increment(1);
+        }
         metrics::gauge!("tidings_subscriptions", "transport" => connection.transport).increment(1.0);
         if behind || !pending.is_empty() {
             metrics::counter!("tidings_replays_total", "transport" => connection.transport).increment(1);
@@ -351,6 +353,11 @@ impl Subscription {
     /// each change. On error (a refusal, a shutdown, the store), this subscription is left as it
     /// was.
     ///
+    /// If the authorization hook names another recipient for the new topics
+    /// ([`Authorize::identify`](crate::Authorize::identify) sees them), the connection is no
+    /// longer the same one's: the hooks see an `on_connect` of the new part (a new id) and an
+    /// `on_disconnect` of the old, as for two subscriptions.
+    ///
     /// A gap notice this subscription has not yielded yet ([`Subscription::starts_with_gap`])
     /// is dropped with it: yield it first, as its cursor already stands past it.
     ///
@@ -358,13 +365,28 @@ impl Subscription {
     ///
     /// The errors of [`Hub::subscribe`].
     pub async fn change(&mut self, request: SubscribeRequest<'_>) -> Result<(), SubscribeError> {
-        let mut next = Subscription::open(self.hub.clone(), request, Some(self.connection.id)).await?;
+        let transport = request.transport;
+        let opened = Subscription::open(self.hub.clone(), request, Some(self.connection.id)).await;
+        let mut next = match opened {
+            Ok(next) => next,
+            Err(err) => {
+                super::count_refusal(transport, &err);
+                return Err(err);
+            }
+        };
+        if next.connection.recipient != self.connection.recipient {
+            // Someone else's now: two connections for the hooks, the new one first.
+            next.connection.id = Hub::next_connection_id(&next.hub);
+            metrics::counter!("tidings_subscriptions_opened_total", "transport" => transport).increment(1);
+            next.hub.lifecycle.on_connect(&next.connection);
+            *self = next;
+            return Ok(());
+        }
         std::mem::swap(self, &mut next);
-        let before = next;
+        let mut before = next;
         // The connection goes on: its figures too, and the old part ends without a word.
         self.delivered += before.delivered;
         self.opened = before.opened;
-        let mut before = before;
         before.quiet = true;
         self.hub.lifecycle.on_change(&before.connection, &self.connection);
         Ok(())
@@ -640,6 +662,63 @@ impl Drop for Subscription {
 mod tests {
     use super::*;
     use crate::{Hub, MemoryStore, NewEvent, Retention};
+
+    /// Records the lifecycle calls, as `kind id topics`.
+    #[derive(Default)]
+    struct Calls(std::sync::Mutex<Vec<String>>);
+
+    impl crate::Lifecycle for Calls {
+        fn on_connect(&self, c: &crate::Connection) {
+            self.0.lock().unwrap().push(format!("connect {} {}", c.id, c.topics.len()));
+        }
+        fn on_disconnect(&self, c: &crate::Connection, _: &crate::Disconnect) {
+            self.0.lock().unwrap().push(format!("disconnect {} {}", c.id, c.topics.len()));
+        }
+        fn on_change(&self, before: &crate::Connection, after: &crate::Connection) {
+            self.0.lock().unwrap().push(format!("change {}->{} {}", before.id, after.id, after.topics.len()));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_change_is_one_connection_unless_it_is_someone_elses() {
+        let calls = std::sync::Arc::new(Calls::default());
+        // `mine/*` topics are the recipient "me"'s; `forbidden` is refused.
+        let hub = Hub::builder(MemoryStore::new())
+            .lifecycle(calls.clone())
+            .authorize(
+                crate::authorize_fn(|r| {
+                    if r.topics.iter().any(|t| t.as_str() == "forbidden") {
+                        Err(crate::Refusal::forbidden("no"))
+                    } else {
+                        Ok(())
+                    }
+                })
+                .identify_with(|r| r.topics.iter().any(|t| t.as_str().starts_with("mine/")).then(|| "me".to_owned())),
+            )
+            .build();
+        let (a, b) = (Topic::new("a"), Topic::new("b"));
+        let mut sub = hub.subscribe(SubscribeRequest::new(vec![a.clone()])).await.unwrap();
+        let first = hub.publish(NewEvent::new(a.clone(), "1")).await.unwrap();
+        assert!(matches!(sub.next().await, Some(Delivery::Event(_))));
+        let position = sub.cursor();
+        sub.change(SubscribeRequest::new(vec![a.clone(), b.clone()]).position(position)).await.unwrap();
+        assert_eq!(hub.subscriber_count(), 1);
+        // Exact: what follows the position, once.
+        hub.publish(NewEvent::new(a.clone(), "2")).await.unwrap();
+        match sub.next().await {
+            Some(Delivery::Event(e)) => assert_eq!((&*e.event().data, e.event().seq), ("2", first.seq + 1)),
+            other => panic!("{other:?}"),
+        }
+        // Refused: nothing changes.
+        let refused = sub.change(SubscribeRequest::new(vec![Topic::new("forbidden")]).position(sub.cursor())).await;
+        assert!(matches!(refused, Err(SubscribeError::Refused(_))));
+        assert_eq!(sub.topics().count(), 2);
+        // Someone else's topics: two connections.
+        sub.change(SubscribeRequest::new(vec![Topic::new("mine/x")]).position(sub.cursor())).await.unwrap();
+        assert_eq!(sub.connection().recipient.as_deref(), Some("me"));
+        drop(sub);
+        assert_eq!(*calls.0.lock().unwrap(), ["connect 1 1", "change 1->1 2", "connect 2 1", "disconnect 1 2", "disconnect 2 1"]);
+    }
 
     #[tokio::test]
     async fn a_subscription_gives_back_a_replays_room_once_caught_up() {

@@ -204,9 +204,12 @@ impl Socket {
                 streak += 1;
                 continue;
             }
+            let busy = streak >= MAX_STREAK;
             streak = 0;
-            // Idle: give back what a burst or a large message needed.
-            self.out.release();
+            if !busy {
+                // Idle: give back what a burst or a large message needed.
+                self.out.release();
+            }
             match (&self.subscription, &self.shutdown) {
                 (None, None) => {
                     let hub = self.config.hub.clone();
