@@ -654,6 +654,15 @@ export class Feed extends EventTarget {
     }
   }
 
+  /** The socket's URL (`ws:` or `wss:` as the page's), with our cursor if `withCursor`. */
+  _wsUrl(withCursor) {
+    const u = new URL(this.options.ws, location.href);
+    u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
+    for (const t of this.topics) u.searchParams.append("topic", t);
+    if (withCursor && this.cursor) u.searchParams.set("cursor", this.cursor);
+    return u;
+  }
+
   /**
    * Runs WebSocket until stopped (returns false) or until it should fall back (returns true):
    * with transport "auto", when the socket never said `subscribed` (a proxy that refuses
@@ -685,13 +694,7 @@ export class Feed extends EventTarget {
         resolve(fallBack);
       };
       session.stops.push(stop);
-      const url = () => {
-        const u = new URL(this.options.ws, location.href);
-        u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
-        for (const t of this.topics) u.searchParams.append("topic", t);
-        if (this.cursor) u.searchParams.set("cursor", this.cursor);
-        return u;
-      };
+      const url = () => this._wsUrl(true);
       const open = () => {
         if (this.closed || session.signal.aborted) return finish(false);
         const current = new WebSocket(url(), "tidings.v1");
@@ -806,10 +809,7 @@ export class Feed extends EventTarget {
       // once it says `subscribed` does the feed move to WebSocket (from its own cursor).
       const tryUpgrade = () => {
         if (finished) return;
-        const u = new URL(this.options.ws, location.href);
-        u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
-        for (const t of this.topics) u.searchParams.append("topic", t);
-        try { trial = new WebSocket(u, "tidings.v1"); } catch { return; }
+        try { trial = new WebSocket(this._wsUrl(false), "tidings.v1"); } catch { return; }
         const giveUp = setTimeout(() => trial && trial.close(), this.options.openTimeout);
         trial.onmessage = (m) => {
           let message = null;

@@ -76,7 +76,7 @@ pub(crate) fn serve_connection(
                 Ok(slot) => admitted.slot = Some(slot),
                 Err(status) => {
                     drop(admitted);
-                    refuse(Rewind { prefix: rest, stream, _admitted: None, _upgraded: None }, status, &shared.stats, config, shared.refusing(true));
+                    refuse(Rewind::uncounted(rest, stream), status, &shared.stats, config, shared.refusing(true));
                     return;
                 }
             }

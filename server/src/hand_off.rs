@@ -351,6 +351,13 @@ pub(crate) struct Rewind {
     pub(crate) _upgraded: Option<UpgradedSlot>,
 }
 
+impl Rewind {
+    /// `stream` with `prefix` read from it already, counted by nothing (a connection refused).
+    pub(crate) fn uncounted(prefix: Vec<u8>, stream: TcpStream) -> Rewind {
+        Rewind { prefix, stream, _admitted: None, _upgraded: None }
+    }
+}
+
 /// Where the answer to an upgrade leaves its client's slot, for as long as the socket lives.
 pub(crate) type UpgradedSlot = Arc<std::sync::Mutex<Option<ClientSlot>>>;
 

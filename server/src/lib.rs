@@ -358,7 +358,7 @@ impl Server {
                         *slot = Some(task.abort_handle());
                     }
                 }
-                Err(status) => refuse(Rewind { prefix: Vec::new(), stream, _admitted: None, _upgraded: None }, status, &stats, config, shared.refusing(false)),
+                Err(status) => refuse(Rewind::uncounted(Vec::new(), stream), status, &stats, config, shared.refusing(false)),
             }
         }
         drop(listener);

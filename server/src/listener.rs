@@ -105,7 +105,7 @@ impl axum::serve::Listener for LimitedListener {
                     return (LimitedStream { stream, _admitted: admitted }, peer);
                 }
                 Err(status) => {
-                    refuse(Rewind { prefix: Vec::new(), stream, _admitted: None, _upgraded: None }, status, &self.stats, &self.config, Refusing::Http);
+                    refuse(Rewind::uncounted(Vec::new(), stream), status, &self.stats, &self.config, Refusing::Http);
                 }
             }
         }

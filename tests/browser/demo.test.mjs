@@ -11,6 +11,22 @@ let browser;
 before(async () => { browser = await launchBrowser(); });
 after(async () => { await browser?.close(); });
 
+/**
+ * Runs `fn(demo, proxy, page)` with a fresh demo, the test proxy in front of it (its settings
+ * from `settings`: `buffering`, `refuseUpgrades`) and a page; closes all three after.
+ */
+const withProxy = (settings, fn) => withDemo(async (demo) => {
+  const proxy = Object.assign(await bufferingProxy(demo.port), settings);
+  const page = await browser.newPage();
+  try {
+    return await fn(demo, proxy, page);
+  } finally {
+    await page.close();
+    proxy.closeAllConnections();
+    proxy.close();
+  }
+});
+
 async function withDemo(fn, store) {
   const demo = await startDemo(0, store);
   try {
@@ -179,26 +195,18 @@ test("three tabs share one connection", () => withDemo(async (demo) => {
   await context.close();
 }));
 
-test("behind a proxy that buffers the stream, the client falls back to long-polling", () => withDemo(async (demo) => {
-  const proxy = await bufferingProxy(demo.port);
-  proxy.refuseUpgrades = true; // nor does it pass WebSocket
-  const page = await browser.newPage();
-  try {
-    await page.goto(proxy.url + "/");
-    // The stream opens (headers pass) but delivers nothing; after the open timeout the client
-    // switches to long-polling.
-    await waitForText(page, "#transport", "long-polling", 30000);
-    await publish(demo.url, "through the proxy");
-    await waitForItems(page, ["through the proxy"]);
-    await publish(demo.url, "polled through the proxy");
-    await waitForItems(page, ["polled through the proxy"]);
-    const list = await listed(page);
-    assert.equal(list.filter((t) => t === "through the proxy").length, 1);
-  } finally {
-    await page.close();
-    proxy.closeAllConnections();
-    proxy.close();
-  }
+test("behind a proxy that buffers the stream, the client falls back to long-polling", () => withProxy({ refuseUpgrades: true }, async (demo, proxy, page) => {
+  // The proxy buffers streams and does not pass WebSocket either.
+  await page.goto(proxy.url + "/");
+  // The stream opens (headers pass) but delivers nothing; after the open timeout the client
+  // switches to long-polling.
+  await waitForText(page, "#transport", "long-polling", 30000);
+  await publish(demo.url, "through the proxy");
+  await waitForItems(page, ["through the proxy"]);
+  await publish(demo.url, "polled through the proxy");
+  await waitForItems(page, ["polled through the proxy"]);
+  const list = await listed(page);
+  assert.equal(list.filter((t) => t === "through the proxy").length, 1);
 }));
 
 test("the cursor carries over from Server-Sent Events to long-polling", () => withDemo(async (demo) => {
@@ -286,68 +294,51 @@ test("an event's topic is right after events of types the page does not listen f
   }
 }));
 
-test("after a fallback, the client returns to Server-Sent Events once the stream gets through", () => withDemo(async (demo) => {
-  const proxy = await bufferingProxy(demo.port);
-  proxy.refuseUpgrades = true; // nor does it pass WebSocket
-  const page = await browser.newPage();
-  try {
-    await page.goto(proxy.url + "/tidings.js");
-    await page.evaluate(async () => {
-      const { connect } = await import("/tidings.js");
-      window.received = [];
-      window.transports = [];
-      const feed = connect({ topics: ["up"], share: false, storageKey: "upgrade", openTimeout: 500, upgradeAfter: 1500 });
-      feed.addEventListener("event", (e) => window.received.push(e.detail.data));
-      feed.addEventListener("state", (e) => e.detail.state === "open" && window.transports.push(e.detail.transport));
-      window.feed = feed;
-    });
-    await page.waitForFunction(() => window.transports.includes("poll"), null, { timeout: 20000 });
-    await publish(demo.url, "while polling", "up");
-    await page.waitForFunction(() => window.received.includes("while polling"), null, { timeout: 20000 });
-    proxy.buffering = false; // the proxy stops buffering streams
-    await page.waitForFunction(() => window.transports.at(-1) === "sse", null, { timeout: 20000 });
-    await publish(demo.url, "streamed again", "up");
-    await page.waitForFunction(() => window.received.includes("streamed again"), null, { timeout: 20000 });
-    assert.deepEqual(await page.evaluate(() => window.received), ["while polling", "streamed again"]);
-  } finally {
-    await page.close();
-    proxy.closeAllConnections();
-    proxy.close();
-  }
+test("after a fallback, the client returns to Server-Sent Events once the stream gets through", () => withProxy({ refuseUpgrades: true }, async (demo, proxy, page) => {
+  // The proxy buffers streams and does not pass WebSocket either.
+  await page.goto(proxy.url + "/tidings.js");
+  await page.evaluate(async () => {
+    const { connect } = await import("/tidings.js");
+    window.received = [];
+    window.transports = [];
+    const feed = connect({ topics: ["up"], share: false, storageKey: "upgrade", openTimeout: 500, upgradeAfter: 1500 });
+    feed.addEventListener("event", (e) => window.received.push(e.detail.data));
+    feed.addEventListener("state", (e) => e.detail.state === "open" && window.transports.push(e.detail.transport));
+    window.feed = feed;
+  });
+  await page.waitForFunction(() => window.transports.includes("poll"), null, { timeout: 20000 });
+  await publish(demo.url, "while polling", "up");
+  await page.waitForFunction(() => window.received.includes("while polling"), null, { timeout: 20000 });
+  proxy.buffering = false; // the proxy stops buffering streams
+  await page.waitForFunction(() => window.transports.at(-1) === "sse", null, { timeout: 20000 });
+  await publish(demo.url, "streamed again", "up");
+  await page.waitForFunction(() => window.received.includes("streamed again"), null, { timeout: 20000 });
+  assert.deepEqual(await page.evaluate(() => window.received), ["while polling", "streamed again"]);
 }));
 
-test("a proxy that refuses upgrades: the page lands on Server-Sent Events, its cursor kept", () => withDemo(async (demo) => {
-  const proxy = await bufferingProxy(demo.port);
-  proxy.buffering = false;
-  const page = await browser.newPage();
-  try {
-    // Through the proxy while it passes upgrades: the socket carries the events.
-    await page.goto(proxy.url + "/");
-    await waitForText(page, "#transport", "WebSocket");
-    await publish(demo.url, "over the socket");
-    await waitForItems(page, ["over the socket"]);
-    // The page goes away; the proxy is reconfigured to refuse upgrades; events go on.
-    await page.goto("about:blank");
-    proxy.refuseUpgrades = true;
-    const missed = ["missed 1", "missed 2"];
-    for (const m of missed) await publish(demo.url, m);
-    await page.goBack();
-    // The socket cannot open: the client falls back to the stream, from the socket's cursor.
-    await waitForText(page, "#transport", "Server-Sent Events", 30000);
-    await waitForItems(page, missed);
-    await publish(demo.url, "streamed");
-    await waitForItems(page, ["streamed"]);
-    const list = await listed(page);
-    for (const item of ["over the socket", ...missed, "streamed"]) {
-      assert.equal(list.filter((t) => t === item).length, 1, `${item} exactly once`);
-    }
-    assert.ok(!list.includes("GAP"), "no gap: the cursor was kept");
-    assert.ok(proxy.upgradesRefused >= 2, `the proxy refused ${proxy.upgradesRefused} upgrade(s)`);
-  } finally {
-    await page.close();
-    proxy.closeAllConnections();
-    proxy.close();
+test("a proxy that refuses upgrades: the page lands on Server-Sent Events, its cursor kept", () => withProxy({ buffering: false }, async (demo, proxy, page) => {
+  // Through the proxy while it passes upgrades: the socket carries the events.
+  await page.goto(proxy.url + "/");
+  await waitForText(page, "#transport", "WebSocket");
+  await publish(demo.url, "over the socket");
+  await waitForItems(page, ["over the socket"]);
+  // The page goes away; the proxy is reconfigured to refuse upgrades; events go on.
+  await page.goto("about:blank");
+  proxy.refuseUpgrades = true;
+  const missed = ["missed 1", "missed 2"];
+  for (const m of missed) await publish(demo.url, m);
+  await page.goBack();
+  // The socket cannot open: the client falls back to the stream, from the socket's cursor.
+  await waitForText(page, "#transport", "Server-Sent Events", 30000);
+  await waitForItems(page, missed);
+  await publish(demo.url, "streamed");
+  await waitForItems(page, ["streamed"]);
+  const list = await listed(page);
+  for (const item of ["over the socket", ...missed, "streamed"]) {
+    assert.equal(list.filter((t) => t === item).length, 1, `${item} exactly once`);
   }
+  assert.ok(!list.includes("GAP"), "no gap: the cursor was kept");
+  assert.ok(proxy.upgradesRefused >= 2, `the proxy refused ${proxy.upgradesRefused} upgrade(s)`);
 }));
 
 test("over WebSocket, any tab sends to the server and publishes through the shared socket", () => withDemo(async (demo) => {
@@ -381,46 +372,36 @@ test("over WebSocket, any tab sends to the server and publishes through the shar
   await context.close();
 }));
 
-test("on the stream after the socket failed, the client moves back to WebSocket once it gets through, without a pause", () => withDemo(async (demo) => {
-  const proxy = await bufferingProxy(demo.port);
-  proxy.buffering = false;
-  proxy.refuseUpgrades = true;
-  const page = await browser.newPage();
-  try {
-    await page.goto(proxy.url + "/tidings.js");
-    await page.evaluate(async () => {
-      const { connect } = await import("/tidings.js");
-      window.received = [];
-      window.states = [];
-      const feed = connect({ topics: ["up"], share: false, storageKey: "ws-upgrade", openTimeout: 500, upgradeAfter: 1500 });
-      feed.addEventListener("event", (e) => window.received.push(e.detail.data));
-      feed.addEventListener("state", (e) => window.states.push(`${e.detail.state}/${e.detail.transport}`));
-      window.feed = feed;
-    });
-    await page.waitForFunction(() => window.states.includes("open/sse"), null, { timeout: 20000 });
-    await publish(demo.url, "on the stream", "up");
-    await page.waitForFunction(() => window.received.includes("on the stream"), null, { timeout: 20000 });
-    // While upgrades are refused, the stream stays: a try of the socket beside it is refused
-    // (by the proxy) and changes nothing.
-    const refusedBefore = proxy.upgradesRefused;
-    const deadline = Date.now() + 20000;
-    while (proxy.upgradesRefused === refusedBefore) {
-      assert.ok(Date.now() < deadline, "the socket is tried again beside the stream");
-      await new Promise((r) => setTimeout(r, 50));
-    }
-    assert.equal(await page.evaluate(() => window.states.at(-1)), "open/sse");
-    proxy.refuseUpgrades = false;
-    await page.waitForFunction(() => window.states.at(-1) === "open/websocket", null, { timeout: 20000 });
-    await publish(demo.url, "over the socket", "up");
-    await page.waitForFunction(() => window.received.includes("over the socket"), null, { timeout: 20000 });
-    const states = await page.evaluate(() => window.states);
-    const fromStream = states.slice(states.indexOf("open/sse"));
-    assert.ok(!fromStream.includes("unavailable/sse") && !fromStream.includes("unavailable/websocket"),
-      `no pause reported between the stream and the socket: ${fromStream}`);
-    assert.deepEqual(await page.evaluate(() => window.received), ["on the stream", "over the socket"]);
-  } finally {
-    await page.close();
-    proxy.closeAllConnections();
-    proxy.close();
+test("on the stream after the socket failed, the client moves back to WebSocket once it gets through, without a pause", () => withProxy({ buffering: false, refuseUpgrades: true }, async (demo, proxy, page) => {
+  await page.goto(proxy.url + "/tidings.js");
+  await page.evaluate(async () => {
+    const { connect } = await import("/tidings.js");
+    window.received = [];
+    window.states = [];
+    const feed = connect({ topics: ["up"], share: false, storageKey: "ws-upgrade", openTimeout: 500, upgradeAfter: 1500 });
+    feed.addEventListener("event", (e) => window.received.push(e.detail.data));
+    feed.addEventListener("state", (e) => window.states.push(`${e.detail.state}/${e.detail.transport}`));
+    window.feed = feed;
+  });
+  await page.waitForFunction(() => window.states.includes("open/sse"), null, { timeout: 20000 });
+  await publish(demo.url, "on the stream", "up");
+  await page.waitForFunction(() => window.received.includes("on the stream"), null, { timeout: 20000 });
+  // While upgrades are refused, the stream stays: a try of the socket beside it is refused
+  // (by the proxy) and changes nothing.
+  const refusedBefore = proxy.upgradesRefused;
+  const deadline = Date.now() + 20000;
+  while (proxy.upgradesRefused === refusedBefore) {
+    assert.ok(Date.now() < deadline, "the socket is tried again beside the stream");
+    await new Promise((r) => setTimeout(r, 50));
   }
+  assert.equal(await page.evaluate(() => window.states.at(-1)), "open/sse");
+  proxy.refuseUpgrades = false;
+  await page.waitForFunction(() => window.states.at(-1) === "open/websocket", null, { timeout: 20000 });
+  await publish(demo.url, "over the socket", "up");
+  await page.waitForFunction(() => window.received.includes("over the socket"), null, { timeout: 20000 });
+  const states = await page.evaluate(() => window.states);
+  const fromStream = states.slice(states.indexOf("open/sse"));
+  assert.ok(!fromStream.includes("unavailable/sse") && !fromStream.includes("unavailable/websocket"),
+    `no pause reported between the stream and the socket: ${fromStream}`);
+  assert.deepEqual(await page.evaluate(() => window.received), ["on the stream", "over the socket"]);
 }));

@@ -424,29 +424,12 @@ async fn sse_client(
     deadline: Arc<tokio::sync::watch::Receiver<Option<TokioInstant>>>,
 ) -> Seen {
     let mut seen = Seen::new(events);
-    let permit = shared.connecting.acquire().await.ok();
-    let opened = async {
-        let mut stream = connect(addr, index, sources).await?;
-        let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
-        if let Some(id) = &last_event_id {
-            request.push_str(&format!("Last-Event-ID: {id}\r\n"));
-        }
-        request.push_str("\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut buf = Vec::new();
-        let head = read_head(&mut stream, &mut buf).await?;
-        Ok::<_, std::io::Error>((stream, buf, head))
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
+    if let Some(id) = &last_event_id {
+        request.push_str(&format!("Last-Event-ID: {id}\r\n"));
     }
-    .await;
-    drop(permit);
-    let (mut stream, rest, head) = match opened {
-        Ok((s, b, h)) if h.status == 200 => (s, b, h),
-        _ => {
-            count_opening(&shared, false);
-            return seen;
-        }
-    };
-    count_opening(&shared, true);
+    request.push_str("\r\n");
+    let Some((mut stream, rest, head)) = open(addr, index, sources, &request, 200, &shared).await else { return seen };
     let mut dechunk = Dechunk::for_head(&head);
     let mut body = Vec::with_capacity(8192);
     dechunk.feed(&rest, &mut body);
@@ -505,29 +488,12 @@ async fn ws_client(
     deadline: Arc<tokio::sync::watch::Receiver<Option<TokioInstant>>>,
 ) -> Seen {
     let mut seen = Seen::new(events);
-    let permit = shared.connecting.acquire().await.ok();
-    let opened = async {
-        let mut stream = connect(addr, index, sources).await?;
-        let request = format!(
-            "GET {} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: tidings.v1\r\n\r\n",
-            kind.ws_path()
-        );
-        stream.write_all(request.as_bytes()).await?;
-        let mut buf = Vec::new();
-        let head = read_head(&mut stream, &mut buf).await?;
-        Ok::<_, std::io::Error>((stream, buf, head))
-    }
-    .await;
-    drop(permit);
-    let (mut stream, mut input) = match opened {
-        Ok((s, b, h)) if h.status == 101 => (s, b),
-        _ => {
-            count_opening(&shared, false);
-            return seen;
-        }
-    };
-    count_opening(&shared, true);
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: tidings.v1\r\n\r\n",
+        kind.ws_path()
+    );
+    let Some((mut stream, mut input, _)) = open(addr, index, sources, &request, 101, &shared).await else { return seen };
     let mut chunk = vec![0u8; 16384];
     let mut deadline = (*deadline).clone();
     loop {
@@ -579,6 +545,32 @@ fn ws_frame(input: &[u8]) -> Option<(u8, usize, usize)> {
         n => (n as usize, 2),
     };
     (input.len() >= start + len).then_some((b0 & 0x0F, start, start + len))
+}
+
+/// Sends `request` on a new connection (one of at most 256 connecting at once) and reads the
+/// answer's head: the connection, what followed the head, and the head, when its status is
+/// `status`. Counts the subscriber as opened or failed either way.
+async fn open(
+    addr: SocketAddr,
+    index: usize,
+    sources: usize,
+    request: &str,
+    status: u16,
+    shared: &Shared,
+) -> Option<(TcpStream, Vec<u8>, Head)> {
+    let permit = shared.connecting.acquire().await.ok();
+    let opened = async {
+        let mut stream = connect(addr, index, sources).await?;
+        stream.write_all(request.as_bytes()).await?;
+        let mut buf = Vec::new();
+        let head = read_head(&mut stream, &mut buf).await?;
+        Ok::<_, std::io::Error>((stream, buf, head))
+    }
+    .await;
+    drop(permit);
+    let opened = opened.ok().filter(|(_, _, head)| head.status == status);
+    count_opening(shared, opened.is_some());
+    opened
 }
 
 /// Counts a subscriber that opened its stream (`opened`) or failed to, and wakes whoever waits

@@ -220,12 +220,13 @@ impl fmt::Debug for Subscription {
 }
 
 impl Subscription {
-    /// Opens a subscription; with `continues`, as the continuation of that connection (its
-    /// id kept, `on_connect` not called: [`Subscription::change`] calls `on_change`).
+    /// Opens a subscription; with `continues`, as the continuation of that connection when the
+    /// authorization hook names the same recipient (its id kept, no `on_connect`:
+    /// [`Subscription::change`] calls `on_change`), else as a new connection.
     pub(super) async fn open(
         hub: Arc<HubInner>,
         request: SubscribeRequest<'_>,
-        continues: Option<u64>,
+        continues: Option<&Connection>,
     ) -> Result<Subscription, SubscribeError> {
         let mut topics: Vec<Topic> = Vec::with_capacity(request.topics.len());
         for topic in request.topics {
@@ -302,8 +303,9 @@ impl Subscription {
         if !gap.is_empty() {
             pending.push_back(Pending::Gap(gap));
         }
+        let continued = continues.filter(|c| c.recipient == recipient).map(|c| c.id);
         let connection = Connection {
-            id: continues.unwrap_or_else(|| Hub::next_connection_id(&hub)),
+            id: continued.unwrap_or_else(|| Hub::next_connection_id(&hub)),
             transport: request.transport,
             topics,
             cursor: match &request.position {
@@ -314,7 +316,7 @@ impl Subscription {
             recipient,
         };
         hub.open.fetch_add(1, Ordering::Relaxed);
-        if continues.is_none() {
+        if continued.is_none() {
             metrics::counter!("tidings_subscriptions_opened_total", "transport" => connection.transport).increment(1);
         }
         metrics::gauge!("tidings_subscriptions", "transport" => connection.transport).increment(1.0);
@@ -322,7 +324,7 @@ impl Subscription {
             metrics::counter!("tidings_replays_total", "transport" => connection.transport).increment(1);
         }
         tracing::debug!(connection = connection.id, transport = connection.transport, topics = connection.topics.len(), behind, "subscription opened");
-        if continues.is_none() {
+        if continued.is_none() {
             hub.lifecycle.on_connect(&connection);
         }
         Ok(Subscription {
@@ -366,29 +368,23 @@ impl Subscription {
     /// The errors of [`Hub::subscribe`].
     pub async fn change(&mut self, request: SubscribeRequest<'_>) -> Result<(), SubscribeError> {
         let transport = request.transport;
-        let opened = Subscription::open(self.hub.clone(), request, Some(self.connection.id)).await;
-        let mut next = match opened {
+        let next = match Subscription::open(self.hub.clone(), request, Some(&self.connection)).await {
             Ok(next) => next,
             Err(err) => {
                 super::count_refusal(transport, &err);
                 return Err(err);
             }
         };
-        if next.connection.recipient != self.connection.recipient {
-            // Someone else's now: two connections for the hooks, the new one first.
-            next.connection.id = Hub::next_connection_id(&next.hub);
-            metrics::counter!("tidings_subscriptions_opened_total", "transport" => transport).increment(1);
-            next.hub.lifecycle.on_connect(&next.connection);
-            *self = next;
-            return Ok(());
+        let continued = next.connection.id == self.connection.id;
+        let mut before = std::mem::replace(self, next);
+        if continued {
+            // The connection goes on: its figures too, and the old part ends without a word.
+            self.delivered += before.delivered;
+            self.opened = before.opened;
+            before.quiet = true;
+            self.hub.lifecycle.on_change(&before.connection, &self.connection);
         }
-        std::mem::swap(self, &mut next);
-        let mut before = next;
-        // The connection goes on: its figures too, and the old part ends without a word.
-        self.delivered += before.delivered;
-        self.opened = before.opened;
-        before.quiet = true;
-        self.hub.lifecycle.on_change(&before.connection, &self.connection);
+        // Otherwise someone else's now: the new part was connected, the old one disconnects.
         Ok(())
     }
 

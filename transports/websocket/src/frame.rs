@@ -20,6 +20,9 @@ pub(crate) const PING: u8 = 0x9;
 /// Opcode of a pong frame.
 pub(crate) const PONG: u8 = 0xA;
 
+/// A server's ping with no payload, whole.
+pub(crate) const EMPTY_PING: &[u8] = &[0x80 | PING, 0];
+
 /// The longest server frame header: two bytes and a 64-bit length.
 pub(crate) const MAX_HEADER: usize = 10;
 
@@ -100,7 +103,7 @@ impl Reader {
     /// fragmented message is consumed and the search goes on.
     pub(crate) fn next(&mut self, input: &mut BytesMut) -> Result<Option<Incoming>, Violation> {
         loop {
-            let Some((fin, opcode, header_len, len, mask)) = self.header(input)? else { return Ok(None) };
+            let Some(Header { fin, opcode, header_len, len, mask }) = self.header(input)? else { return Ok(None) };
             if input.len() < header_len + len {
                 // Room for the whole frame at once, rather than growing by doubling.
                 input.reserve(header_len + len - input.len());
@@ -139,10 +142,9 @@ impl Reader {
         }
     }
 
-    /// Parses the frame header at the start of `input` and checks it: `(fin, opcode, header
-    /// length, payload length, mask)`, or `None` when the header is not whole yet.
-    #[allow(clippy::type_complexity)]
-    fn header(&self, input: &BytesMut) -> Result<Option<(bool, u8, usize, usize, [u8; 4])>, Violation> {
+    /// Parses the frame header at the start of `input` and checks it; `None` when the header
+    /// is not whole yet.
+    fn header(&self, input: &BytesMut) -> Result<Option<Header>, Violation> {
         let [b0, b1, ..] = input[..] else { return Ok(None) };
         let fin = b0 & 0x80 != 0;
         let opcode = b0 & 0x0F;
@@ -186,8 +188,19 @@ impl Reader {
             other => return Err(Violation::new(close::PROTOCOL_ERROR, format!("unknown opcode {other:#x}"))),
         }
         // Below `max_message` (data) or 125 (control): fits a usize.
-        Ok(Some((fin, opcode, at + 4, len as usize, mask)))
+        Ok(Some(Header { fin, opcode, header_len: at + 4, len: len as usize, mask }))
     }
+}
+
+/// A client frame's header, checked.
+struct Header {
+    fin: bool,
+    opcode: u8,
+    /// The header's own length, the mask included.
+    header_len: usize,
+    /// The payload's length.
+    len: usize,
+    mask: [u8; 4],
 }
 
 /// The client's mask, undone in place (RFC 6455, section 5.3).
@@ -383,6 +396,7 @@ mod tests {
             assert_eq!(f.len(), header + len);
             assert_eq!(f[0], 0x81);
         }
+        assert_eq!(&frame(PING, b"")[..], EMPTY_PING);
         let c = close_frame_bytes(1012, &"é".repeat(100));
         assert_eq!(c[1] as usize, c.len() - 2);
         assert!(c.len() - 2 <= 125);

@@ -3,7 +3,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::value::RawValue;
-use tidings_core::{Cursor, Event, JsonEvent, SharedEvent, Topic, WireFormat};
+use tidings_core::{Event, JsonEvent, Topic, WireFormat};
 
 use crate::frame;
 
@@ -176,18 +176,17 @@ impl WireFormat for EventFrameWithId {
     }
 }
 
-/// The header and the start of an event message whose `id` is `cursor` (a subscriber's own),
-/// up to where the event's shared [`JsonEvent`] bytes follow.
-pub(crate) fn event_head(cursor: &Cursor, event: &SharedEvent) -> Bytes {
-    let token = cursor.to_string();
-    let body_len = event.with_encoded::<JsonEvent, _>(Bytes::len);
+/// The most [`put_event_head`] writes besides the token.
+pub(crate) const EVENT_HEAD_ROOM: usize = frame::MAX_HEADER + EVENT_START.len() + 2;
+
+/// Writes the header and the start of an event message whose `id` is `token` (a subscriber's
+/// own cursor), up to where the event's shared [`JsonEvent`] bytes (`body_len` of them) follow.
+pub(crate) fn put_event_head(out: &mut BytesMut, token: &str, body_len: usize) {
     let len = EVENT_START.len() + token.len() + 2 + body_len;
-    let mut out = BytesMut::with_capacity(frame::MAX_HEADER + EVENT_START.len() + token.len() + 2);
-    frame::put_header(&mut out, frame::TEXT, len);
+    frame::put_header(out, frame::TEXT, len);
     out.put_slice(EVENT_START);
     out.put_slice(token.as_bytes());
     out.put_slice(b"\",");
-    out.freeze()
 }
 
 /// A whole text frame holding `fields` (a JSON object) and, first, the client's `ref` as the
@@ -208,6 +207,7 @@ pub(crate) fn answer_frame(fields: &serde_json::Value, reference: Option<&RawVal
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tidings_core::{Cursor, SharedEvent};
 
     #[test]
     fn reads_each_message_type() {
@@ -277,8 +277,11 @@ mod tests {
         let shared = SharedEvent::new(event);
         let mut other = Cursor::new(tidings_core::Epoch::from_raw(3));
         other.set(&Topic::new("x"), 4);
-        let head = event_head(&other, &shared);
-        let whole = [&head[..], &shared.encoded::<JsonEvent>()[..]].concat();
+        let body = shared.encoded::<JsonEvent>();
+        let mut whole = BytesMut::new();
+        put_event_head(&mut whole, &other.to_string(), body.len());
+        assert!(whole.len() <= EVENT_HEAD_ROOM + other.to_string().len());
+        whole.extend_from_slice(&body);
         assert_eq!(whole[1] as usize, whole.len() - 2);
         let v: serde_json::Value = serde_json::from_slice(&whole[2..]).unwrap();
         assert_eq!(v["id"], other.to_string());

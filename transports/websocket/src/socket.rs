@@ -22,7 +22,7 @@ use serde_json::{Map, Value, json};
 use serde_json::value::RawValue;
 use tidings_core::{
     Credentials, Cursor, Delivery, JsonEvent, NewEvent, SharedEvent, SubscribeError, SubscribeRequest, Subscription,
-    Topic,
+    Topic, WireFormat,
 };
 use tidings_http::{HttpError, SubscribeParams};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -200,16 +200,16 @@ impl Socket {
                     None => break,
                 }
             }
-            if ready && streak < MAX_STREAK {
+            if ready {
                 streak += 1;
                 continue;
             }
-            let busy = streak >= MAX_STREAK;
-            streak = 0;
-            if !busy {
+            // Idle, or busy for MAX_STREAK bursts in a row: the client and the heartbeat now.
+            if streak < MAX_STREAK {
                 // Idle: give back what a burst or a large message needed.
                 self.out.release();
             }
+            streak = 0;
             match (&self.subscription, &self.shutdown) {
                 (None, None) => {
                     let hub = self.config.hub.clone();
@@ -263,8 +263,8 @@ impl Socket {
         self.io.flush().await
     }
 
-    /// A ping when the client has been silent for an interval; a close when it has been
-    /// silent for the client timeout.
+    /// A ping at every heartbeat; a close once the client has sent nothing for the client
+    /// timeout.
     fn beat(&mut self) {
         let interval = self.config.heartbeat;
         let now = Instant::now();
@@ -273,7 +273,7 @@ impl Socket {
             let reason = format!("nothing from the client for {} s, not even a pong", silent.as_secs());
             self.close(close::TIMEOUT, &reason);
         } else {
-            self.out.put(frame::frame(frame::PING, b""));
+            self.out.copy(frame::EMPTY_PING);
         }
         self.heartbeat.as_mut().reset(now + interval);
     }
@@ -333,8 +333,8 @@ impl Socket {
 
     /// Opens the subscription the URL names; a refusal closes the socket with its reason.
     async fn open_url(&mut self, topics: Vec<Topic>, cursor: Option<&str>) {
-        match self.open_subscription(topics, Start::Token(cursor)).await {
-            Ok(subscription) => self.replace(&None, subscription),
+        match self.subscribe_to(topics, Start::Token(cursor)).await {
+            Ok(()) => self.announce(&None),
             Err(err) => match err {
                 SubscribeError::ShuttingDown => {
                     // Refused as SSE refuses it (a 503 with a delay), then closed as every
@@ -354,29 +354,24 @@ impl Socket {
         }
     }
 
-    /// Not `&self` (the socket's IO is not `Sync`): only what the request needs.
-    fn open_subscription(
-        &self,
-        topics: Vec<Topic>,
-        start: Start<'_>,
-    ) -> impl Future<Output = Result<Subscription, SubscribeError>> + Send + use<> {
-        let config = self.config.clone();
-        let peer = self.peer;
+    /// Follows `topics` from `start`: opens the socket's subscription, or moves the current one
+    /// there (`Subscription::change`: the same connection for the lifecycle hooks). Refused,
+    /// the current one is left as it was.
+    async fn subscribe_to(&mut self, topics: Vec<Topic>, start: Start<'_>) -> Result<(), SubscribeError> {
+        // The fields the request needs, not `&self` (the socket's IO is not `Sync`).
         let credentials = self.credentials.clone();
-        let (token, position) = match start {
-            Start::Token(token) => (token.map(str::to_owned), None),
-            Start::Position(position) => (None, Some(position)),
+        let mut request =
+            SubscribeRequest::new(topics).transport(TRANSPORT).peer(self.peer).credentials(&credentials);
+        request = match start {
+            Start::Token(token) => request.cursor(token),
+            Start::Position(position) => request.position(position),
         };
-        async move {
-            let mut request = SubscribeRequest::new(topics)
-                .cursor(token.as_deref())
-                .transport(TRANSPORT)
-                .peer(peer)
-                .credentials(&credentials);
-            if let Some(position) = position {
-                request = request.position(position);
+        match &mut self.subscription {
+            Some(current) => current.change(request).await,
+            None => {
+                self.subscription = Some(self.config.hub.subscribe(request).await?);
+                Ok(())
             }
-            config.hub.subscribe(request).await
         }
     }
 
@@ -452,41 +447,15 @@ impl Socket {
         self.subscription.as_ref().map(Subscription::cursor)
     }
 
-    /// Opens a subscription to `topics` from `start`, or moves the current one there
-    /// (`Subscription::change`: the same connection for the lifecycle hooks); a refusal leaves
-    /// the current one as it was.
+    /// [`Socket::subscribe_to`], answered with `subscribed` or an `error` that changes nothing.
     async fn change(&mut self, reference: &Option<Box<RawValue>>, topics: Vec<Topic>, start: Start<'_>) {
-        let peer = self.peer;
-        let credentials = self.credentials.clone();
-        let result = if let Some(current) = &mut self.subscription {
-            // The same connection goes on (`Subscription::change`): the lifecycle sees a
-            // change, not a client leaving and coming back.
-            let (token, position) = match start {
-                Start::Token(token) => (token, None),
-                Start::Position(position) => (None, Some(position)),
-            };
-            let mut request =
-                SubscribeRequest::new(topics).cursor(token).transport(TRANSPORT).peer(peer).credentials(&credentials);
-            if let Some(position) = position {
-                request = request.position(position);
-            }
-            current.change(request).await.map(|()| None)
-        } else {
-            self.open_subscription(topics, start).await.map(Some)
-        };
-        match result {
-            Ok(Some(subscription)) => self.replace(reference, subscription),
-            Ok(None) => self.announce(reference),
+        match self.subscribe_to(topics, start).await {
+            Ok(()) => self.announce(reference),
             Err(err) => {
                 let error = HttpError::refused(err, &self.config.hub);
                 self.error(reference, &error);
             }
         }
-    }
-
-    fn replace(&mut self, reference: &Option<Box<RawValue>>, subscription: Subscription) {
-        self.subscription = Some(subscription);
-        self.announce(reference);
     }
 
     /// Queues the `subscribed` message of the subscription now in place.
@@ -590,8 +559,7 @@ impl Socket {
                     // One topic: the whole frame is the event's own, encoded once for all.
                     self.out.put_event(&event, None);
                 } else {
-                    let head = protocol::event_head(&subscription.cursor(), &event);
-                    self.out.put_event(&event, Some(head));
+                    self.out.put_event(&event, Some(&subscription.cursor()));
                 }
             }
             Delivery::Gap(gap) => {
@@ -651,11 +619,17 @@ impl Out {
     }
 
     fn copy(&mut self, bytes: &[u8]) {
-        if self.gathering.capacity() - self.gathering.len() < bytes.len() {
-            self.gathering.reserve(bytes.len().max(4096));
+        self.write(bytes.len(), |out| out.extend_from_slice(bytes));
+    }
+
+    /// Appends to the chunk being gathered what `write` writes (`room`: at most that much).
+    fn write(&mut self, room: usize, write: impl FnOnce(&mut BytesMut)) {
+        if self.gathering.capacity() - self.gathering.len() < room {
+            self.gathering.reserve(room.max(4096));
         }
-        self.gathering.extend_from_slice(bytes);
-        self.len += bytes.len();
+        let before = self.gathering.len();
+        write(&mut self.gathering);
+        self.len += self.gathering.len() - before;
     }
 
     fn enqueue(&mut self, bytes: Bytes) {
@@ -669,25 +643,25 @@ impl Out {
     /// Queues an event: its shared whole frame (`head` is `None`), or `head` and the shared
     /// JSON of the event. Small ones are copied straight from the shared bytes; a large one
     /// goes out as the shared bytes themselves, never copied per subscriber.
-    fn put_event(&mut self, event: &SharedEvent, head: Option<Bytes>) {
-        match head {
-            None => {
-                let len = event.with_encoded::<EventFrameWithId, _>(Bytes::len);
-                if len < COALESCE_BELOW {
-                    event.with_encoded::<EventFrameWithId, _>(|f| self.copy(f));
-                } else {
-                    self.enqueue(event.encoded::<EventFrameWithId>());
-                }
+    fn put_event(&mut self, event: &SharedEvent, cursor: Option<&Cursor>) {
+        match cursor {
+            None => self.put_shared::<EventFrameWithId>(event),
+            Some(cursor) => {
+                // The subscriber's own head, written straight into the chunk.
+                let token = cursor.to_string();
+                let body_len = event.with_encoded::<JsonEvent, _>(Bytes::len);
+                self.write(protocol::EVENT_HEAD_ROOM + token.len(), |out| protocol::put_event_head(out, &token, body_len));
+                self.put_shared::<JsonEvent>(event);
             }
-            Some(head) => {
-                self.copy(&head);
-                let len = event.with_encoded::<JsonEvent, _>(Bytes::len);
-                if len < COALESCE_BELOW {
-                    event.with_encoded::<JsonEvent, _>(|f| self.copy(f));
-                } else {
-                    self.enqueue(event.encoded::<JsonEvent>());
-                }
-            }
+        }
+    }
+
+    /// Queues `event`'s shared encoding `F`: copied if small, else the shared bytes themselves.
+    fn put_shared<F: WireFormat>(&mut self, event: &SharedEvent) {
+        if event.with_encoded::<F, _>(Bytes::len) < COALESCE_BELOW {
+            event.with_encoded::<F, _>(|f| self.copy(f));
+        } else {
+            self.enqueue(event.encoded::<F>());
         }
     }
 

@@ -206,11 +206,7 @@ impl WsClient {
                 Item::Received(Received::Ended) | Item::Received(Received::Failed(_)) | Item::Close(..) => {
                     return Err(format!("the socket ended before the answer to {message}: {item:?}"));
                 }
-                Item::Received(Received::Event(e)) => {
-                    let cursor = e.cursor.clone();
-                    self.buffer.push_back(Item::Received(Received::Event(e)));
-                    self.buffer.push_back(Item::Cursor(cursor));
-                }
+                // Events and gaps carry their cursors: `next` holds them as it hands them out.
                 other => self.buffer.push_back(other),
             }
         }
