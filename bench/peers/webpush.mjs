@@ -5,7 +5,7 @@
 //   cargo build --release --example push_service --example webpush_bench
 //   cd bench/peers && npm install && node webpush.mjs [messages] [subscriptions] [concurrency]
 import { spawn, execFileSync } from "node:child_process";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir, cpus } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -13,7 +13,9 @@ import { fileURLToPath } from "node:url";
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, "../..");
 const [messages = "20000", subscriptions = "100", concurrency = "64"] = process.argv.slice(2);
-const cert = path.join(mkdtempSync(path.join(tmpdir(), "tidings-push-bench-")), "ca.pem");
+const certDir = mkdtempSync(path.join(tmpdir(), "tidings-push-bench-"));
+process.on("exit", () => rmSync(certDir, { recursive: true, force: true }));
+const cert = path.join(certDir, "ca.pem");
 
 const service = spawn(path.join(root, "target/release/examples/push_service"), ["--record", "false", "--cert", cert], {
   stdio: ["ignore", "pipe", "inherit"],

@@ -6,16 +6,14 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
 import path from "node:path";
-import { launchBrowser, startDemo, stopDemo } from "./harness.mjs";
+import { launchBrowser, startDemo, stopDemo, tempDir } from "./harness.mjs";
 
 let browser;
 let demo;
 
 before(async () => {
-  const dir = mkdtempSync(path.join(tmpdir(), "tidings-h2-"));
+  const dir = tempDir("tidings-h2-");
   const cert = path.join(dir, "cert.pem");
   const key = path.join(dir, "key.pem");
   execFileSync("openssl", [

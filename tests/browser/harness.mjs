@@ -5,16 +5,28 @@
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { chromium } from "playwright-core";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 export const demoBinary = process.env.TIDINGS_DEMO_BIN || path.join(root, "target/debug/examples/sse_demo");
 
+const made = [];
+process.on("exit", () => {
+  for (const dir of made) rmSync(dir, { recursive: true, force: true });
+});
+
+/** A new directory under the system's temporary directory, removed when this test process exits. */
+export function tempDir(prefix) {
+  const dir = mkdtempSync(path.join(tmpdir(), prefix));
+  made.push(dir);
+  return dir;
+}
+
 /** A fresh SQLite file for one test's demo server. */
 export function freshStore() {
-  const dir = mkdtempSync(path.join(tmpdir(), "tidings-browser-"));
+  const dir = tempDir("tidings-browser-");
   return "sqlite:" + path.join(dir, "events.db");
 }
 
@@ -167,7 +179,7 @@ export const pushServiceBinary = process.env.TIDINGS_PUSH_SERVICE_BIN || path.jo
  * decrypted). Resolves with {child, origin, hostPort, control, cert}.
  */
 export function startPushService() {
-  const cert = path.join(mkdtempSync(path.join(tmpdir(), "tidings-push-")), "ca.pem");
+  const cert = path.join(tempDir("tidings-push-"), "ca.pem");
   return new Promise((resolve, reject) => {
     const child = spawn(pushServiceBinary, ["--cert", cert], { stdio: ["ignore", "pipe", "inherit"] });
     let out = "";

@@ -7,11 +7,10 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, mkdirSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { chromium } from "playwright-core";
-import { startDemo, stopDemo, launchBrowser, freshStore } from "./harness.mjs";
+import { startDemo, stopDemo, launchBrowser, freshStore, tempDir } from "./harness.mjs";
 
 let browser;
 before(async () => { browser = await launchBrowser(); });
@@ -213,7 +212,7 @@ test("a leader whose page goes into the back/forward cache hands over at once", 
 test("with site data blocked, the feed runs unshared", async () => {
   // Chromium's own setting (cookies and site data blocked, as private browsing may set): the
   // Web Locks API rejects every request, and sessionStorage throws.
-  const profile = mkdtempSync(path.join(tmpdir(), "tidings-blocked-"));
+  const profile = tempDir("tidings-blocked-");
   mkdirSync(path.join(profile, "Default"), { recursive: true });
   writeFileSync(
     path.join(profile, "Default", "Preferences"),

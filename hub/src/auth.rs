@@ -1,0 +1,124 @@
+//! JSON Web Tokens as Mercure's publishers and subscribers carry them (draft-dunglas-mercure-07,
+//! "Authorization"): the claim `mercure` holds `publish` and `subscribe`, lists of topic
+//! selectors, and `payload`, any JSON the hub hands on in subscription events.
+//!
+//! ```json
+//! { "mercure": { "publish": ["*"], "subscribe": ["https://example.com/users/{id}"], "payload": {"user": 1} } }
+//! ```
+//!
+//! `exp` is optional (Mercure's publisher libraries often leave it out); when present it is
+//! checked. `aud` is not (draft-07 gives it no meaning).
+
+use std::fmt;
+
+use http::HeaderMap;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+/// The cookie a subscriber's token may come in (draft-07: `mercureAuthorization`).
+pub const COOKIE: &str = "mercureAuthorization";
+/// The query parameter a subscriber's token may come in, when neither a header nor a cookie
+/// can carry it.
+pub const QUERY: &str = "authorization";
+
+/// The `mercure` claim.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct MercureClaim {
+    /// Selectors of the topics the bearer may publish to.
+    #[serde(default)]
+    pub publish: Option<Vec<String>>,
+    /// Selectors of the topics whose private updates the bearer may receive.
+    #[serde(default)]
+    pub subscribe: Option<Vec<String>>,
+    /// Handed on in subscription events.
+    #[serde(default)]
+    pub payload: Option<serde_json::Value>,
+}
+
+/// The claims the hub reads.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Claims {
+    /// The Mercure claim (absent: no rights).
+    #[serde(default)]
+    pub mercure: MercureClaim,
+    /// Expiry, in seconds since the Unix epoch.
+    #[serde(default)]
+    pub exp: Option<u64>,
+}
+
+/// Checks tokens signed with one key and one algorithm (a token cannot pick its own).
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verifier").field("algorithms", &self.validation.algorithms).finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    /// A verifier for `algorithm` (`HS256`, `HS384`, `HS512`: `key` is the shared secret;
+    /// `RS256`…`RS512`, `PS256`…`PS512`: an RSA public key in PEM; `ES256`, `ES384`: an EC
+    /// public key in PEM; `EdDSA`: an Ed25519 public key in PEM), as Mercure's
+    /// `MERCURE_*_JWT_KEY` and `MERCURE_*_JWT_ALG` name them.
+    ///
+    /// # Errors
+    ///
+    /// An unknown algorithm, or a key that is not of its kind.
+    pub fn new(algorithm: &str, key: &[u8]) -> Result<Verifier, String> {
+        let algorithm: Algorithm = algorithm.parse().map_err(|_| format!("unknown JWT algorithm {algorithm:?}"))?;
+        let pem_error = |e: jsonwebtoken::errors::Error| format!("the {algorithm:?} key is not a PEM public key of its kind: {e}");
+        let key = match algorithm {
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+                if key.is_empty() {
+                    return Err("the JWT key is empty".to_owned());
+                }
+                DecodingKey::from_secret(key)
+            }
+            Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512 => {
+                DecodingKey::from_rsa_pem(key).map_err(pem_error)?
+            }
+            Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(key).map_err(pem_error)?,
+            Algorithm::EdDSA => DecodingKey::from_ed_pem(key).map_err(pem_error)?,
+        };
+        let mut validation = Validation::new(algorithm);
+        validation.required_spec_claims.clear();
+        validation.validate_aud = false;
+        validation.leeway = 5;
+        Ok(Verifier { key, validation })
+    }
+
+    /// The claims of `token`.
+    ///
+    /// # Errors
+    ///
+    /// A bad signature, another algorithm, an expired or malformed token: the reason.
+    pub fn verify(&self, token: &str) -> Result<Claims, String> {
+        jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|e| format!("invalid token: {e}"))
+    }
+}
+
+/// The token of a request: `Authorization: Bearer`, else the `authorization` query parameter,
+/// else the `mercureAuthorization` cookie (the reference hub's order).
+pub fn token<'a>(headers: &'a HeaderMap, query: &'a [(String, String)]) -> Option<&'a str> {
+    let header = headers.get(http::header::AUTHORIZATION).and_then(|h| h.to_str().ok()).and_then(|h| {
+        let (scheme, token) = h.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    });
+    let query = || query.iter().find(|(k, _)| k == QUERY).map(|(_, v)| v.as_str());
+    let cookie = || {
+        headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(name, _)| *name == COOKIE)
+            .map(|(_, value)| value)
+    };
+    header.or_else(query).or_else(cookie).filter(|t| !t.is_empty())
+}

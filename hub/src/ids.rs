@@ -1,0 +1,138 @@
+//! Where a `Last-Event-ID` stands in the log.
+//!
+//! An id the hub made is the update's cursor ([`HUB_ID_PREFIX`](crate::update::HUB_ID_PREFIX)):
+//! read, not looked up. A publisher's id is looked up in an index from id to position, built
+//! from the log itself: an id it does not hold sends it reading the log from where it stopped
+//! to the end (the updates other hubs on the same Redis appended, or those before a restart),
+//! then it looks again. So the index is exact across restarts and nodes without a table of its
+//! own. It holds at most the retained log's number of ids (the oldest go first); when an id
+//! appears twice, the first update that carried it is the one found.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use tidings_core::{Cursor, Epoch, Store, StoreError, Topic, WireFormat};
+
+use crate::update::{Decoded, HUB_ID_PREFIX, View};
+
+/// Where a `Last-Event-ID` puts a subscriber.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Position {
+    /// Just after the update with this id.
+    After(Cursor),
+    /// The id is not in the retained log (unknown, or trimmed): from the oldest retained update,
+    /// after a gap notice.
+    Unknown,
+}
+
+/// The id index of one hub (see the [module documentation](self)).
+#[derive(Debug)]
+pub struct Ids {
+    store: Arc<dyn Store>,
+    topic: Topic,
+    /// Ids kept at most.
+    capacity: usize,
+    state: tokio::sync::Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    epoch: Option<Epoch>,
+    by_id: HashMap<Arc<str>, u64>,
+    /// Every indexed id with its position, oldest first.
+    order: VecDeque<(u64, Arc<str>)>,
+    /// The log has been read up to this position.
+    indexed: u64,
+}
+
+/// Updates read per page while catching up.
+const PAGE: usize = 1000;
+
+impl Ids {
+    /// An index of the log `topic` in `store`, keeping at most `capacity` ids.
+    pub fn new(store: Arc<dyn Store>, topic: Topic, capacity: usize) -> Ids {
+        Ids { store, topic, capacity: capacity.max(1), state: tokio::sync::Mutex::new(State::default()) }
+    }
+
+    /// Where `id` puts a subscriber.
+    ///
+    /// # Errors
+    ///
+    /// The store could not be read.
+    pub async fn position(&self, id: &str) -> Result<Position, StoreError> {
+        if let Some(token) = id.strip_prefix(HUB_ID_PREFIX) {
+            return Ok(match Cursor::parse(token) {
+                Ok(cursor) if cursor.position(&self.topic).is_some() => Position::After(cursor),
+                _ => Position::Unknown,
+            });
+        }
+        let mut state = self.state.lock().await;
+        if let Some(found) = state.find(id, &self.topic) {
+            return Ok(Position::After(found));
+        }
+        self.catch_up(&mut state).await?;
+        Ok(state.find(id, &self.topic).map_or(Position::Unknown, Position::After))
+    }
+
+    /// Records the id of an update this hub just appended (as position `seq` of `epoch`), so
+    /// that a subscriber resuming from it needs no read. Out of order, it waits for a catch-up.
+    pub async fn appended(&self, id: &str, epoch: Epoch, seq: u64) {
+        let mut state = self.state.lock().await;
+        if state.epoch == Some(epoch) && seq == state.indexed + 1 {
+            state.insert(id, seq, self.capacity);
+            state.indexed = seq;
+        }
+    }
+
+    /// Reads the log from where the index stopped to its end.
+    async fn catch_up(&self, state: &mut State) -> Result<(), StoreError> {
+        loop {
+            let page = self.store.read_after(&self.topic, state.indexed, PAGE).await?;
+            if state.epoch != Some(page.bounds.epoch) {
+                // A new log (a fresh store, a flushed Redis): nothing indexed holds.
+                *state = State { epoch: Some(page.bounds.epoch), ..State::default() };
+                continue;
+            }
+            let Some(last) = page.events.last() else { return Ok(()) };
+            let last = last.seq;
+            for event in &page.events {
+                let decoded = <Decoded as WireFormat>::encode(event);
+                let view = View::new(&decoded);
+                let id = view.id();
+                if !id.starts_with(HUB_ID_PREFIX) && !id.is_empty() {
+                    state.insert(id, event.seq, self.capacity);
+                }
+            }
+            state.indexed = last;
+            if page.events.len() < PAGE {
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl State {
+    fn find(&self, id: &str, topic: &Topic) -> Option<Cursor> {
+        let seq = *self.by_id.get(id)?;
+        let mut cursor = Cursor::new(self.epoch?);
+        cursor.set(topic, seq);
+        Some(cursor)
+    }
+
+    fn insert(&mut self, id: &str, seq: u64, capacity: usize) {
+        let id: Arc<str> = id.into();
+        if self.by_id.contains_key(&id) {
+            // The first update with an id is the one it names.
+            return;
+        }
+        self.by_id.insert(id.clone(), seq);
+        self.order.push_back((seq, id));
+        while self.order.len() > capacity {
+            if let Some((seq, id)) = self.order.pop_front()
+                && self.by_id.get(&id) == Some(&seq)
+            {
+                self.by_id.remove(&id);
+            }
+        }
+    }
+}

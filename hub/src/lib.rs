@@ -1,0 +1,440 @@
+//! `tidings-hub`: a standalone hub that speaks the Mercure protocol (draft-dunglas-mercure-07),
+//! so that a backend in any language publishes with a form-encoded `POST` and browsers
+//! subscribe with `EventSource`, with tidings' exact replay underneath.
+//!
+//! The binary (`cargo run --release -p tidings-hub`) is the usual way to run it; `docs/hub.md`
+//! lists its settings. This library is what the binary serves, for tests and for programs that
+//! embed a hub in their own router:
+//!
+//! ```no_run
+//! use tidings_hub::{MercureHub, Settings, Verifier};
+//! # #[tokio::main] async fn main() {
+//! let store = std::sync::Arc::new(tidings_core::MemoryStore::new());
+//! let settings = Settings {
+//!     publisher: Some(Verifier::new("HS256", b"!ChangeThisMercureHubJWTSecretKey!").unwrap()),
+//!     anonymous: true,
+//!     ..Settings::default()
+//! };
+//! let app = MercureHub::new(store, settings).router();
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await.unwrap();
+//! axum::serve(listener, app).await.unwrap();
+//! # }
+//! ```
+//!
+//! # How updates are kept
+//!
+//! Every update is one event of a single tidings topic ([`update::LOG_TOPIC`]) whose data is the
+//! update's record (topics, `private`, `id`, `type`, `retry`, `data`). A subscriber is one
+//! tidings subscription to that topic, filtered by its selectors above the core. So a
+//! `Last-Event-ID` is one position in one log: the replay after it is exact for every selector,
+//! URI templates included, and for topics that did not exist when the subscriber left; an
+//! update with alternate topics is one entry, delivered once. `docs/architecture.md` has the
+//! measurements behind this choice.
+
+pub mod auth;
+pub mod ids;
+pub mod selector;
+pub mod stream;
+pub mod subscriptions;
+pub mod update;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::handler::Handler;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::{HeaderValue, Method, StatusCode, header};
+use tidings_core::{Cursor, Hub, NewEvent, Store, SubscribeRequest};
+use tidings_http::HttpError;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+pub use auth::Verifier;
+use ids::{Ids, Position};
+use selector::Selectors;
+use stream::{Filter, StreamState};
+use subscriptions::Registry;
+use update::{Decoded, HUB_ID_PREFIX, Update, View};
+
+/// The path of the hub (draft-07, "Discovery").
+pub const PATH: &str = "/.well-known/mercure";
+
+/// The transport name the hub's subscriptions carry (lifecycle hooks and metrics).
+pub const TRANSPORT: &str = "mercure";
+
+/// The hub's settings; every field states its default.
+#[derive(Debug)]
+pub struct Settings {
+    /// Checks publishers' tokens (`MERCURE_PUBLISHER_JWT_KEY`). `None`: every publish is a 401.
+    pub publisher: Option<Verifier>,
+    /// Checks subscribers' tokens (`MERCURE_SUBSCRIBER_JWT_KEY`). `None`: no subscriber can
+    /// present a token, so none receives private updates.
+    pub subscriber: Option<Verifier>,
+    /// Whether subscribers without a token are served (public updates only). Default: no.
+    pub anonymous: bool,
+    /// Whether the hub publishes subscription events and serves the subscriptions API.
+    /// Default: no.
+    pub subscriptions: bool,
+    /// Origins allowed to call the hub from a browser (CORS, with credentials). Empty: no CORS
+    /// headers (same-origin pages only). `*`: any origin.
+    pub cors_origins: Vec<String>,
+    /// An SSE comment goes out after this much silence. Default: 40 s (Mercure's).
+    pub heartbeat: Duration,
+    /// The most `topic` selectors one subscription may give. Default: 64.
+    pub max_selectors: usize,
+    /// The most bytes a publish request's body may hold. Default: 1 MiB.
+    pub max_body: usize,
+    /// Ids the index of publishers' ids keeps (the retained log's size is enough). Default:
+    /// 100 000.
+    pub max_indexed_ids: usize,
+    /// Whether `/` serves the hub's small page (subscribe, publish, watch updates arrive).
+    /// Default: yes.
+    pub page: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            publisher: None,
+            subscriber: None,
+            anonymous: false,
+            subscriptions: false,
+            cors_origins: Vec::new(),
+            heartbeat: Duration::from_secs(40),
+            max_selectors: 64,
+            max_body: 1024 * 1024,
+            max_indexed_ids: 100_000,
+            page: true,
+        }
+    }
+}
+
+/// A Mercure hub over a tidings [`Store`].
+#[derive(Debug, Clone)]
+pub struct MercureHub {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    hub: Hub,
+    settings: Settings,
+    ids: Ids,
+    registry: Registry,
+}
+
+impl MercureHub {
+    /// A hub over `store`, with a tidings [`Hub`] of default settings.
+    pub fn new(store: Arc<dyn Store>, settings: Settings) -> MercureHub {
+        let hub = Hub::builder_shared(store).max_data_len(settings.max_body).build();
+        MercureHub::with_hub(hub, settings)
+    }
+
+    /// A hub over an existing tidings [`Hub`] (its store holds the log).
+    pub fn with_hub(hub: Hub, settings: Settings) -> MercureHub {
+        let ids = Ids::new(hub.store().clone(), update::log_topic(), settings.max_indexed_ids);
+        MercureHub { inner: Arc::new(Inner { hub, settings, ids, registry: Registry::default() }) }
+    }
+
+    /// The tidings hub underneath (to shut it down, or to read its stats).
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    /// The routes: `GET` and `POST` on [`PATH`], the subscriptions API when enabled, and the
+    /// page at `/` when enabled.
+    pub fn router(&self) -> Router {
+        let limit = tidings_http::limit_body(self.inner.settings.max_body);
+        let mut router = Router::new().route(
+            PATH,
+            get(subscribe).post(publish.layer(limit)).options(|| async { StatusCode::NO_CONTENT }),
+        );
+        if self.inner.settings.subscriptions {
+            router = router
+                .route(subscriptions::PATH, get(subscriptions::list))
+                .route(&format!("{}/{{topic}}", subscriptions::PATH), get(subscriptions::list))
+                .route(&format!("{}/{{topic}}/{{subscriber}}", subscriptions::PATH), get(subscriptions::one));
+        }
+        if self.inner.settings.page {
+            router = router.route("/", get(page));
+        }
+        let router = router.with_state(self.clone()).layer(axum::middleware::map_response(discovery));
+        match cors(&self.inner.settings.cors_origins) {
+            Some(cors) => router.layer(cors),
+            None => router,
+        }
+    }
+}
+
+/// The CORS layer for `origins` (with credentials: cookies carry subscribers' tokens).
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::mirror_request()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_credentials(true)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::AUTHORIZATION, header::CACHE_CONTROL, header::CONTENT_TYPE, tidings_http::LAST_EVENT_ID])
+            .expose_headers([tidings_http::LAST_EVENT_ID, header::LINK]),
+    )
+}
+
+/// Adds the discovery link (draft-07, "Discovery") to every answer of the hub.
+async fn discovery(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .append(header::LINK, HeaderValue::from_static("</.well-known/mercure>; rel=\"mercure\""));
+    response
+}
+
+fn query_pairs(request: &http::request::Parts) -> Result<Vec<(String, String)>, HttpError> {
+    serde_urlencoded::from_str(request.uri.query().unwrap_or(""))
+        .map_err(|e| HttpError::bad_request(format!("the query string does not parse: {e}")))
+}
+
+/// The subscriber's token claims: `Ok(None)` for an anonymous subscriber.
+fn subscriber_claims(
+    hub: &Inner,
+    headers: &http::HeaderMap,
+    query: &[(String, String)],
+) -> Result<Option<auth::Claims>, HttpError> {
+    match auth::token(headers, query) {
+        Some(token) => {
+            let Some(verifier) = &hub.settings.subscriber else {
+                return Err(HttpError::new(StatusCode::UNAUTHORIZED, "this hub accepts no subscriber tokens"));
+            };
+            verifier.verify(token).map(Some).map_err(|e| HttpError::new(StatusCode::UNAUTHORIZED, e))
+        }
+        None if hub.settings.anonymous => Ok(None),
+        None => Err(HttpError::new(StatusCode::UNAUTHORIZED, "a subscriber token is needed (anonymous subscribers are not allowed)")),
+    }
+}
+
+/// When a token's `exp` falls, as a Tokio instant.
+fn expiry(claims: Option<&auth::Claims>) -> Option<tokio::time::Instant> {
+    let exp = claims?.exp?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    Some(tokio::time::Instant::now() + Duration::from_secs(exp.saturating_sub(now)))
+}
+
+/// `GET /.well-known/mercure`: a subscription (draft-07, "Subscription").
+async fn subscribe(State(mercure): State<MercureHub>, request: Request) -> Response {
+    match open_stream(&mercure, request).await {
+        Ok(response) => response,
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn open_stream(mercure: &MercureHub, request: Request) -> Result<Response, HttpError> {
+    let inner = &mercure.inner;
+    let (parts, _body) = request.into_parts();
+    let query = query_pairs(&parts)?;
+    let claims = subscriber_claims(inner, &parts.headers, &query)?;
+    let given: Vec<&str> = query.iter().filter(|(k, _)| k == "topic").map(|(_, v)| v.as_str()).collect();
+    if given.is_empty() {
+        return Err(HttpError::bad_request("at least one topic selector is needed (`topic=`)"));
+    }
+    if given.len() > inner.settings.max_selectors {
+        return Err(HttpError::bad_request(format!("more than {} topic selectors", inner.settings.max_selectors)));
+    }
+    let topics = Selectors::parse(&given).map_err(HttpError::bad_request)?;
+    let private = match claims.as_ref().and_then(|c| c.mercure.subscribe.as_ref()) {
+        Some(list) => {
+            let list: Vec<&str> = list.iter().map(String::as_str).collect();
+            Some(Selectors::parse(&list).map_err(|e| HttpError::new(StatusCode::UNAUTHORIZED, format!("the token's mercure.subscribe: {e}")))?)
+        }
+        None => None,
+    };
+
+    // Where to start: after the given id, else at the end of the log.
+    let last_event_id = tidings_http::choose_cursor(&parts.headers, &query, "lastEventID");
+    let (start, mut preamble) = match last_event_id.as_deref() {
+        None => (None, String::new()),
+        Some("earliest") => (Some(earliest(inner).await?), String::new()),
+        Some(id) => match inner.ids.position(id).await.map_err(store_error)? {
+            Position::After(cursor) => (Some(cursor), String::new()),
+            Position::Unknown => (Some(earliest(inner).await?), stream::gap_frame("unknown-id")),
+        },
+    };
+    let mut request = SubscribeRequest::new(vec![update::log_topic()])
+        .transport(TRANSPORT)
+        .peer(parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0))
+        .preauthorized(None);
+    if let Some(cursor) = start.clone() {
+        request = request.position(cursor);
+    }
+    let subscription = inner.hub.subscribe(request).await.map_err(|e| HttpError::refused(e, &inner.hub))?;
+
+    // `Last-Event-ID`, when the request gave one: the id of the update before the first one
+    // sent, or `earliest`.
+    let answered_id = match (last_event_id.as_deref(), start.is_some() && preamble.is_empty()) {
+        (Some("earliest"), _) | (Some(_), false) => Some("earliest".to_owned()),
+        (Some(id), true) => Some(id.to_owned()),
+        (None, _) => None,
+    };
+
+    let guard = if inner.settings.subscriptions {
+        let payload = claims.as_ref().and_then(|c| c.mercure.payload.clone());
+        Some(subscriptions::Active::open(mercure.clone(), &given, payload).await)
+    } else {
+        None
+    };
+
+    // A comment first, so that proxies and clients see the stream open at once.
+    preamble.insert_str(0, ":\n\n");
+    let filter = Filter { topics, private };
+    let state = StreamState::new(subscription, filter, preamble.as_bytes(), inner.settings.heartbeat, expiry(claims.as_ref()), guard);
+    let body = Body::from_stream(futures_util::stream::unfold(state, StreamState::step));
+    let mut response = (StatusCode::OK, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache, no-store, must-revalidate, max-age=0"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    if let Some(value) = answered_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+        headers.insert(tidings_http::LAST_EVENT_ID, value);
+    }
+    Ok(response)
+}
+
+fn store_error(err: tidings_core::StoreError) -> HttpError {
+    tracing::warn!("store: {err}");
+    HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "the log cannot be read now")
+}
+
+/// A cursor before every retained update.
+async fn earliest(inner: &Inner) -> Result<Cursor, HttpError> {
+    let topic = update::log_topic();
+    let bounds = inner.hub.store().bounds(&topic).await.map_err(store_error)?;
+    let mut cursor = Cursor::new(bounds.epoch);
+    cursor.set(&topic, 0);
+    Ok(cursor)
+}
+
+/// The id of the newest update in the log (`None` when it holds none).
+async fn newest_id(inner: &Inner) -> Result<Option<String>, HttpError> {
+    let topic = update::log_topic();
+    let bounds = inner.hub.store().bounds(&topic).await.map_err(store_error)?;
+    let seq = bounds.last;
+    if seq == 0 {
+        return Ok(None);
+    }
+    let page = inner.hub.store().read_after(&topic, seq - 1, 1).await.map_err(store_error)?;
+    Ok(page.events.first().filter(|e| e.seq == seq).map(|event| {
+        let bytes = <Decoded as tidings_core::WireFormat>::encode(event);
+        View::new(&bytes).id().to_owned()
+    }))
+}
+
+/// `POST /.well-known/mercure`: a publish (draft-07, "Publication").
+async fn publish(State(mercure): State<MercureHub>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, mercure.inner.settings.max_body).await {
+        Ok(body) => body,
+        Err(_) => return HttpError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over {} bytes", mercure.inner.settings.max_body)).into_response(),
+    };
+    match accept_publish(&mercure, &parts, &body).await {
+        Ok(id) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], id).into_response(),
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn accept_publish(mercure: &MercureHub, parts: &http::request::Parts, body: &Bytes) -> Result<String, HttpError> {
+    let inner = &mercure.inner;
+    // Authorization first: an unauthenticated client learns nothing about its request.
+    let query = query_pairs(parts).unwrap_or_default();
+    let Some(token) = auth::token(&parts.headers, &query) else {
+        return Err(HttpError::new(StatusCode::UNAUTHORIZED, "a publisher token is needed"));
+    };
+    let Some(verifier) = &inner.settings.publisher else {
+        return Err(HttpError::new(StatusCode::UNAUTHORIZED, "this hub has no publisher key (MERCURE_PUBLISHER_JWT_KEY)"));
+    };
+    let claims = verifier.verify(token).map_err(|e| HttpError::new(StatusCode::UNAUTHORIZED, e))?;
+    let Some(allowed) = claims.mercure.publish.as_ref() else {
+        return Err(HttpError::new(StatusCode::FORBIDDEN, "the token has no mercure.publish claim"));
+    };
+    let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
+    let allowed = Selectors::parse(&allowed).map_err(|e| HttpError::new(StatusCode::FORBIDDEN, format!("the token's mercure.publish: {e}")))?;
+
+    let update = parse_form(body)?;
+    if let Some(topic) = update.topics.iter().find(|t| !allowed.matches(t)) {
+        return Err(HttpError::new(StatusCode::FORBIDDEN, format!("the token does not allow publishing to {}", truncate(topic))));
+    }
+    publish_update(mercure, update).await
+}
+
+/// Appends `update` to the log; its id.
+async fn publish_update(mercure: &MercureHub, update: Update) -> Result<String, HttpError> {
+    let inner = &mercure.inner;
+    let record = serde_json::to_string(&update).map_err(|e| HttpError::bad_request(e.to_string()))?;
+    let event = inner.hub.publish(NewEvent::new(update::log_topic(), record)).await.map_err(HttpError::from)?;
+    let id = update.id.unwrap_or_else(|| update::hub_id(&event));
+    inner.ids.appended(&id, event.epoch, event.seq).await;
+    Ok(id)
+}
+
+/// Reads a publish form (`application/x-www-form-urlencoded`): `topic` (repeated), `data`,
+/// `private`, `id`, `type`, `retry`.
+fn parse_form(body: &[u8]) -> Result<Update, HttpError> {
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_bytes(body).map_err(|e| HttpError::bad_request(format!("the form does not parse: {e}")))?;
+    let mut update = Update { topics: Vec::new(), private: false, id: None, kind: None, retry: None, data: String::new() };
+    for (key, value) in pairs {
+        match key.as_str() {
+            "topic" => {
+                if value.is_empty() || value.chars().any(char::is_control) {
+                    return Err(HttpError::bad_request(format!("invalid topic {:?}: empty, or with a control character", truncate(&value))));
+                }
+                update.topics.push(value);
+            }
+            "data" => update.data = value,
+            // The reference hub counts the field as set whatever its value.
+            "private" => update.private = true,
+            "id" => {
+                if value.is_empty() || value.contains(['\r', '\n', '\0']) || value.starts_with(HUB_ID_PREFIX) || value == "earliest" {
+                    return Err(HttpError::bad_request(format!(
+                        "invalid id {:?}: empty, with a line break or NUL, `earliest`, or starting with {HUB_ID_PREFIX} (the hub's own)",
+                        truncate(&value)
+                    )));
+                }
+                update.id = Some(value);
+            }
+            "type" => {
+                if value.contains(['\r', '\n', '\0']) || value.starts_with("tidings.") {
+                    return Err(HttpError::bad_request(format!(
+                        "invalid type {:?}: with a line break or NUL, or starting with `tidings.` (tidings' own events)",
+                        truncate(&value)
+                    )));
+                }
+                update.kind = Some(value).filter(|v| !v.is_empty());
+            }
+            "retry" => {
+                update.retry = Some(value.parse().map_err(|_| HttpError::bad_request(format!("invalid retry {:?}: not a whole number of milliseconds", truncate(&value))))?);
+            }
+            _ => {}
+        }
+    }
+    if update.topics.is_empty() {
+        return Err(HttpError::bad_request("at least one topic is needed (`topic=`)"));
+    }
+    Ok(update)
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+/// `GET /`: the hub's page.
+async fn page() -> Response {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], include_str!("page.html")).into_response()
+}
