@@ -64,6 +64,37 @@ export async function stopDemo(child, signal = "SIGKILL") {
   await exited;
 }
 
+export const hubBinary = process.env.TIDINGS_HUB_BIN || path.join(root, "target/debug/tidings-hub");
+
+/**
+ * Starts the tidings-hub binary with `args` (given as separate words; `--addr 127.0.0.1:0` and
+ * `--store memory` unless `args` name their own) and `env`. Resolves once it prints its banner,
+ * with `port`, `url` (its origin) and `hubUrl` (`/.well-known/mercure`) set on the child.
+ */
+export function startHub(args = [], env = {}) {
+  const argv = [...args];
+  if (!argv.includes("--store")) argv.unshift("--store", "memory");
+  if (!argv.includes("--addr")) argv.unshift("--addr", "127.0.0.1:0");
+  return new Promise((resolve, reject) => {
+    const child = spawn(hubBinary, argv, { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    const timer = setTimeout(() => { child.kill("SIGKILL"); reject(new Error("hub did not start: " + out)); }, 20000);
+    child.stdout.on("data", (chunk) => {
+      out += chunk;
+      const m = out.match(/Mercure hub at (http:\/\/[^/\s]+:(\d+))(\/\.well-known\/mercure) \(store: /);
+      if (m && !child.port) {
+        Object.assign(child, { port: Number(m[2]), url: m[1], hubUrl: m[1] + m[3] });
+        clearTimeout(timer);
+        resolve(child);
+      }
+    });
+    child.stderr.on("data", (chunk) => { out += chunk; });
+    child.output = () => out;
+    child.on("error", (err) => { clearTimeout(timer); reject(err); });
+    child.on("exit", (code, signal) => { if (!child.port) reject(new Error(`hub exited ${code ?? signal}: ${out}`)); });
+  });
+}
+
 export function launchBrowser() {
   return chromium.launch({
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium",

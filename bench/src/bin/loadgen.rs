@@ -102,6 +102,13 @@ struct SubscriberArgs {
     /// hand-written server's /ws (each text message is an event's data)
     #[arg(long, conflicts_with = "http2")]
     websocket: bool,
+    /// `--kind hub`: the publisher token (a JWT whose `mercure.publish` claim allows the topic)
+    #[arg(long, default_value = "")]
+    hub_token: String,
+    /// `--kind hub`: the percentage of subscribers that select the topic with a URI template
+    /// rather than by its name
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    template_share: u8,
 }
 
 /// The flags of `replay`.
@@ -124,6 +131,9 @@ enum Kind {
     Handwritten,
     /// nginx with Nchan
     Nchan,
+    /// tidings-hub, the Mercure-protocol hub: subscribes at /.well-known/mercure, publishes a
+    /// form with the token given by `--hub-token`
+    Hub,
 }
 
 impl Kind {
@@ -133,6 +143,7 @@ impl Kind {
             Kind::Tidings => "tidings",
             Kind::Handwritten => "handwritten",
             Kind::Nchan => "nchan",
+            Kind::Hub => "tidings-hub",
         }
     }
 
@@ -148,9 +159,15 @@ impl Kind {
             Kind::Tidings => "/events?topic=bench",
             Kind::Handwritten => "/events",
             Kind::Nchan => "/sub/bench",
+            Kind::Hub => HUB_EXACT,
         }
     }
 }
+
+/// The hub's subscription to the benchmark's topic, named exactly.
+const HUB_EXACT: &str = "/.well-known/mercure?topic=https%3A%2F%2Fbench.example%2Ftopics%2Fbench";
+/// The same topic, selected by a URI template (`https://bench.example/topics/{name}`).
+const HUB_TEMPLATE: &str = "/.well-known/mercure?topic=https%3A%2F%2Fbench.example%2Ftopics%2F%7Bname%7D";
 
 fn now_ns() -> u128 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos()
@@ -718,9 +735,17 @@ async fn poll_client(
 }
 
 /// Publishes one event; `Ok(false)` when the server refused it.
-async fn publish(stream: &mut TcpStream, kind: Kind, addr: SocketAddr, data: &str) -> std::io::Result<bool> {
+async fn publish(stream: &mut TcpStream, kind: Kind, addr: SocketAddr, data: &str, token: &str) -> std::io::Result<bool> {
     let request = match kind {
         Kind::Nchan => format!("POST /pub/bench HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n{data}", data.len()),
+        Kind::Hub => {
+            // The data is digits, a space and `x`s: `+` is its space in a form.
+            let body = format!("topic=https%3A%2F%2Fbench.example%2Ftopics%2Fbench&data={}", data.replace(' ', "+"));
+            format!(
+                "POST /.well-known/mercure HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        }
         _ => {
             let body = format!("{{\"topic\":\"bench\",\"data\":\"{data}\"}}");
             format!(
@@ -803,7 +828,9 @@ async fn subscribers(mode: &str, args: &SubscriberArgs) {
         } else if args.http2 {
             tasks.push(tokio::spawn(sse_client_h2(addr, kind.sse_path().to_owned(), i, sources, events, shared, deadline)));
         } else {
-            tasks.push(tokio::spawn(sse_client(addr, kind.sse_path().to_owned(), i, sources, events, None, shared, deadline)));
+            // With `--template-share P`, P subscribers in 100 select the topic by a template.
+            let path = if kind == Kind::Hub && (i % 100) < usize::from(args.template_share) { HUB_TEMPLATE } else { kind.sse_path() };
+            tasks.push(tokio::spawn(sse_client(addr, path.to_owned(), i, sources, events, None, shared, deadline)));
         }
     }
     wait_open(&shared, n).await;
@@ -821,7 +848,7 @@ async fn subscribers(mode: &str, args: &SubscriberArgs) {
             tokio::time::sleep_until(TokioInstant::from_std(t0 + Duration::from_secs_f64(i as f64 / rate as f64))).await;
         }
         let sent = Instant::now();
-        if !publish(&mut publisher, kind, addr, &event_data(i, payload)).await.unwrap_or(false) {
+        if !publish(&mut publisher, kind, addr, &event_data(i, payload), &args.hub_token).await.unwrap_or(false) {
             refused += 1;
         }
         round_trips.push(u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX));
@@ -838,7 +865,7 @@ async fn subscribers(mode: &str, args: &SubscriberArgs) {
     println!(
         "{}",
         serde_json::json!({
-            "mode": mode, "kind": kind.name(), "server": args.server, "label": args.target.label, "http2": args.http2, "websocket": args.websocket,
+            "mode": mode, "kind": kind.name(), "server": args.server, "label": args.target.label, "http2": args.http2, "websocket": args.websocket, "template_share": args.template_share,
             "subscribers": n, "opened": opened, "failed": shared.failed.load(Ordering::Relaxed), "open_seconds": open_seconds,
             "events": events, "rate": rate, "payload": payload, "publish_refused": refused, "publish_seconds": publish_seconds,
             "deliveries": t.deliveries, "missing": t.missing, "repeated": t.repeated, "out_of_order": t.out_of_order,
@@ -887,7 +914,7 @@ async fn replay(args: &ReplayArgs) {
     let mut publisher = connect(addr, 0, 1).await.expect("publisher connection");
     let t_publish = Instant::now();
     for i in 0..events {
-        assert!(publish(&mut publisher, Kind::Tidings, addr, &event_data(i, payload)).await.unwrap_or(false), "publish {i}");
+        assert!(publish(&mut publisher, Kind::Tidings, addr, &event_data(i, payload), "").await.unwrap_or(false), "publish {i}");
     }
     let publish_seconds = t_publish.elapsed().as_secs_f64();
     let shared = Arc::new(Shared { opened: AtomicUsize::new(0), failed: AtomicUsize::new(0), notify: Notify::new(), connecting: Semaphore::new(1) });
