@@ -102,23 +102,58 @@ impl Verifier {
     }
 }
 
-/// The token of a request: `Authorization: Bearer`, else the `authorization` query parameter,
-/// else the `mercureAuthorization` cookie (the reference hub's order).
-pub fn token<'a>(headers: &'a HeaderMap, query: &'a [(String, String)]) -> Option<&'a str> {
-    let header = headers.get(http::header::AUTHORIZATION).and_then(|h| h.to_str().ok()).and_then(|h| {
-        let (scheme, token) = h.split_once(' ')?;
-        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-    });
-    let query = || query.iter().find(|(k, _)| k == QUERY).map(|(_, v)| v.as_str());
-    let cookie = || {
-        headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(name, _)| *name == COOKIE)
-            .map(|(_, value)| value)
-    };
-    header.or_else(query).or_else(cookie).filter(|t| !t.is_empty())
+/// Where a request's token came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// `Authorization: Bearer`.
+    Header,
+    /// The `authorization` query parameter.
+    Query,
+    /// The `mercureAuthorization` cookie: sent by the browser on its own, so a publish with it
+    /// must come from an allowed origin.
+    Cookie,
+}
+
+/// The token of a request and where it came from: `Authorization: Bearer`, else the
+/// `authorization` query parameter, else the `mercureAuthorization` cookie (the draft's order:
+/// when the header is there, the others are ignored). `None`: no token.
+///
+/// # Errors
+///
+/// An `Authorization` header that is not one `Bearer` token: the reason (a 401).
+pub fn token<'a>(headers: &'a HeaderMap, query: &'a [(String, String)]) -> Result<Option<(&'a str, Source)>, String> {
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    if let Some(value) = values.next() {
+        let bearer = value.to_str().ok().and_then(|h| {
+            let (scheme, token) = h.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+        });
+        return match (bearer, values.next()) {
+            (Some(token), None) => Ok(Some((token, Source::Header))),
+            _ => Err("the Authorization header must be one `Bearer` token".to_owned()),
+        };
+    }
+    if let Some((_, token)) = query.iter().find(|(k, v)| k == QUERY && !v.is_empty()) {
+        return Ok(Some((token, Source::Query)));
+    }
+    let cookie = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, value)| *name == COOKIE && !value.is_empty())
+        .map(|(_, value)| (value, Source::Cookie));
+    Ok(cookie)
+}
+
+/// The origin a browser says a request comes from: its `Origin` header, else the origin of its
+/// `Referer`.
+pub fn origin(headers: &HeaderMap) -> Option<String> {
+    if let Some(origin) = headers.get(http::header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        return Some(origin.to_owned());
+    }
+    let referer = headers.get(http::header::REFERER)?.to_str().ok()?;
+    let uri: http::Uri = referer.parse().ok()?;
+    Some(format!("{}://{}", uri.scheme_str()?, uri.authority()?))
 }

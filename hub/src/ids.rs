@@ -1,6 +1,6 @@
 //! Where a `Last-Event-ID` stands in the log.
 //!
-//! An id the hub made is the update's cursor ([`HUB_ID_PREFIX`](crate::update::HUB_ID_PREFIX)):
+//! An id the hub made is the update's cursor ([`HUB_ID_PREFIX`]):
 //! read, not looked up. A publisher's id is looked up in an index from id to position, built
 //! from the log itself: an id it does not hold sends it reading the log from where it stopped
 //! to the end (the updates other hubs on the same Redis appended, or those before a restart),
@@ -75,13 +75,25 @@ impl Ids {
     }
 
     /// Records the id of an update this hub just appended (as position `seq` of `epoch`), so
-    /// that a subscriber resuming from it needs no read. Out of order, it waits for a catch-up.
-    pub async fn appended(&self, id: &str, epoch: Epoch, seq: u64) {
+    /// that a subscriber resuming from it needs no read. When the index is behind (other hubs
+    /// appended, or this one just started), it first reads what it missed: an id stays known
+    /// for as long as the log keeps its update, and one the log dropped is told apart from
+    /// one it never held.
+    ///
+    /// # Errors
+    ///
+    /// The store could not be read (the index catches up on the next lookup).
+    pub async fn appended(&self, id: &str, epoch: Epoch, seq: u64) -> Result<(), StoreError> {
         let mut state = self.state.lock().await;
         if state.epoch == Some(epoch) && seq == state.indexed + 1 {
             state.insert(id, seq, self.capacity);
             state.indexed = seq;
+            return Ok(());
         }
+        if state.epoch != Some(epoch) || seq > state.indexed {
+            self.catch_up(&mut state).await?;
+        }
+        Ok(())
     }
 
     /// Reads the log from where the index stopped to its end.

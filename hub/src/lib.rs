@@ -81,6 +81,10 @@ pub struct Settings {
     /// Origins allowed to call the hub from a browser (CORS, with credentials). Empty: no CORS
     /// headers (same-origin pages only). `*`: any origin.
     pub cors_origins: Vec<String>,
+    /// Origins whose pages may publish with the `mercureAuthorization` cookie (`*`: any). A
+    /// publish whose token comes from the cookie and whose `Origin` (else `Referer`) is not
+    /// listed is a 403: a cookie goes along with requests any site makes. Default: none.
+    pub publish_origins: Vec<String>,
     /// An SSE comment goes out after this much silence. Default: 40 s (Mercure's).
     pub heartbeat: Duration,
     /// The most `topic` selectors one subscription may give. Default: 64.
@@ -103,6 +107,7 @@ impl Default for Settings {
             anonymous: false,
             subscriptions: false,
             cors_origins: Vec::new(),
+            publish_origins: Vec::new(),
             heartbeat: Duration::from_secs(40),
             max_selectors: 64,
             max_body: 1024 * 1024,
@@ -124,6 +129,7 @@ struct Inner {
     settings: Settings,
     ids: Ids,
     registry: Registry,
+    templates: selector::TemplateCache,
 }
 
 impl MercureHub {
@@ -136,7 +142,7 @@ impl MercureHub {
     /// A hub over an existing tidings [`Hub`] (its store holds the log).
     pub fn with_hub(hub: Hub, settings: Settings) -> MercureHub {
         let ids = Ids::new(hub.store().clone(), update::log_topic(), settings.max_indexed_ids);
-        MercureHub { inner: Arc::new(Inner { hub, settings, ids, registry: Registry::default() }) }
+        MercureHub { inner: Arc::new(Inner { hub, settings, ids, registry: Registry::default(), templates: selector::TemplateCache::default() }) }
     }
 
     /// The tidings hub underneath (to shut it down, or to read its stats).
@@ -208,8 +214,8 @@ fn subscriber_claims(
     headers: &http::HeaderMap,
     query: &[(String, String)],
 ) -> Result<Option<auth::Claims>, HttpError> {
-    match auth::token(headers, query) {
-        Some(token) => {
+    match auth::token(headers, query).map_err(|e| HttpError::new(StatusCode::UNAUTHORIZED, e))? {
+        Some((token, _)) => {
             let Some(verifier) = &hub.settings.subscriber else {
                 return Err(HttpError::new(StatusCode::UNAUTHORIZED, "this hub accepts no subscriber tokens"));
             };
@@ -247,11 +253,11 @@ async fn open_stream(mercure: &MercureHub, request: Request) -> Result<Response,
     if given.len() > inner.settings.max_selectors {
         return Err(HttpError::bad_request(format!("more than {} topic selectors", inner.settings.max_selectors)));
     }
-    let topics = Selectors::parse(&given).map_err(HttpError::bad_request)?;
+    let topics = Selectors::parse(&given, &inner.templates).map_err(HttpError::bad_request)?;
     let private = match claims.as_ref().and_then(|c| c.mercure.subscribe.as_ref()) {
         Some(list) => {
             let list: Vec<&str> = list.iter().map(String::as_str).collect();
-            Some(Selectors::parse(&list).map_err(|e| HttpError::new(StatusCode::UNAUTHORIZED, format!("the token's mercure.subscribe: {e}")))?)
+            Some(Selectors::parse(&list, &inner.templates).map_err(|e| HttpError::new(StatusCode::UNAUTHORIZED, format!("the token's mercure.subscribe: {e}")))?)
         }
         None => None,
     };
@@ -263,7 +269,11 @@ async fn open_stream(mercure: &MercureHub, request: Request) -> Result<Response,
         Some("earliest") => (Some(earliest(inner).await?), String::new()),
         Some(id) => match inner.ids.position(id).await.map_err(store_error)? {
             Position::After(cursor) => (Some(cursor), String::new()),
-            Position::Unknown => (Some(earliest(inner).await?), stream::gap_frame("unknown-id")),
+            Position::Unknown => {
+                let start = earliest(inner).await?;
+                let notice = stream::gap_frame("unknown-id", &start);
+                (Some(start), notice)
+            }
         },
     };
     let mut request = SubscribeRequest::new(vec![update::log_topic()])
@@ -312,12 +322,12 @@ fn store_error(err: tidings_core::StoreError) -> HttpError {
     HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "the log cannot be read now")
 }
 
-/// A cursor before every retained update.
+/// The cursor just before the oldest retained update.
 async fn earliest(inner: &Inner) -> Result<Cursor, HttpError> {
     let topic = update::log_topic();
     let bounds = inner.hub.store().bounds(&topic).await.map_err(store_error)?;
     let mut cursor = Cursor::new(bounds.epoch);
-    cursor.set(&topic, 0);
+    cursor.set(&topic, bounds.first.saturating_sub(1));
     Ok(cursor)
 }
 
@@ -353,9 +363,22 @@ async fn accept_publish(mercure: &MercureHub, parts: &http::request::Parts, body
     let inner = &mercure.inner;
     // Authorization first: an unauthenticated client learns nothing about its request.
     let query = query_pairs(parts).unwrap_or_default();
-    let Some(token) = auth::token(&parts.headers, &query) else {
+    let found = auth::token(&parts.headers, &query).map_err(|e| HttpError::new(StatusCode::UNAUTHORIZED, e))?;
+    let Some((token, source)) = found else {
         return Err(HttpError::new(StatusCode::UNAUTHORIZED, "a publisher token is needed"));
     };
+    // A cookie goes with every request the browser makes, whichever site asks: a publish it
+    // authorizes must come from an origin allowed to publish (as the reference hub checks).
+    if source == auth::Source::Cookie {
+        let allowed = &inner.settings.publish_origins;
+        match auth::origin(&parts.headers) {
+            Some(origin) if allowed.iter().any(|o| o == "*" || *o == origin) => {}
+            Some(origin) => {
+                return Err(HttpError::new(StatusCode::FORBIDDEN, format!("{} may not publish with a cookie (--publish-origins)", truncate(&origin))));
+            }
+            None => return Err(HttpError::new(StatusCode::FORBIDDEN, "a publish authorized by a cookie needs an Origin or Referer header")),
+        }
+    }
     let Some(verifier) = &inner.settings.publisher else {
         return Err(HttpError::new(StatusCode::UNAUTHORIZED, "this hub has no publisher key (MERCURE_PUBLISHER_JWT_KEY)"));
     };
@@ -364,7 +387,7 @@ async fn accept_publish(mercure: &MercureHub, parts: &http::request::Parts, body
         return Err(HttpError::new(StatusCode::FORBIDDEN, "the token has no mercure.publish claim"));
     };
     let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
-    let allowed = Selectors::parse(&allowed).map_err(|e| HttpError::new(StatusCode::FORBIDDEN, format!("the token's mercure.publish: {e}")))?;
+    let allowed = Selectors::parse(&allowed, &inner.templates).map_err(|e| HttpError::new(StatusCode::FORBIDDEN, format!("the token's mercure.publish: {e}")))?;
 
     let update = parse_form(body)?;
     if let Some(topic) = update.topics.iter().find(|t| !allowed.matches(t)) {
@@ -379,7 +402,10 @@ async fn publish_update(mercure: &MercureHub, update: Update) -> Result<String, 
     let record = serde_json::to_string(&update).map_err(|e| HttpError::bad_request(e.to_string()))?;
     let event = inner.hub.publish(NewEvent::new(update::log_topic(), record)).await.map_err(HttpError::from)?;
     let id = update.id.unwrap_or_else(|| update::hub_id(&event));
-    inner.ids.appended(&id, event.epoch, event.seq).await;
+    if let Err(err) = inner.ids.appended(&id, event.epoch, event.seq).await {
+        // The update is in the log: the index reads it on the next lookup.
+        tracing::warn!("the id index could not catch up: {err}");
+    }
     Ok(id)
 }
 

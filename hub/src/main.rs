@@ -56,6 +56,11 @@ struct Args {
     /// space- or comma-separated; `*` for any.
     #[arg(long, env = "TIDINGS_HUB_CORS_ORIGINS", value_name = "ORIGIN ...", value_delimiter = ',', num_args = 1..)]
     cors_origins: Vec<String>,
+    /// Origins whose pages may publish with the `mercureAuthorization` cookie, space- or
+    /// comma-separated; `*` for any. A publish authorized by the cookie from another origin is a
+    /// 403.
+    #[arg(long, env = "TIDINGS_HUB_PUBLISH_ORIGINS", value_name = "ORIGIN ...", value_delimiter = ',', num_args = 1..)]
+    publish_origins: Vec<String>,
     /// Seconds of silence after which a stream gets a heartbeat comment.
     #[arg(long, value_name = "SECS", default_value_t = 40, value_parser = clap::value_parser!(u64).range(1..))]
     heartbeat: u64,
@@ -140,6 +145,7 @@ async fn main() {
         anonymous: args.anonymous,
         subscriptions: args.subscriptions,
         cors_origins: args.cors_origins.iter().flat_map(|o| o.split_whitespace()).map(str::to_owned).collect(),
+        publish_origins: args.publish_origins.iter().flat_map(|o| o.split_whitespace()).map(str::to_owned).collect(),
         heartbeat: Duration::from_secs(args.heartbeat),
         max_body: args.max_body,
         max_indexed_ids: usize::try_from(args.retain).unwrap_or(usize::MAX),

@@ -20,8 +20,9 @@
 //! all, `uri-template-ex`, misreads `{/var}`, which Mercure's own documentation uses for the
 //! subscriptions API), hence this small translation; `docs/architecture.md` says so.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use iri_string::template::UriTemplateStr;
 use regex::Regex;
@@ -36,8 +37,8 @@ pub enum Selector {
     Any,
     /// A topic, compared as a string.
     Exact(Arc<str>),
-    /// An RFC 6570 template.
-    Template(Arc<str>, Regex),
+    /// An RFC 6570 template, compiled (shared by every subscriber that gives it).
+    Template(Arc<str>, Arc<Regex>),
 }
 
 impl fmt::Debug for Selector {
@@ -106,7 +107,7 @@ impl Selector {
     /// # Errors
     ///
     /// Empty, or longer than [`MAX_SELECTOR_LEN`]: the reason.
-    pub fn parse(selector: &str) -> Result<Selector, String> {
+    pub fn parse(selector: &str, cache: &TemplateCache) -> Result<Selector, String> {
         if selector.is_empty() {
             return Err("an empty topic selector".to_owned());
         }
@@ -119,11 +120,7 @@ impl Selector {
         if !selector.contains('{') || UriTemplateStr::new(selector).is_err() {
             return Ok(Selector::Exact(selector.into()));
         }
-        let regex = regex::RegexBuilder::new(&template_regex(selector))
-            .size_limit(1 << 20)
-            .build()
-            .map_err(|e| format!("the template {:?} is too complex to match: {e}", selector.chars().take(64).collect::<String>()))?;
-        Ok(Selector::Template(selector.into(), regex))
+        Ok(Selector::Template(selector.into(), cache.compile(selector)?))
     }
 
     /// Whether `topic` is selected.
@@ -144,6 +141,37 @@ impl Selector {
     }
 }
 
+/// Compiled templates, shared: ten thousand subscribers giving one template hold one
+/// compiled expression (and its match caches) between them. Holds at most
+/// [`TemplateCache::CAPACITY`] templates; past that, new ones are compiled for their
+/// subscriber alone.
+#[derive(Debug, Default)]
+pub struct TemplateCache {
+    compiled: Mutex<HashMap<Arc<str>, Arc<Regex>>>,
+}
+
+impl TemplateCache {
+    /// The most templates kept.
+    pub const CAPACITY: usize = 10_000;
+
+    /// The compiled form of `template` (a valid RFC 6570 template).
+    fn compile(&self, template: &str) -> Result<Arc<Regex>, String> {
+        if let Some(regex) = self.compiled.lock().unwrap_or_else(|e| e.into_inner()).get(template) {
+            return Ok(regex.clone());
+        }
+        let regex = regex::RegexBuilder::new(&template_regex(template))
+            .size_limit(1 << 20)
+            .build()
+            .map_err(|e| format!("the template {:?} is too complex to match: {e}", template.chars().take(64).collect::<String>()))?;
+        let regex = Arc::new(regex);
+        let mut compiled = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
+        if compiled.len() < TemplateCache::CAPACITY {
+            compiled.insert(template.into(), regex.clone());
+        }
+        Ok(regex)
+    }
+}
+
 /// Several selectors: a topic is selected when one of them selects it.
 #[derive(Debug, Clone)]
 pub struct Selectors {
@@ -159,12 +187,12 @@ impl Selectors {
     /// # Errors
     ///
     /// One of them is invalid ([`Selector::parse`]).
-    pub fn parse(selectors: &[&str]) -> Result<Selectors, String> {
+    pub fn parse(selectors: &[&str], cache: &TemplateCache) -> Result<Selectors, String> {
         let mut exact = Vec::new();
         let mut templates = Vec::new();
         let mut any = false;
         for selector in selectors {
-            match Selector::parse(selector)? {
+            match Selector::parse(selector, cache)? {
                 Selector::Any => any = true,
                 Selector::Exact(s) => exact.push(s),
                 template => templates.push(template),
@@ -184,7 +212,7 @@ mod tests {
     use super::*;
 
     fn selects(selector: &str, topic: &str) -> bool {
-        Selector::parse(selector).unwrap().matches(topic)
+        Selector::parse(selector, &TemplateCache::default()).unwrap().matches(topic)
     }
 
     #[test]
@@ -256,16 +284,24 @@ mod tests {
 
     #[test]
     fn empty_and_oversized_selectors_are_refused() {
-        assert!(Selector::parse("").is_err());
-        assert!(Selector::parse(&"a".repeat(MAX_SELECTOR_LEN + 1)).is_err());
+        let cache = TemplateCache::default();
+        assert!(Selector::parse("", &cache).is_err());
+        assert!(Selector::parse(&"a".repeat(MAX_SELECTOR_LEN + 1), &cache).is_err());
     }
 
     #[test]
     fn several_selectors_select_the_union() {
-        let selectors = Selectors::parse(&["/a", "/b/{id}"]).unwrap();
+        let cache = TemplateCache::default();
+        let selectors = Selectors::parse(&["/a", "/b/{id}"], &cache).unwrap();
         assert!(selectors.matches("/a"));
         assert!(selectors.matches("/b/2"));
         assert!(!selectors.matches("/c"));
-        assert!(Selectors::parse(&["/a", "*"]).unwrap().matches("/z"));
+        assert!(Selectors::parse(&["/a", "*"], &cache).unwrap().matches("/z"));
+        // One compiled template for every subscriber that gives it.
+        let again = Selectors::parse(&["/b/{id}"], &cache).unwrap();
+        match (&selectors.templates[0], &again.templates[0]) {
+            (Selector::Template(_, a), Selector::Template(_, b)) => assert!(Arc::ptr_eq(a, b)),
+            _ => panic!("templates"),
+        }
     }
 }

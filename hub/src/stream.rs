@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tidings_core::{Delivery, SharedEvent, Subscription};
+use tidings_core::{Cursor, Delivery, SharedEvent, Subscription};
 use tokio::time::Instant;
 
 use crate::selector::Selectors;
-use crate::update::{Decoded, GAP_EVENT, View};
+use crate::update::{Decoded, GAP_EVENT, HUB_ID_PREFIX, View};
 
 /// Who may receive what: a subscriber's topic selectors and, for private updates, the selectors
 /// of its token's `mercure.subscribe` claim.
@@ -142,7 +142,7 @@ impl StreamState {
             Delivery::Event(event) => self.put_update(&event),
             Delivery::Gap(_) => {
                 // The core says updates after the subscriber's position are gone from the log.
-                self.out.extend_from_slice(gap_frame("trimmed").as_bytes());
+                self.out.extend_from_slice(gap_frame("trimmed", &self.subscription.cursor()).as_bytes());
             }
             Delivery::Closing(closing) => {
                 self.done = true;
@@ -166,7 +166,11 @@ impl StreamState {
 
 /// tidings' gap notice on a Mercure stream: an event of type [`GAP_EVENT`] (clients that do
 /// not listen for it never see it) whose data says why: `trimmed` (the log no longer holds
-/// every update after the subscriber's id) or `unknown-id` (the hub does not know the id).
-pub fn gap_frame(reason: &str) -> String {
-    format!("event: {GAP_EVENT}\ndata: {{\"reason\":\"{reason}\"}}\n\n")
+/// every update after the subscriber's id) or `unknown-id` (the hub does not know the id). Its
+/// `id:` is the position the stream goes on from (`at`), so that a client reconnecting before
+/// the next update resumes there rather than from the id that was lost.
+pub fn gap_frame(reason: &str, at: &Cursor) -> String {
+    let mut id = String::from(HUB_ID_PREFIX);
+    at.encode_into(&mut id);
+    format!("id: {id}\nevent: {GAP_EVENT}\ndata: {{\"reason\":\"{reason}\"}}\n\n")
 }

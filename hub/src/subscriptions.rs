@@ -198,11 +198,11 @@ async fn answer(mercure: &MercureHub, request: Request, keep: impl Fn(&Entry) ->
 /// URL (draft-07): a 401 without a valid token, a 403 when none matches.
 fn authorize(mercure: &MercureHub, headers: &http::HeaderMap, query: &[(String, String)], request_uri: &str) -> Result<(), HttpError> {
     let unauthorized = |m: &str| HttpError::new(StatusCode::UNAUTHORIZED, m.to_owned());
-    let token = crate::auth::token(headers, query).ok_or_else(|| unauthorized("a subscriber token is needed"))?;
+    let (token, _) = crate::auth::token(headers, query).map_err(|e| unauthorized(&e))?.ok_or_else(|| unauthorized("a subscriber token is needed"))?;
     let verifier = mercure.inner.settings.subscriber.as_ref().ok_or_else(|| unauthorized("this hub accepts no subscriber tokens"))?;
     let claims = verifier.verify(token).map_err(|e| unauthorized(&e))?;
     let list: Vec<&str> = claims.mercure.subscribe.iter().flatten().map(String::as_str).collect();
-    let selectors = Selectors::parse(&list).map_err(|e| unauthorized(&e))?;
+    let selectors = Selectors::parse(&list, &mercure.inner.templates).map_err(|e| unauthorized(&e))?;
     if selectors.matches(request_uri) {
         Ok(())
     } else {

@@ -8,6 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
 use common::{PUBLISHER_KEY, TestHub, data, publisher, settings};
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
 
 /// The `tidings-hub` binary, started on a free port with `args`.
 struct HubProcess {
@@ -113,14 +115,9 @@ async fn kill_9_while_publishing_loses_no_acknowledged_update() {
         .send()
         .await
         .unwrap();
-    let mut events = {
-        use eventsource_stream::Eventsource;
-        use futures_util::StreamExt;
-        response.bytes_stream().eventsource()
-    };
+    let mut events = response.bytes_stream().eventsource();
     let mut replayed = Vec::new();
     loop {
-        use futures_util::StreamExt;
         let event = tokio::time::timeout(std::time::Duration::from_secs(10), events.next()).await.unwrap().unwrap().unwrap();
         if event.data == "after" {
             break;

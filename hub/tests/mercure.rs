@@ -119,6 +119,37 @@ async fn an_unknown_id_gets_a_gap_notice_then_every_retained_update() {
     assert_eq!(gap.event, "tidings.gap");
     assert_eq!(gap.data, r#"{"reason":"unknown-id"}"#);
     assert_eq!(data(&sub.until("two").await), ["one", "two"]);
+
+    // The notice's id is where the stream goes on from: a client that reconnects before any
+    // update arrives resumes there, without another notice.
+    let mut again = hub.subscribe(&[("topic", "t")], &[("last-event-id", &gap.id)]).await;
+    assert_eq!(again.last_event_id(), Some(gap.id.as_str()));
+    assert_eq!(data(&again.until("two").await), ["one", "two"]);
+}
+
+#[tokio::test]
+async fn a_cookie_authorizes_a_publish_only_from_an_allowed_origin() {
+    // A browser sends the cookie with requests any site makes: a cross-site form must not
+    // publish with it.
+    let settings = tidings_hub::Settings { publish_origins: vec!["https://app.example".into()], ..common::settings() };
+    let hub = TestHub::start(std::sync::Arc::new(tidings_core::MemoryStore::new()), settings).await;
+    let cookie = format!("mercureAuthorization={}", publisher(&["*"]));
+    let post = |headers: Vec<(&'static str, String)>| {
+        let mut request = hub.http.post(hub.hub_url()).header("content-type", "application/x-www-form-urlencoded").body("topic=t&data=x");
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(post(vec![("cookie", cookie.clone()), ("origin", "https://evil.example".into())]).await, 403);
+    assert_eq!(post(vec![("cookie", cookie.clone())]).await, 403, "no origin at all");
+    assert_eq!(post(vec![("cookie", cookie.clone()), ("origin", "https://app.example".into())]).await, 200);
+    assert_eq!(post(vec![("cookie", cookie.clone()), ("referer", "https://app.example/page?x".into())]).await, 200);
+    // A bearer token is not sent by the browser on its own: no origin needed.
+    assert_eq!(post(vec![("authorization", format!("Bearer {}", publisher(&["*"])))]).await, 200);
+    // When an Authorization header is there, it is the token: another scheme is a 401, not a
+    // fall back to the cookie.
+    assert_eq!(post(vec![("authorization", "Basic dXNlcjpwYXNz".into()), ("cookie", cookie), ("origin", "https://app.example".into())]).await, 401);
 }
 
 #[tokio::test]
@@ -288,4 +319,19 @@ async fn subscription_events_and_the_api_show_who_is_subscribed() {
     let left: serde_json::Value = serde_json::from_str(&watcher.next().await.data).unwrap();
     assert_eq!((left["topic"].as_str(), left["active"].as_bool()), (Some("https://example.com/rooms/1"), Some(false)));
     assert_eq!(api(one_path, Some(watcher_token)).await.0, 404);
+}
+
+#[tokio::test]
+async fn a_subscriber_behind_the_retained_log_gets_a_gap_notice_then_what_is_left() {
+    let store = tidings_core::MemoryStore::with_retention(tidings_core::Retention::default().max_events(3));
+    let hub = TestHub::start(std::sync::Arc::new(store), common::settings()).await;
+    let token = publisher(&["*"]);
+    hub.post(Some(&token), &[("topic", "t"), ("data", "seen"), ("id", "seen")]).await;
+    for n in 1..=5 {
+        hub.publish(&["t"], &format!("missed {n}")).await;
+    }
+    let mut sub = hub.subscribe(&[("topic", "t")], &[("last-event-id", "seen")]).await;
+    let gap = sub.next().await;
+    assert_eq!((gap.event.as_str(), gap.data.as_str()), ("tidings.gap", r#"{"reason":"trimmed"}"#));
+    assert_eq!(data(&sub.until("missed 5").await), ["missed 3", "missed 4", "missed 5"]);
 }
