@@ -112,7 +112,8 @@ def report(rows, seconds):
     pinned = [r for r in rows if r["mode"] == "fanout" and str(r.get("label", "")).startswith("pinned")]
     proto = [r for r in rows if r["mode"] == "fanout" and str(r.get("label", "")).startswith("protocol")]
     ws = [r for r in rows if r["mode"] == "fanout" and r.get("websocket")]
-    fan = [r for r in rows if r["mode"] == "fanout" and r.get("rate", 0) == 0 and r not in pinned and r not in proto and r not in ws]
+    hub = [r for r in rows if r["mode"] == "fanout" and r["kind"] == "tidings-hub"]
+    fan = [r for r in rows if r["mode"] == "fanout" and r.get("rate", 0) == 0 and r not in pinned and r not in proto and r not in ws and r not in hub]
     lat = [r for r in rows if r["mode"] == "fanout" and r.get("rate", 0) > 0]
     lp = [r for r in rows if r["mode"] == "longpoll"]
     rep = [r for r in rows if r["mode"] == "replay"]
@@ -229,6 +230,27 @@ def report(rows, seconds):
                 md.append(f"| {wnames[s]} | {fmt(n)} | {rng([r['deliveries_per_cpu_second'] for r in rs])} | "
                           f"{'–' if s == 'tidings' else rng(ratios, 2) + 'x'} | {rng([r['kib_per_connection'] for r in rs], 1)} | "
                           f"{rng([r['latency_ms']['p50'] for r in rs], 1)} | {rng([r['latency_ms']['p99'] for r in rs], 1)} | {sum(lost(r) for r in rs)} |")
+        md += [""]
+
+    if hub:
+        hby = defaultdict(list)
+        for r in hub:
+            hby[(r["subscribers"], r.get("template_share", 0))].append(r)
+        md += ["### The Mercure hub (`tidings-hub`)", "",
+               "The fan-out above through `tidings-hub --store memory --anonymous`: subscribers "
+               "`GET /.well-known/mercure?topic=…` with the topic's name, or with a URI template "
+               "(`https://bench.example/topics/{name}`) for the share of them given; the publisher "
+               "`POST`s a form with a JWT. Every update is one entry of the hub's one log, filtered "
+               "per subscriber by its selectors (`docs/architecture.md`). Beside it, the medians of the "
+               "hand-written server and Nchan at the same count from the fan-out above.", "",
+               "| subscribers | templates | deliveries / CPU-s | KiB per idle subscriber | p50 ms | p99 ms | by hand, deliveries / CPU-s | Nchan, deliveries / CPU-s | lost |",
+               "|---|---|---|---|---|---|---|---|---|"]
+        for (n, share) in sorted(hby):
+            rs = hby[(n, share)]
+            med = lambda s: fmt(statistics.median(r["deliveries_per_cpu_second"] for r in by[(s, n)])) if by[(s, n)] else "-"
+            md.append(f"| {fmt(n)} | {share} % | {rng([r['deliveries_per_cpu_second'] for r in rs])} | {rng([r['kib_per_connection'] for r in rs], 1)} | "
+                      f"{rng([r['latency_ms']['p50'] for r in rs], 1)} | {rng([r['latency_ms']['p99'] for r in rs], 1)} | "
+                      f"{med('handwritten')} | {med('nchan')} | {sum(lost(r) for r in rs)} |")
         md += [""]
 
     if lat:
