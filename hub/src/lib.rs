@@ -33,6 +33,7 @@
 
 pub mod auth;
 pub mod ids;
+pub mod poll;
 pub mod selector;
 pub mod stream;
 pub mod subscriptions;
@@ -154,10 +155,9 @@ impl MercureHub {
     /// page at `/` when enabled.
     pub fn router(&self) -> Router {
         let limit = tidings_http::limit_body(self.inner.settings.max_body);
-        let mut router = Router::new().route(
-            PATH,
-            get(subscribe).post(publish.layer(limit)).options(|| async { StatusCode::NO_CONTENT }),
-        );
+        let mut router = Router::new()
+            .route(PATH, get(subscribe).post(publish.layer(limit)).options(|| async { StatusCode::NO_CONTENT }))
+            .route(poll::PATH, get(poll::poll));
         if self.inner.settings.subscriptions {
             router = router
                 .route(subscriptions::PATH, get(subscriptions::list))
@@ -241,10 +241,23 @@ async fn subscribe(State(mercure): State<MercureHub>, request: Request) -> Respo
     }
 }
 
-async fn open_stream(mercure: &MercureHub, request: Request) -> Result<Response, HttpError> {
-    let inner = &mercure.inner;
-    let (parts, _body) = request.into_parts();
-    let query = query_pairs(&parts)?;
+/// A subscriber's request, read and opened: what the SSE stream and a long poll share.
+struct Opened {
+    subscription: tidings_core::Subscription,
+    filter: Filter,
+    claims: Option<auth::Claims>,
+    /// The request's `topic` selectors, as given.
+    selectors: Vec<String>,
+    /// The `Last-Event-ID` to answer, when the request gave one.
+    answered_id: Option<String>,
+    /// The gap notice to send first, when the request's id is unknown.
+    unknown_id: Option<Cursor>,
+}
+
+/// Reads a subscriber's request (token, selectors, `Last-Event-ID`) and opens its subscription
+/// to the log.
+async fn open_subscription(inner: &Inner, parts: &http::request::Parts) -> Result<Opened, HttpError> {
+    let query = query_pairs(parts)?;
     let claims = subscriber_claims(inner, &parts.headers, &query)?;
     let given: Vec<&str> = query.iter().filter(|(k, _)| k == "topic").map(|(_, v)| v.as_str()).collect();
     if given.is_empty() {
@@ -264,15 +277,14 @@ async fn open_stream(mercure: &MercureHub, request: Request) -> Result<Response,
 
     // Where to start: after the given id, else at the end of the log.
     let last_event_id = tidings_http::choose_cursor(&parts.headers, &query, "lastEventID");
-    let (start, mut preamble) = match last_event_id.as_deref() {
-        None => (None, String::new()),
-        Some("earliest") => (Some(earliest(inner).await?), String::new()),
+    let (start, unknown_id) = match last_event_id.as_deref() {
+        None => (None, None),
+        Some("earliest") => (Some(earliest(inner).await?), None),
         Some(id) => match inner.ids.position(id).await.map_err(store_error)? {
-            Position::After(cursor) => (Some(cursor), String::new()),
+            Position::After(cursor) => (Some(cursor), None),
             Position::Unknown => {
                 let start = earliest(inner).await?;
-                let notice = stream::gap_frame("unknown-id", &start);
-                (Some(start), notice)
+                (Some(start.clone()), Some(start))
             }
         },
     };
@@ -280,30 +292,40 @@ async fn open_stream(mercure: &MercureHub, request: Request) -> Result<Response,
         .transport(TRANSPORT)
         .peer(parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0))
         .preauthorized(None);
-    if let Some(cursor) = start.clone() {
+    if let Some(cursor) = start {
         request = request.position(cursor);
     }
     let subscription = inner.hub.subscribe(request).await.map_err(|e| HttpError::refused(e, &inner.hub))?;
 
     // `Last-Event-ID`, when the request gave one: the id of the update before the first one
     // sent, or `earliest`.
-    let answered_id = match (last_event_id.as_deref(), start.is_some() && preamble.is_empty()) {
-        (Some("earliest"), _) | (Some(_), false) => Some("earliest".to_owned()),
-        (Some(id), true) => Some(id.to_owned()),
-        (None, _) => None,
+    let answered_id = match last_event_id {
+        Some(id) if id == "earliest" || unknown_id.is_some() => Some("earliest".to_owned()),
+        other => other,
     };
+    let selectors = given.iter().map(|s| (*s).to_owned()).collect();
+    Ok(Opened { subscription, filter: Filter { topics, private }, claims, selectors, answered_id, unknown_id })
+}
 
+async fn open_stream(mercure: &MercureHub, request: Request) -> Result<Response, HttpError> {
+    let inner = &mercure.inner;
+    let (parts, _body) = request.into_parts();
+    let opened = open_subscription(inner, &parts).await?;
     let guard = if inner.settings.subscriptions {
-        let payload = claims.as_ref().and_then(|c| c.mercure.payload.clone());
-        Some(subscriptions::Active::open(mercure.clone(), &given, payload).await)
+        let payload = opened.claims.as_ref().and_then(|c| c.mercure.payload.clone());
+        let selectors: Vec<&str> = opened.selectors.iter().map(String::as_str).collect();
+        Some(subscriptions::Active::open(mercure.clone(), &selectors, payload).await)
     } else {
         None
     };
 
     // A comment first, so that proxies and clients see the stream open at once.
-    preamble.insert_str(0, ":\n\n");
-    let filter = Filter { topics, private };
-    let state = StreamState::new(subscription, filter, preamble.as_bytes(), inner.settings.heartbeat, expiry(claims.as_ref()), guard);
+    let mut preamble = String::from(":\n\n");
+    if let Some(at) = &opened.unknown_id {
+        preamble.push_str(&stream::gap_frame("unknown-id", at));
+    }
+    let expires = expiry(opened.claims.as_ref());
+    let state = StreamState::new(opened.subscription, opened.filter, preamble.as_bytes(), inner.settings.heartbeat, expires, guard);
     let body = Body::from_stream(futures_util::stream::unfold(state, StreamState::step));
     let mut response = (StatusCode::OK, body).into_response();
     let headers = response.headers_mut();
@@ -311,7 +333,7 @@ async fn open_stream(mercure: &MercureHub, request: Request) -> Result<Response,
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache, no-store, must-revalidate, max-age=0"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-    if let Some(value) = answered_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+    if let Some(value) = opened.answered_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
         headers.insert(tidings_http::LAST_EVENT_ID, value);
     }
     Ok(response)

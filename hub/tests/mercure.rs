@@ -335,3 +335,50 @@ async fn a_subscriber_behind_the_retained_log_gets_a_gap_notice_then_what_is_lef
     assert_eq!((gap.event.as_str(), gap.data.as_str()), ("tidings.gap", r#"{"reason":"trimmed"}"#));
     assert_eq!(data(&sub.until("missed 5").await), ["missed 3", "missed 4", "missed 5"]);
 }
+
+#[tokio::test]
+async fn long_polling_carries_the_same_updates_with_the_same_ids() {
+    let hub = TestHub::memory().await;
+    let token = publisher(&["*"]);
+    let start = hub.publish(&["https://example.com/books/1"], "start").await;
+    hub.publish(&["https://example.com/books/2"], "two").await;
+    hub.post(Some(&token), &[("topic", "https://example.com/books/3"), ("data", "private"), ("private", "on")]).await;
+    hub.publish(&["https://example.com/authors/1"], "not a book").await;
+    hub.post(Some(&token), &[("topic", "https://example.com/books/4"), ("data", "typed"), ("type", "change"), ("id", "b4")]).await;
+
+    let poll = |query: Vec<(&'static str, String)>| {
+        let request = hub.http.get(format!("{}/.well-known/mercure/poll", hub.url)).query(&query);
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            assert_eq!(response.headers()["content-type"], "application/json");
+            serde_json::from_str::<serde_json::Value>(&response.text().await.unwrap()).unwrap()
+        }
+    };
+    let batch = poll(vec![("topic", BOOKS.into()), ("lastEventID", start.clone())]).await;
+    let items = batch["updates"].as_array().unwrap();
+    assert_eq!(items.iter().map(|u| u["data"].as_str().unwrap()).collect::<Vec<_>>(), ["two", "typed"]);
+    assert_eq!((items[1]["id"].as_str(), items[1]["type"].as_str()), (Some("b4"), Some("change")));
+    assert!(batch["gap"].is_null());
+    let next = batch["lastEventID"].as_str().unwrap().to_owned();
+
+    // Resuming from the batch's lastEventID: nothing is read twice; the poll waits for the next.
+    let waiting = tokio::spawn(poll(vec![("topic", BOOKS.into()), ("lastEventID", next.clone()), ("timeout", "30".into())]));
+    hub.publish(&["https://example.com/authors/2"], "still not a book").await;
+    hub.publish(&["https://example.com/books/5"], "five").await;
+    let batch = waiting.await.unwrap();
+    assert_eq!(batch["updates"].as_array().unwrap().iter().map(|u| u["data"].as_str().unwrap()).collect::<Vec<_>>(), ["five"]);
+
+    // The same id resumes an SSE stream at the same place.
+    let mut sub = hub.subscribe(&[("topic", BOOKS)], &[("last-event-id", &next)]).await;
+    assert_eq!(data(&sub.until("five").await), ["five"]);
+
+    // Nothing new: an empty batch when the timeout passes, and a 400 for a timeout that is not a number.
+    let idle = poll(vec![("topic", "nothing-here".into()), ("timeout", "1".into())]).await;
+    assert_eq!(idle["updates"].as_array().unwrap().len(), 0);
+    let bad = hub.http.get(format!("{}/.well-known/mercure/poll?topic=a&timeout=soon", hub.url)).send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+    // An unknown id: the gap is said.
+    let unknown = poll(vec![("topic", BOOKS.into()), ("lastEventID", "nope".into())]).await;
+    assert_eq!(unknown["gap"], "unknown-id");
+}
