@@ -7,7 +7,9 @@
 //! ```
 //!
 //! `exp` is optional (Mercure's publisher libraries often leave it out); when present it is
-//! checked. `aud` is not (draft-07 gives it no meaning).
+//! checked, and so is `nbf`. Both are RFC 7519 NumericDates, which may have a fraction: the
+//! Symfony library (through lcobucci/jwt) writes `"exp": 1796060601.928842`. `aud` is not
+//! checked (draft-07 gives it no meaning).
 
 use std::fmt;
 
@@ -41,10 +43,16 @@ pub struct Claims {
     /// The Mercure claim (absent: no rights).
     #[serde(default)]
     pub mercure: MercureClaim,
-    /// Expiry, in seconds since the Unix epoch.
+    /// Expiry, in seconds since the Unix epoch (a fraction allowed).
     #[serde(default)]
-    pub exp: Option<u64>,
+    pub exp: Option<f64>,
+    /// Not before, in seconds since the Unix epoch (a fraction allowed).
+    #[serde(default)]
+    pub nbf: Option<f64>,
 }
+
+/// Seconds a token's `exp` and `nbf` may be off by (clocks differ).
+const LEEWAY: f64 = 5.0;
 
 /// Checks tokens signed with one key and one algorithm (a token cannot pick its own).
 pub struct Verifier {
@@ -86,7 +94,9 @@ impl Verifier {
         let mut validation = Validation::new(algorithm);
         validation.required_spec_claims.clear();
         validation.validate_aud = false;
-        validation.leeway = 5;
+        // jsonwebtoken reads `exp` and `nbf` as whole numbers only: `verify` checks them.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         Ok(Verifier { key, validation })
     }
 
@@ -96,9 +106,17 @@ impl Verifier {
     ///
     /// A bad signature, another algorithm, an expired or malformed token: the reason.
     pub fn verify(&self, token: &str) -> Result<Claims, String> {
-        jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map(|data| data.claims)
-            .map_err(|e| format!("invalid token: {e}"))
+            .map_err(|e| format!("invalid token: {e}"))?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+        if claims.exp.is_some_and(|exp| exp + LEEWAY <= now) {
+            return Err("invalid token: expired (exp)".to_owned());
+        }
+        if claims.nbf.is_some_and(|nbf| nbf - LEEWAY > now) {
+            return Err("invalid token: not valid yet (nbf)".to_owned());
+        }
+        Ok(claims)
     }
 }
 

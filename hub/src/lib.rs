@@ -136,7 +136,9 @@ struct Inner {
 impl MercureHub {
     /// A hub over `store`, with a tidings [`Hub`] of default settings.
     pub fn new(store: Arc<dyn Store>, settings: Settings) -> MercureHub {
-        let hub = Hub::builder_shared(store).max_data_len(settings.max_body).build();
+        // The record holds the form's fields as JSON: escaping may make it up to six times the
+        // body (a control character is `\u0001`).
+        let hub = Hub::builder_shared(store).max_data_len(settings.max_body.saturating_mul(6).saturating_add(4096)).build();
         MercureHub::with_hub(hub, settings)
     }
 
@@ -226,11 +228,12 @@ fn subscriber_claims(
     }
 }
 
-/// When a token's `exp` falls, as a Tokio instant.
+/// When a token's `exp` falls, as a Tokio instant (`None`: no `exp`, or too far to count).
 fn expiry(claims: Option<&auth::Claims>) -> Option<tokio::time::Instant> {
     let exp = claims?.exp?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    Some(tokio::time::Instant::now() + Duration::from_secs(exp.saturating_sub(now)))
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+    let left = Duration::try_from_secs_f64((exp - now).max(0.0)).ok()?;
+    tokio::time::Instant::now().checked_add(left)
 }
 
 /// `GET /.well-known/mercure`: a subscription (draft-07, "Subscription").
@@ -239,6 +242,28 @@ async fn subscribe(State(mercure): State<MercureHub>, request: Request) -> Respo
         Ok(response) => response,
         Err(err) => err.into_response(),
     }
+}
+
+/// What [`last_event_id`] gives for an id that cannot be read: no update has it (a publish
+/// refuses ids with line breaks), so the subscriber gets a gap notice and every retained update.
+const UNREADABLE_ID: &str = "\n";
+
+/// The `Last-Event-ID` a subscriber gives: the header, else the `lastEventID` query parameter
+/// (draft-07: the header wins). Ids may be IRIs, so the header is read as UTF-8 (as browsers
+/// send it); spaces and tabs around it are not part of it, and an empty one is none. A header
+/// that is not UTF-8, or given twice with different values, is [`UNREADABLE_ID`].
+fn last_event_id(headers: &http::HeaderMap, query: &[(String, String)]) -> Option<String> {
+    let carried = |value: &str| Some(value.trim_matches([' ', '\t']).to_owned()).filter(|v| !v.is_empty());
+    let mut chosen: Option<String> = None;
+    for value in headers.get_all(tidings_http::LAST_EVENT_ID) {
+        let Ok(value) = std::str::from_utf8(value.as_bytes()) else { return Some(UNREADABLE_ID.to_owned()) };
+        match (carried(value), &chosen) {
+            (Some(value), Some(seen)) if value != *seen => return Some(UNREADABLE_ID.to_owned()),
+            (Some(value), _) => chosen = Some(value),
+            (None, _) => {}
+        }
+    }
+    chosen.or_else(|| query.iter().filter(|(k, _)| k == "lastEventID").find_map(|(_, v)| carried(v)))
 }
 
 /// A subscriber's request, read and opened: what the SSE stream and a long poll share.
@@ -276,7 +301,7 @@ async fn open_subscription(inner: &Inner, parts: &http::request::Parts) -> Resul
     };
 
     // Where to start: after the given id, else at the end of the log.
-    let last_event_id = tidings_http::choose_cursor(&parts.headers, &query, "lastEventID");
+    let last_event_id = last_event_id(&parts.headers, &query);
     let (start, unknown_id) = match last_event_id.as_deref() {
         None => (None, None),
         Some("earliest") => (Some(earliest(inner).await?), None),
@@ -298,9 +323,9 @@ async fn open_subscription(inner: &Inner, parts: &http::request::Parts) -> Resul
     let subscription = inner.hub.subscribe(request).await.map_err(|e| HttpError::refused(e, &inner.hub))?;
 
     // `Last-Event-ID`, when the request gave one: the id of the update before the first one
-    // sent, or `earliest`.
+    // sent, or `earliest` (also when the log no longer holds what follows the id: a gap).
     let answered_id = match last_event_id {
-        Some(id) if id == "earliest" || unknown_id.is_some() => Some("earliest".to_owned()),
+        Some(id) if id == "earliest" || unknown_id.is_some() || subscription.starts_with_gap() => Some("earliest".to_owned()),
         other => other,
     };
     let selectors = given.iter().map(|s| (*s).to_owned()).collect();
@@ -311,7 +336,8 @@ async fn open_stream(mercure: &MercureHub, request: Request) -> Result<Response,
     let inner = &mercure.inner;
     let (parts, _body) = request.into_parts();
     let opened = open_subscription(inner, &parts).await?;
-    let guard = if inner.settings.subscriptions {
+    // A `HEAD` request opens no stream: no subscriber comes or goes.
+    let guard = if inner.settings.subscriptions && parts.method != Method::HEAD {
         let payload = opened.claims.as_ref().and_then(|c| c.mercure.payload.clone());
         let selectors: Vec<&str> = opened.selectors.iter().map(String::as_str).collect();
         Some(subscriptions::Active::open(mercure.clone(), &selectors, payload).await)
@@ -449,9 +475,15 @@ fn parse_form(body: &[u8]) -> Result<Update, HttpError> {
             // The reference hub counts the field as set whatever its value.
             "private" => update.private = true,
             "id" => {
-                if value.is_empty() || value.contains(['\r', '\n', '\0']) || value.starts_with(HUB_ID_PREFIX) || value == "earliest" {
+                if value.is_empty()
+                    || value.contains(['\r', '\n', '\0'])
+                    || value.starts_with([' ', '\t'])
+                    || value.ends_with([' ', '\t'])
+                    || value.starts_with(HUB_ID_PREFIX)
+                    || value == "earliest"
+                {
                     return Err(HttpError::bad_request(format!(
-                        "invalid id {:?}: empty, with a line break or NUL, `earliest`, or starting with {HUB_ID_PREFIX} (the hub's own)",
+                        "invalid id {:?}: empty, with a line break or NUL, spaces around it (a Last-Event-ID cannot carry them), `earliest`, or starting with {HUB_ID_PREFIX} (the hub's own)",
                         truncate(&value)
                     )));
                 }

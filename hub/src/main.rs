@@ -28,19 +28,20 @@ struct Args {
     #[arg(long, env = "TIDINGS_HUB_RETAIN", value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     retain: u64,
     /// The key that checks publishers' tokens (HS*: the shared secret; RS*, PS*, ES*, EdDSA: a
-    /// PEM public key). Falls back to MERCURE_JWT_KEY.
+    /// PEM public key) [default: --jwt-key; none: every publish is refused].
     #[arg(long, env = "MERCURE_PUBLISHER_JWT_KEY", hide_env_values = true)]
     publisher_jwt_key: Option<String>,
-    /// The algorithm of publishers' tokens. Falls back to MERCURE_JWT_ALG.
+    /// The algorithm of publishers' tokens [default: --jwt-alg, HS256].
     #[arg(long, env = "MERCURE_PUBLISHER_JWT_ALG", value_name = "ALG")]
     publisher_jwt_alg: Option<String>,
-    /// The key that checks subscribers' tokens. Falls back to MERCURE_JWT_KEY.
+    /// The key that checks subscribers' tokens [default: --jwt-key; none: no subscriber token
+    /// is accepted].
     #[arg(long, env = "MERCURE_SUBSCRIBER_JWT_KEY", hide_env_values = true)]
     subscriber_jwt_key: Option<String>,
-    /// The algorithm of subscribers' tokens. Falls back to MERCURE_JWT_ALG.
+    /// The algorithm of subscribers' tokens [default: --jwt-alg, HS256].
     #[arg(long, env = "MERCURE_SUBSCRIBER_JWT_ALG", value_name = "ALG")]
     subscriber_jwt_alg: Option<String>,
-    /// The key of both kinds of tokens, when no specific key is given.
+    /// The key of both kinds of tokens, when no specific key is given [default: none].
     #[arg(long, env = "MERCURE_JWT_KEY", hide_env_values = true)]
     jwt_key: Option<String>,
     /// The algorithm of both kinds of tokens, when no specific one is given.
@@ -53,12 +54,12 @@ struct Args {
     #[arg(long)]
     subscriptions: bool,
     /// Origins allowed to subscribe and publish from a browser (CORS, with credentials),
-    /// space- or comma-separated; `*` for any.
+    /// space- or comma-separated; `*` for any [default: none, same-origin pages only].
     #[arg(long, env = "TIDINGS_HUB_CORS_ORIGINS", value_name = "ORIGIN ...", value_delimiter = ',', num_args = 1..)]
     cors_origins: Vec<String>,
     /// Origins whose pages may publish with the `mercureAuthorization` cookie, space- or
     /// comma-separated; `*` for any. A publish authorized by the cookie from another origin is a
-    /// 403.
+    /// 403 [default: none].
     #[arg(long, env = "TIDINGS_HUB_PUBLISH_ORIGINS", value_name = "ORIGIN ...", value_delimiter = ',', num_args = 1..)]
     publish_origins: Vec<String>,
     /// Seconds of silence after which a stream gets a heartbeat comment.

@@ -30,6 +30,10 @@ use regex::Regex;
 /// The longest selector accepted, in bytes.
 pub const MAX_SELECTOR_LEN: usize = 4096;
 
+/// The most variables one template may hold: a template is compiled, and this bounds what
+/// compiling it costs.
+pub const MAX_TEMPLATE_VARIABLES: usize = 32;
+
 /// One topic selector.
 #[derive(Clone)]
 pub enum Selector {
@@ -120,6 +124,10 @@ impl Selector {
         if !selector.contains('{') || UriTemplateStr::new(selector).is_err() {
             return Ok(Selector::Exact(selector.into()));
         }
+        let variables = selector.split('{').skip(1).map(|e| e.split('}').next().unwrap_or_default().split(',').count()).sum::<usize>();
+        if variables > MAX_TEMPLATE_VARIABLES {
+            return Err(format!("a template with more than {MAX_TEMPLATE_VARIABLES} variables"));
+        }
         Ok(Selector::Template(selector.into(), cache.compile(selector)?))
     }
 
@@ -143,8 +151,9 @@ impl Selector {
 
 /// Compiled templates, shared: ten thousand subscribers giving one template hold one
 /// compiled expression (and its match caches) between them. Holds at most
-/// [`TemplateCache::CAPACITY`] templates; past that, new ones are compiled for their
-/// subscriber alone.
+/// [`TemplateCache::CAPACITY`] templates; when full, it starts again empty (subscribers keep
+/// the templates they hold), so that clients sending ever new templates cannot make it grow.
+/// Each template compiles to at most 64 KiB, with at most 64 KiB of match cache.
 #[derive(Debug, Default)]
 pub struct TemplateCache {
     compiled: Mutex<HashMap<Arc<str>, Arc<Regex>>>,
@@ -152,7 +161,7 @@ pub struct TemplateCache {
 
 impl TemplateCache {
     /// The most templates kept.
-    pub const CAPACITY: usize = 10_000;
+    pub const CAPACITY: usize = 1000;
 
     /// The compiled form of `template` (a valid RFC 6570 template).
     fn compile(&self, template: &str) -> Result<Arc<Regex>, String> {
@@ -160,14 +169,16 @@ impl TemplateCache {
             return Ok(regex.clone());
         }
         let regex = regex::RegexBuilder::new(&template_regex(template))
-            .size_limit(1 << 20)
+            .size_limit(64 * 1024)
+            .dfa_size_limit(64 * 1024)
             .build()
             .map_err(|e| format!("the template {:?} is too complex to match: {e}", template.chars().take(64).collect::<String>()))?;
         let regex = Arc::new(regex);
         let mut compiled = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
-        if compiled.len() < TemplateCache::CAPACITY {
-            compiled.insert(template.into(), regex.clone());
+        if compiled.len() >= TemplateCache::CAPACITY {
+            compiled.clear();
         }
+        compiled.insert(template.into(), regex.clone());
         Ok(regex)
     }
 }
@@ -280,6 +291,16 @@ mod tests {
         // Not RFC 6570 (an unclosed expression): the reference hub compares it as a string.
         assert!(selects("/a/{b", "/a/{b"));
         assert!(!selects("/a/{b", "/a/x"));
+    }
+
+    #[test]
+    fn templates_too_costly_to_compile_are_refused() {
+        let cache = TemplateCache::default();
+        let many = "/a".to_owned() + &"{+a*,b*}".repeat(20);
+        assert!(Selector::parse(&many, &cache).unwrap_err().contains("variables"));
+        let cache_filled_and_cleared = (0..TemplateCache::CAPACITY + 10).all(|n| Selector::parse(&format!("/t{n}/{{id}}"), &cache).is_ok());
+        assert!(cache_filled_and_cleared);
+        assert!(cache.compiled.lock().unwrap().len() <= TemplateCache::CAPACITY);
     }
 
     #[test]

@@ -26,19 +26,15 @@ use crate::update::Update;
 /// The path of the subscriptions API, and the prefix of subscription topics.
 pub const PATH: &str = "/.well-known/mercure/subscriptions";
 
-/// What Go's `url.QueryEscape` leaves alone (the reference hub escapes both parts of a
-/// subscription's IRI with it): letters, digits and `-_.~`; a space becomes `+`.
-const QUERY_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~').remove(b' ');
-
-fn query_escape(s: &str) -> String {
-    utf8_percent_encode(s, QUERY_ESCAPE).to_string().replace(' ', "+")
-}
+/// What the parts of a subscription's IRI keep as they are: letters, digits and `-_.~` (as Go's
+/// `url.QueryEscape`, which the reference hub uses, except that a space is `%20`, not `+`: a
+/// `{topic}` template variable matches `%20` but not `+`).
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
 
 /// The IRI of one subscriber's subscription to one selector:
-/// `/.well-known/mercure/subscriptions/{selector}/{subscriber}`, each part escaped as the
-/// reference hub does.
+/// `/.well-known/mercure/subscriptions/{selector}/{subscriber}`, each part percent-encoded.
 pub fn subscription_id(topic: &str, subscriber: &str) -> String {
-    format!("{PATH}/{}/{}", query_escape(topic), query_escape(subscriber))
+    format!("{PATH}/{}/{}", utf8_percent_encode(topic, COMPONENT), utf8_percent_encode(subscriber, COMPONENT))
 }
 
 /// One subscription of one subscriber to one selector.
@@ -152,7 +148,8 @@ pub async fn one(State(mercure): State<MercureHub>, Path((topic, subscriber)): P
 async fn answer(mercure: &MercureHub, request: Request, keep: impl Fn(&Entry) -> bool, single: bool) -> Response {
     let (parts, _) = request.into_parts();
     let query: Vec<(String, String)> = serde_urlencoded::from_str(parts.uri.query().unwrap_or("")).unwrap_or_default();
-    let request_uri = parts.uri.path_and_query().map_or(PATH, |p| p.as_str()).to_owned();
+    // The URL without its query: a token in the query is neither matched nor echoed.
+    let request_uri = parts.uri.path().to_owned();
     if let Err(err) = authorize(mercure, &parts.headers, &query, &request_uri) {
         return err.into_response();
     }
@@ -195,7 +192,8 @@ async fn answer(mercure: &MercureHub, request: Request, keep: impl Fn(&Entry) ->
 }
 
 /// Checks that the request's token has a `mercure.subscribe` selector matching the requested
-/// URL (draft-07): a 401 without a valid token, a 403 when none matches.
+/// URL's path (draft-07; the reference hub matches the query too, which a token sent in the
+/// query would then have to match): a 401 without a valid token, a 403 when none matches.
 fn authorize(mercure: &MercureHub, headers: &http::HeaderMap, query: &[(String, String)], request_uri: &str) -> Result<(), HttpError> {
     let unauthorized = |m: &str| HttpError::new(StatusCode::UNAUTHORIZED, m.to_owned());
     let (token, _) = crate::auth::token(headers, query).map_err(|e| unauthorized(&e))?.ok_or_else(|| unauthorized("a subscriber token is needed"))?;

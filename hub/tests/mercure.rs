@@ -301,6 +301,10 @@ async fn subscription_events_and_the_api_show_who_is_subscribed() {
             (status, kind, response.text().await.unwrap())
         }
     };
+    // A token in the query is matched against the path alone, and not echoed back.
+    let (status, _, body) = api(format!("/.well-known/mercure/subscriptions?authorization={watcher_token}"), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains(&watcher_token));
     let (status, kind, body) = api("/.well-known/mercure/subscriptions".into(), Some(watcher_token.clone())).await;
     assert_eq!((status, kind.as_deref()), (200, Some("application/ld+json")));
     let list: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -381,4 +385,76 @@ async fn long_polling_carries_the_same_updates_with_the_same_ids() {
     // An unknown id: the gap is said.
     let unknown = poll(vec![("topic", BOOKS.into()), ("lastEventID", "nope".into())]).await;
     assert_eq!(unknown["gap"], "unknown-id");
+}
+
+#[tokio::test]
+async fn tokens_as_mercure_libraries_mint_them_and_bad_dates() {
+    let hub = TestHub::memory().await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let form = [("topic", "a"), ("data", "x")];
+    // Symfony's library (lcobucci/jwt) writes `exp` with microseconds.
+    let symfony = common::token(common::PUBLISHER_KEY, serde_json::json!({"mercure": {"publish": ["*"]}, "exp": now + 3600.928842}));
+    assert_eq!(hub.post(Some(&symfony), &form).await.0, 200);
+    let expired = common::token(common::PUBLISHER_KEY, serde_json::json!({"mercure": {"publish": ["*"]}, "exp": now - 60.5}));
+    assert_eq!(hub.post(Some(&expired), &form).await.0, 401);
+    let not_yet = common::token(common::PUBLISHER_KEY, serde_json::json!({"mercure": {"publish": ["*"]}, "nbf": now + 3600.0}));
+    assert_eq!(hub.post(Some(&not_yet), &form).await.0, 401);
+    let wrong_type = common::token(common::PUBLISHER_KEY, serde_json::json!({"mercure": {"publish": "*"}}));
+    assert_eq!(hub.post(Some(&wrong_type), &form).await.0, 401);
+    // A subscriber token that expires in a far future (past what a clock can add) is fine.
+    let far = common::token(common::SUBSCRIBER_KEY, serde_json::json!({"mercure": {"subscribe": ["*"]}, "exp": u64::MAX}));
+    let mut sub = hub.subscribe(&[("topic", "a"), ("authorization", &far)], &[]).await;
+    assert_eq!(sub.status, 200);
+    hub.publish(&["a"], "far").await;
+    assert_eq!(sub.next().await.data, "far");
+}
+
+#[tokio::test]
+async fn an_id_that_is_an_iri_resumes_from_the_header() {
+    let hub = TestHub::memory().await;
+    let token = publisher(&["*"]);
+    hub.post(Some(&token), &[("topic", "t"), ("data", "one"), ("id", "urn:café:1")]).await;
+    hub.publish(&["t"], "two").await;
+    // As a browser sends it: the UTF-8 bytes of the id in the header.
+    let header = reqwest::header::HeaderValue::from_bytes("urn:café:1".as_bytes()).unwrap();
+    let response = hub.http.get(hub.hub_url()).query(&[("topic", "t")]).header("last-event-id", header).send().await.unwrap();
+    assert_eq!(response.headers()["last-event-id"].as_bytes(), "urn:café:1".as_bytes());
+    let mut sub = common::Subscriber::from_response(response);
+    assert_eq!(data(&sub.until("two").await), ["two"]);
+    // Ids a header could not carry back are refused at publish.
+    for id in [" padded", "padded\t"] {
+        assert_eq!(hub.post(Some(&token), &[("topic", "t"), ("id", id)]).await.0, 400, "{id:?}");
+    }
+    // A header that is not UTF-8: a gap notice, then everything retained.
+    let bad = reqwest::header::HeaderValue::from_bytes(&[0xff, 0xfe]).unwrap();
+    let response = hub.http.get(hub.hub_url()).query(&[("topic", "t")]).header("last-event-id", bad).send().await.unwrap();
+    assert_eq!(response.headers()["last-event-id"], "earliest");
+    let mut sub = common::Subscriber::from_response(response);
+    assert_eq!(sub.next().await.event, "tidings.gap");
+}
+
+#[tokio::test]
+async fn a_forged_position_past_the_log_is_answered_earliest_with_a_gap() {
+    let hub = TestHub::memory().await;
+    let first = hub.publish(&["t"], "one").await;
+    // The same epoch, a position far past the end.
+    let token = first.strip_prefix("urn:tidings:").unwrap();
+    let mut cursor = tidings_core::Cursor::parse(token).unwrap();
+    cursor.set(&tidings_core::Topic::new("mercure"), 1000);
+    let forged = format!("urn:tidings:{cursor}");
+    let mut sub = hub.subscribe(&[("topic", "t")], &[("last-event-id", &forged)]).await;
+    assert_eq!(sub.last_event_id(), Some("earliest"));
+    assert_eq!(sub.next().await.event, "tidings.gap");
+}
+
+#[tokio::test]
+async fn max_body_bounds_the_request_not_the_record() {
+    let settings = tidings_hub::Settings { max_body: 1000, ..common::settings() };
+    let hub = TestHub::start(std::sync::Arc::new(tidings_core::MemoryStore::new()), settings).await;
+    // 300 control characters: 900 bytes of form, 1 800 of escaped JSON in the record.
+    let data = "\u{1}".repeat(300);
+    let (status, body) = hub.post(Some(&publisher(&["*"])), &[("topic", "t"), ("data", &data)]).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = hub.post(Some(&publisher(&["*"])), &[("topic", "t"), ("data", &"x".repeat(1200))]).await;
+    assert_eq!(status, 413);
 }

@@ -122,6 +122,11 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
+    /// Reads `response` as a subscription.
+    pub fn from_response(response: reqwest::Response) -> Subscriber {
+        Subscriber::new(response)
+    }
+
     fn new(response: reqwest::Response) -> Subscriber {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
