@@ -52,7 +52,7 @@ pub struct Claims {
 }
 
 /// Seconds a token's `exp` and `nbf` may be off by (clocks differ).
-const LEEWAY: f64 = 5.0;
+pub const LEEWAY: f64 = 5.0;
 
 /// Checks tokens signed with one key and one algorithm (a token cannot pick its own).
 pub struct Verifier {

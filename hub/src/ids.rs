@@ -5,15 +5,24 @@
 //! from the log itself: an id it does not hold sends it reading the log from where it stopped
 //! to the end (the updates other hubs on the same Redis appended, or those before a restart),
 //! then it looks again. So the index is exact across restarts and nodes without a table of its
-//! own. It holds at most the retained log's number of ids (the oldest go first); when an id
-//! appears twice, the first update that carried it is the one found.
+//! own. It holds at most its capacity of ids, the oldest going first: give it at least the log's
+//! retention, so that an id leaves the index when its update leaves the log (an id the index
+//! dropped while the log kept it would, if it came again later, name the later update). When an
+//! id appears twice, the first update that carried it is the one found.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use tidings_core::{Cursor, Epoch, Store, StoreError, Topic, WireFormat};
+use tidings_core::{Cursor, Epoch, Store, StoreError, Topic};
 
-use crate::update::{Decoded, HUB_ID_PREFIX, View};
+use crate::update::HUB_ID_PREFIX;
+
+/// The id field of a stored record.
+#[derive(serde::Deserialize)]
+struct IdOnly {
+    #[serde(default)]
+    id: Option<String>,
+}
 
 /// Where a `Last-Event-ID` puts a subscriber.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,9 +93,13 @@ impl Ids {
     ///
     /// The store could not be read (the index catches up on the next lookup).
     pub async fn appended(&self, id: &str, epoch: Epoch, seq: u64) -> Result<(), StoreError> {
-        let mut state = self.state.lock().await;
+        // Another caller is catching up (and will read this update too): the publish does not
+        // wait for it.
+        let Ok(mut state) = self.state.try_lock() else { return Ok(()) };
         if state.epoch == Some(epoch) && seq == state.indexed + 1 {
-            state.insert(id, seq, self.capacity);
+            if !id.starts_with(HUB_ID_PREFIX) {
+                state.insert(id, seq, self.capacity);
+            }
             state.indexed = seq;
             return Ok(());
         }
@@ -108,11 +121,12 @@ impl Ids {
             let Some(last) = page.events.last() else { return Ok(()) };
             let last = last.seq;
             for event in &page.events {
-                let decoded = <Decoded as WireFormat>::encode(event);
-                let view = View::new(&decoded);
-                let id = view.id();
-                if !id.starts_with(HUB_ID_PREFIX) && !id.is_empty() {
-                    state.insert(id, event.seq, self.capacity);
+                // The id alone: no frame is built for it.
+                if let Ok(IdOnly { id: Some(id) }) = serde_json::from_str::<IdOnly>(&event.data)
+                    && !id.starts_with(HUB_ID_PREFIX)
+                    && !id.is_empty()
+                {
+                    state.insert(&id, event.seq, self.capacity);
                 }
             }
             state.indexed = last;

@@ -58,7 +58,7 @@ use ids::{Ids, Position};
 use selector::Selectors;
 use stream::{Filter, StreamState};
 use subscriptions::Registry;
-use update::{Decoded, HUB_ID_PREFIX, Update, View};
+use update::{HUB_ID_PREFIX, Update};
 
 /// The path of the hub (draft-07, "Discovery").
 pub const PATH: &str = "/.well-known/mercure";
@@ -92,8 +92,9 @@ pub struct Settings {
     pub max_selectors: usize,
     /// The most bytes a publish request's body may hold. Default: 1 MiB.
     pub max_body: usize,
-    /// Ids the index of publishers' ids keeps (the retained log's size is enough). Default:
-    /// 100 000.
+    /// Ids the index of publishers' ids keeps: at least the store's retention (an id the index
+    /// dropped while the log kept its update would, published again later, name the later
+    /// one). Default: 100 000, `tidings-hub`'s `--retain`.
     pub max_indexed_ids: usize,
     /// Whether `/` serves the hub's small page (subscribe, publish, watch updates arrive).
     /// Default: yes.
@@ -143,7 +144,9 @@ impl MercureHub {
     }
 
     /// A hub over an existing tidings [`Hub`] (its store holds the log).
-    pub fn with_hub(hub: Hub, settings: Settings) -> MercureHub {
+    pub fn with_hub(hub: Hub, mut settings: Settings) -> MercureHub {
+        // A zero interval would write heartbeats in a loop; a huge one would overflow a clock.
+        settings.heartbeat = settings.heartbeat.clamp(Duration::from_secs(1), Duration::from_secs(24 * 3600));
         let ids = Ids::new(hub.store().clone(), update::log_topic(), settings.max_indexed_ids);
         MercureHub { inner: Arc::new(Inner { hub, settings, ids, registry: Registry::default(), templates: selector::TemplateCache::default() }) }
     }
@@ -228,9 +231,10 @@ fn subscriber_claims(
     }
 }
 
-/// When a token's `exp` falls, as a Tokio instant (`None`: no `exp`, or too far to count).
+/// When a token's `exp` falls, with the leeway a token is accepted within, as a Tokio instant
+/// (`None`: no `exp`, or too far to count).
 fn expiry(claims: Option<&auth::Claims>) -> Option<tokio::time::Instant> {
-    let exp = claims?.exp?;
+    let exp = claims?.exp? + auth::LEEWAY;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
     let left = Duration::try_from_secs_f64((exp - now).max(0.0)).ok()?;
     tokio::time::Instant::now().checked_add(left)
@@ -379,19 +383,19 @@ async fn earliest(inner: &Inner) -> Result<Cursor, HttpError> {
     Ok(cursor)
 }
 
-/// The id of the newest update in the log (`None` when it holds none).
+/// The position of the newest update in the log, as an id (`urn:tidings:…`: it says nothing
+/// of the update, which may be private), or `None` when the log holds none.
 async fn newest_id(inner: &Inner) -> Result<Option<String>, HttpError> {
     let topic = update::log_topic();
     let bounds = inner.hub.store().bounds(&topic).await.map_err(store_error)?;
-    let seq = bounds.last;
-    if seq == 0 {
+    if bounds.last == 0 {
         return Ok(None);
     }
-    let page = inner.hub.store().read_after(&topic, seq - 1, 1).await.map_err(store_error)?;
-    Ok(page.events.first().filter(|e| e.seq == seq).map(|event| {
-        let bytes = <Decoded as tidings_core::WireFormat>::encode(event);
-        View::new(&bytes).id().to_owned()
-    }))
+    let mut cursor = Cursor::new(bounds.epoch);
+    cursor.set(&topic, bounds.last);
+    let mut id = String::from(HUB_ID_PREFIX);
+    cursor.encode_into(&mut id);
+    Ok(Some(id))
 }
 
 /// `POST /.well-known/mercure`: a publish (draft-07, "Publication").
@@ -476,14 +480,14 @@ fn parse_form(body: &[u8]) -> Result<Update, HttpError> {
             "private" => update.private = true,
             "id" => {
                 if value.is_empty()
-                    || value.contains(['\r', '\n', '\0'])
+                    || value.chars().any(char::is_control)
                     || value.starts_with([' ', '\t'])
                     || value.ends_with([' ', '\t'])
                     || value.starts_with(HUB_ID_PREFIX)
                     || value == "earliest"
                 {
                     return Err(HttpError::bad_request(format!(
-                        "invalid id {:?}: empty, with a line break or NUL, spaces around it (a Last-Event-ID cannot carry them), `earliest`, or starting with {HUB_ID_PREFIX} (the hub's own)",
+                        "invalid id {:?}: empty, with a control character, spaces around it (a Last-Event-ID cannot carry them), `earliest`, or starting with {HUB_ID_PREFIX} (the hub's own)",
                         truncate(&value)
                     )));
                 }

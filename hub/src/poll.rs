@@ -40,6 +40,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(25);
 /// The longest wait a request may ask for.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The most updates one poll reads, seen or not: a poll far behind, through updates it does
+/// not see, answers with its new position after this many (and an empty batch, perhaps).
+pub const MAX_READ: usize = 10_000;
+
 /// One update in a batch.
 #[derive(Debug, Serialize)]
 struct Item {
@@ -102,10 +106,12 @@ async fn answer(mercure: &MercureHub, request: Request) -> Result<Response, Http
         // Shutting down, or anything else: answer with what there is.
         _ => true,
     };
+    let mut read = 0;
     while !done {
-        while updates.len() < MAX_BATCH {
+        while updates.len() < MAX_BATCH && read < MAX_READ {
             match opened.subscription.next_ready().await {
                 Some(delivery) => {
+                    read += 1;
                     if take(delivery, &mut updates, &mut gap) {
                         done = true;
                         break;
@@ -113,8 +119,9 @@ async fn answer(mercure: &MercureHub, request: Request) -> Result<Response, Http
                 }
                 None => break,
             }
+            tokio::task::consume_budget().await;
         }
-        if done || !updates.is_empty() || gap.is_some() || updates.len() >= MAX_BATCH {
+        if done || !updates.is_empty() || gap.is_some() || read >= MAX_READ {
             break;
         }
         tokio::select! {

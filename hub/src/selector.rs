@@ -34,6 +34,9 @@ pub const MAX_SELECTOR_LEN: usize = 4096;
 /// compiling it costs.
 pub const MAX_TEMPLATE_VARIABLES: usize = 32;
 
+/// The most URI templates one list of selectors may hold (a subscription's, a token's claim).
+pub const MAX_TEMPLATES: usize = 16;
+
 /// One topic selector.
 #[derive(Clone)]
 pub enum Selector {
@@ -207,6 +210,9 @@ impl Selectors {
                 Selector::Any => any = true,
                 Selector::Exact(s) => exact.push(s),
                 template => templates.push(template),
+            }
+            if templates.len() > MAX_TEMPLATES {
+                return Err(format!("more than {MAX_TEMPLATES} URI templates"));
             }
         }
         Ok(Selectors { exact: exact.into(), any, templates: templates.into() })

@@ -50,8 +50,10 @@ pub struct StreamState {
     heartbeat: Pin<Box<tokio::time::Sleep>>,
     interval: Duration,
     last_write: Instant,
-    /// When the subscriber's token expires.
+    /// When the subscriber's token expires: checked before each write, so that a stream that
+    /// never goes idle ends too.
     expires: Pin<Box<tokio::time::Sleep>>,
+    deadline: Option<Instant>,
     done: bool,
     /// Held for as long as the stream lives (the subscription's registration).
     _guard: Option<Arc<dyn Send + Sync>>,
@@ -84,6 +86,7 @@ impl StreamState {
             interval,
             last_write: now,
             expires: Box::pin(tokio::time::sleep_until(expires.unwrap_or(never))),
+            deadline: expires,
             done: false,
             _guard: guard,
         }
@@ -94,6 +97,11 @@ impl StreamState {
     pub fn step(mut self) -> impl std::future::Future<Output = Option<(Result<Bytes, Infallible>, StreamState)>> + Send {
         async move {
             loop {
+                if self.deadline.is_some_and(|d| Instant::now() >= d) && !self.done {
+                    // The token is no longer valid: nothing more goes out, queued or not.
+                    self.out.clear();
+                    self.done = true;
+                }
                 if !self.out.is_empty() {
                     self.last_write = Instant::now();
                     let chunk = self.out.split().freeze();
@@ -107,6 +115,9 @@ impl StreamState {
                         Some(delivery) => self.push(delivery),
                         None => break,
                     }
+                    // A replay through updates this subscriber does not see can be long, and a
+                    // store in memory never makes it wait: let other tasks run.
+                    tokio::task::consume_budget().await;
                 }
                 if !self.out.is_empty() {
                     continue;

@@ -77,7 +77,9 @@ pub struct Active {
 }
 
 impl Active {
-    /// Registers a new subscriber to `topics` and publishes its subscription events.
+    /// Registers a new subscriber to `topics` and publishes its subscription events. The
+    /// registration exists before the first event is published: if the request goes away
+    /// meanwhile, dropping it takes the subscriber out again and says so.
     pub async fn open(mercure: MercureHub, topics: &[&str], payload: Option<Value>) -> Arc<dyn Send + Sync> {
         let subscriber = format!("urn:uuid:{}", uuid::Uuid::new_v4());
         let entries: Vec<Entry> =
@@ -88,10 +90,11 @@ impl Active {
                 registry.insert(subscription_id(&entry.topic, &entry.subscriber), entry.clone());
             }
         }
-        for entry in &entries {
-            announce(&mercure, entry, true).await;
+        let active = Active { mercure, entries };
+        for entry in &active.entries {
+            announce(&active.mercure, entry, true).await;
         }
-        Arc::new(Active { mercure, entries })
+        Arc::new(active)
     }
 }
 

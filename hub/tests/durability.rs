@@ -146,7 +146,7 @@ async fn two_hubs_on_one_redis_serve_one_log() {
         let store = tidings_redis::RedisStore::connect(&redis.url(), tidings_redis::RedisOptions::default()).await.unwrap();
         TestHub::start(Arc::new(store), settings()).await
     };
-    let (a, b) = (open().await, open().await);
+    let (a, b, c) = (open().await, open().await, open().await);
     let token = publisher(&["*"]);
 
     // A subscriber of hub A, with a template, reads one update and leaves.
@@ -158,17 +158,20 @@ async fn two_hubs_on_one_redis_serve_one_log() {
     drop(on_a);
 
     // Both hubs publish while it is away, to rooms old and new.
-    b.post(Some(&token), &[("topic", "https://example.com/rooms/2"), ("data", "from b"), ("id", "msg-2")]).await;
-    a.post(Some(&token), &[("topic", "https://example.com/elsewhere"), ("data", "not a room")]).await;
+    assert_eq!(b.post(Some(&token), &[("topic", "https://example.com/rooms/2"), ("data", "from b"), ("id", "msg-2")]).await.0, 200);
+    assert_eq!(a.post(Some(&token), &[("topic", "https://example.com/elsewhere"), ("data", "not a room")]).await.0, 200);
     let hub_made = a.publish(&["https://example.com/rooms/1"], "from a").await;
     b.publish(&["https://example.com/rooms/3"], "end").await;
 
-    // It comes back on hub B, which never saw the id `msg-1` published: B finds it in the log.
+    // It comes back on hub B, which did not publish `msg-1`: B finds it in the log.
     let mut on_b = b.subscribe(&[("topic", template)], &[("last-event-id", "msg-1")]).await;
     assert_eq!(on_b.last_event_id(), Some("msg-1"));
     assert_eq!(data(&on_b.until("end").await), ["from b", "from a", "end"]);
     // An id hub A made resumes on hub B too.
     let mut again = b.subscribe(&[("topic", template)], &[("last-event-id", &hub_made)]).await;
     assert_eq!(data(&again.until("end").await), ["end"]);
-    let _ = PUBLISHER_KEY;
+    // And on hub C, which has published nothing: its index reads the log at the lookup.
+    let mut on_c = c.subscribe(&[("topic", template)], &[("last-event-id", "msg-2")]).await;
+    assert_eq!(on_c.last_event_id(), Some("msg-2"));
+    assert_eq!(data(&on_c.until("end").await), ["from a", "end"]);
 }

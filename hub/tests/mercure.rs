@@ -165,10 +165,11 @@ async fn private_updates_reach_only_matching_tokens_live_and_on_replay() {
 
     let token = publisher(&["*"]);
     let private = |topic: &'static str, data: &'static str| [("topic", topic), ("data", data), ("private", "")];
-    hub.post(Some(&token), &private("https://example.com/users/alice/inbox", "for alice")).await;
+    assert_eq!(hub.post(Some(&token), &private("https://example.com/users/alice/inbox", "for alice")).await.0, 200);
     // Private to bob's topic, with alice's as an alternate: both may read it.
-    hub.post(Some(&token), &[("topic", "https://example.com/users/bob/inbox"), ("topic", "https://example.com/users/alice/cc"), ("data", "for both"), ("private", "on")]).await;
-    hub.post(Some(&token), &private("https://example.com/users/bob/inbox", "for bob")).await;
+    let both = [("topic", "https://example.com/users/bob/inbox"), ("topic", "https://example.com/users/alice/cc"), ("data", "for both"), ("private", "on")];
+    assert_eq!(hub.post(Some(&token), &both).await.0, 200);
+    assert_eq!(hub.post(Some(&token), &private("https://example.com/users/bob/inbox", "for bob")).await.0, 200);
     hub.publish(&["https://example.com/users/alice/end"], "end").await;
 
     let expect = [(anonymous, vec!["start", "end"]), (as_alice, vec!["start", "for alice", "for both", "end"]), (as_bob, vec!["start", "for both", "for bob", "end"])];
@@ -218,7 +219,8 @@ async fn refusals_are_the_drafts_statuses_with_a_reason() {
         (vec![("topic", "t"), ("retry", "soon")], "retry"),
         (vec![("topic", "t"), ("type", "tidings.gap")], "tidings."),
         (vec![("topic", "t"), ("type", "a\nb")], "line break"),
-        (vec![("topic", "t"), ("id", "a\nb")], "line break"),
+        (vec![("topic", "t"), ("id", "a\nb")], "control character"),
+        (vec![("topic", "t"), ("id", "a\u{7f}b")], "control character"),
         (vec![("topic", "t"), ("id", "urn:tidings:abc")], "urn:tidings:"),
         (vec![("topic", "a\u{1}b")], "control"),
     ] {
@@ -240,15 +242,27 @@ async fn refusals_are_the_drafts_statuses_with_a_reason() {
 }
 
 #[tokio::test]
-async fn a_stream_ends_when_its_token_expires() {
-    let hub = TestHub::memory().await;
-    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 2;
+async fn a_stream_ends_when_its_token_expires_even_while_updates_keep_coming() {
+    let hub = std::sync::Arc::new(TestHub::memory().await);
+    // Past already, but within the 5 s leeway: accepted, and ending within seconds.
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 3;
     let token = common::token(common::SUBSCRIBER_KEY, serde_json::json!({"mercure": {"subscribe": ["*"]}, "exp": exp}));
     let mut sub = hub.subscribe(&[("topic", "a"), ("authorization", &token)], &[]).await;
     assert_eq!(sub.status, 200);
     hub.publish(&["a"], "while valid").await;
     assert_eq!(sub.next().await.data, "while valid");
-    assert!(sub.ends_within(Duration::from_secs(10)).await, "the stream ends once the token expires");
+    // A steady stream of updates never lets the stream go idle.
+    let publisher = {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            for n in 0.. {
+                hub.publish(&["a"], &format!("update {n}")).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    assert!(sub.ends_within(Duration::from_secs(20)).await, "the stream ends once the token expires");
+    publisher.abort();
 }
 
 #[tokio::test]
@@ -367,7 +381,12 @@ async fn long_polling_carries_the_same_updates_with_the_same_ids() {
     let next = batch["lastEventID"].as_str().unwrap().to_owned();
 
     // Resuming from the batch's lastEventID: nothing is read twice; the poll waits for the next.
+    let before = hub.mercure.hub().subscriber_count();
     let waiting = tokio::spawn(poll(vec![("topic", BOOKS.into()), ("lastEventID", next.clone()), ("timeout", "30".into())]));
+    // The poll is waiting (its subscription open) before anything new is published.
+    while hub.mercure.hub().subscriber_count() == before {
+        tokio::task::yield_now().await;
+    }
     hub.publish(&["https://example.com/authors/2"], "still not a book").await;
     hub.publish(&["https://example.com/books/5"], "five").await;
     let batch = waiting.await.unwrap();
