@@ -518,6 +518,58 @@ fn truncate(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
+/// Entry points for the fuzz target `hub_input` (`fuzz/`): what a request's bytes reach, with
+/// the invariants checked.
+#[doc(hidden)]
+pub mod fuzzing {
+    use tidings_core::{Epoch, Event, WireFormat};
+
+    use crate::selector::{Selector, TemplateCache};
+    use crate::update::{Decoded, View};
+
+    /// Reads `selector` as a subscriber's selector and matches `topic` against it; reads `form`
+    /// as a publish, stores it as the hub does, and decodes it as a subscriber's stream does.
+    /// Panics if an invariant breaks: a plain selector that does not select itself, a publish
+    /// whose decoded topics, id or data differ from the form's, a frame that is not SSE.
+    pub fn selector_and_form(selector: &str, topic: &str, form: &[u8]) {
+        let cache = TemplateCache::default();
+        if let Ok(parsed) = Selector::parse(selector, &cache) {
+            let _ = parsed.matches(topic);
+            if let Selector::Exact(_) | Selector::Any = parsed {
+                assert!(parsed.matches(selector), "a plain selector selects itself");
+            }
+        }
+        let Ok(update) = crate::parse_form(form) else { return };
+        let record = serde_json::to_string(&update).expect("a record serializes");
+        let event = Event { epoch: Epoch::from_raw(1), topic: crate::update::log_topic(), seq: 1, event_type: None, data: record.into() };
+        let bytes = Decoded::encode(&event);
+        let view = View::new(&bytes);
+        assert_eq!(view.topics().collect::<Vec<_>>(), update.topics, "topics survive the record");
+        assert_eq!(view.private(), update.private);
+        if let Some(id) = &update.id {
+            assert_eq!(view.id(), id);
+        }
+        let frame = std::str::from_utf8(view.frame()).expect("a frame is UTF-8");
+        assert!(frame.ends_with("\n\n"), "a frame ends with a blank line");
+        let mut data = Vec::new();
+        for line in frame.trim_end_matches('\n').split('\n') {
+            let (field, value) = line.split_once(": ").unwrap_or((line, ""));
+            assert!(matches!(field, "id" | "event" | "retry" | "data"), "an SSE field: {line:?}");
+            if field == "data" {
+                data.push(value);
+            }
+        }
+        let expected = update.data.replace("\r\n", "\n").replace('\r', "\n");
+        assert_eq!(data.join("\n"), expected, "the data survives the frame");
+    }
+
+    /// Reads arbitrary bytes as a stored record's decoded form: never a panic.
+    pub fn view(bytes: &[u8]) {
+        let view = View::new(bytes);
+        let _ = (view.private(), view.topics().count(), view.id(), view.frame().len());
+    }
+}
+
 /// `GET /`: the hub's page.
 async fn page() -> Response {
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], include_str!("page.html")).into_response()

@@ -61,6 +61,14 @@ impl fmt::Debug for Selector {
 const UNRESERVED: &str = r"A-Za-z0-9\-._~";
 const RESERVED: &str = r":/?#\[\]@!$&'()*+,;=";
 
+/// Whether every `%` of `s` begins a percent-escape: two hexadecimal digits follow it.
+fn whole_escapes(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    bytes.iter().enumerate().filter(|&(_, &b)| b == b'%').all(|(i, _)| {
+        bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit) && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit)
+    })
+}
+
 /// The regular expression a template matches (see the module documentation).
 fn template_regex(template: &str) -> String {
     let mut re = String::from("^");
@@ -124,7 +132,9 @@ impl Selector {
         if selector == "*" {
             return Ok(Selector::Any);
         }
-        if !selector.contains('{') || UriTemplateStr::new(selector).is_err() {
+        // A `%` must begin a whole escape in a template (RFC 6570, 2.1). Checked first: iri-string
+        // 0.7.14 panics on a `%` followed by a multi-byte character (found by fuzzing).
+        if !selector.contains('{') || !whole_escapes(selector) || UriTemplateStr::new(selector).is_err() {
             return Ok(Selector::Exact(selector.into()));
         }
         let variables = selector.split('{').skip(1).map(|e| e.split('}').next().unwrap_or_default().split(',').count()).sum::<usize>();
@@ -330,5 +340,21 @@ mod tests {
             (Selector::Template(_, a), Selector::Template(_, b)) => assert!(Arc::ptr_eq(a, b)),
             _ => panic!("templates"),
         }
+    }
+}
+
+#[cfg(test)]
+mod fuzz_found {
+    use super::*;
+
+    #[test]
+    fn a_percent_that_begins_no_escape_is_a_plain_selector_not_a_panic() {
+        let cache = TemplateCache::default();
+        for selector in ["%\u{FFFD}{o\u{FFFD}", "/a%{id}", "/a/%é{id}", "/a/{id}%"] {
+            let parsed = Selector::parse(selector, &cache).unwrap();
+            assert!(matches!(parsed, Selector::Exact(_)), "{selector}");
+            assert!(parsed.matches(selector));
+        }
+        assert!(matches!(Selector::parse("/caf%C3%A9/{id}", &cache).unwrap(), Selector::Template(..)));
     }
 }
