@@ -58,9 +58,9 @@ struct State {
 const PAGE: usize = 1000;
 
 impl Ids {
-    /// An index of the log `topic` in `store`, keeping at most `capacity` ids.
-    pub fn new(store: Arc<dyn Store>, topic: Topic, capacity: usize) -> Ids {
-        Ids { store, topic, capacity: capacity.max(1), state: tokio::sync::Mutex::new(State::default()) }
+    /// An index of the hub's log in `store`, keeping at most `capacity` ids.
+    pub fn new(store: Arc<dyn Store>, capacity: usize) -> Ids {
+        Ids { store, topic: crate::update::log_topic(), capacity: capacity.max(1), state: tokio::sync::Mutex::new(State::default()) }
     }
 
     /// Where `id` puts a subscriber.
@@ -76,11 +76,11 @@ impl Ids {
             });
         }
         let mut state = self.state.lock().await;
-        if let Some(found) = state.find(id, &self.topic) {
+        if let Some(found) = state.find(id) {
             return Ok(Position::After(found));
         }
         self.catch_up(&mut state).await?;
-        Ok(state.find(id, &self.topic).map_or(Position::Unknown, Position::After))
+        Ok(state.find(id).map_or(Position::Unknown, Position::After))
     }
 
     /// Records the id of an update this hub just appended (as position `seq` of `epoch`), so
@@ -138,11 +138,9 @@ impl Ids {
 }
 
 impl State {
-    fn find(&self, id: &str, topic: &Topic) -> Option<Cursor> {
+    fn find(&self, id: &str) -> Option<Cursor> {
         let seq = *self.by_id.get(id)?;
-        let mut cursor = Cursor::new(self.epoch?);
-        cursor.set(topic, seq);
-        Some(cursor)
+        Some(crate::update::at(self.epoch?, seq))
     }
 
     fn insert(&mut self, id: &str, seq: u64, capacity: usize) {

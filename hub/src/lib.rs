@@ -147,7 +147,7 @@ impl MercureHub {
     pub fn with_hub(hub: Hub, mut settings: Settings) -> MercureHub {
         // A zero interval would write heartbeats in a loop; a huge one would overflow a clock.
         settings.heartbeat = settings.heartbeat.clamp(Duration::from_secs(1), Duration::from_secs(24 * 3600));
-        let ids = Ids::new(hub.store().clone(), update::log_topic(), settings.max_indexed_ids);
+        let ids = Ids::new(hub.store().clone(), settings.max_indexed_ids);
         MercureHub { inner: Arc::new(Inner { hub, settings, ids, registry: Registry::default(), templates: selector::TemplateCache::default() }) }
     }
 
@@ -297,10 +297,10 @@ async fn open_subscription(inner: &Inner, parts: &http::request::Parts) -> Resul
     }
     let topics = Selectors::parse(&given, &inner.templates).map_err(HttpError::bad_request)?;
     let private = match claims.as_ref().and_then(|c| c.mercure.subscribe.as_ref()) {
-        Some(list) => {
-            let list: Vec<&str> = list.iter().map(String::as_str).collect();
-            Some(Selectors::parse(&list, &inner.templates).map_err(|e| HttpError::new(StatusCode::UNAUTHORIZED, format!("the token's mercure.subscribe: {e}")))?)
-        }
+        Some(list) => Some(
+            Selectors::parse(list, &inner.templates)
+                .map_err(|e| HttpError::new(StatusCode::UNAUTHORIZED, format!("the token's mercure.subscribe: {e}")))?,
+        ),
         None => None,
     };
 
@@ -343,8 +343,7 @@ async fn open_stream(mercure: &MercureHub, request: Request) -> Result<Response,
     // A `HEAD` request opens no stream: no subscriber comes or goes.
     let guard = if inner.settings.subscriptions && parts.method != Method::HEAD {
         let payload = opened.claims.as_ref().and_then(|c| c.mercure.payload.clone());
-        let selectors: Vec<&str> = opened.selectors.iter().map(String::as_str).collect();
-        Some(subscriptions::Active::open(mercure.clone(), &selectors, payload).await)
+        Some(subscriptions::Active::open(mercure.clone(), &opened.selectors, payload).await)
     } else {
         None
     };
@@ -378,9 +377,7 @@ fn store_error(err: tidings_core::StoreError) -> HttpError {
 async fn earliest(inner: &Inner) -> Result<Cursor, HttpError> {
     let topic = update::log_topic();
     let bounds = inner.hub.store().bounds(&topic).await.map_err(store_error)?;
-    let mut cursor = Cursor::new(bounds.epoch);
-    cursor.set(&topic, bounds.first.saturating_sub(1));
-    Ok(cursor)
+    Ok(update::at(bounds.epoch, bounds.first.saturating_sub(1)))
 }
 
 /// The position of the newest update in the log, as an id (`urn:tidings:…`: it says nothing
@@ -388,22 +385,19 @@ async fn earliest(inner: &Inner) -> Result<Cursor, HttpError> {
 async fn newest_id(inner: &Inner) -> Result<Option<String>, HttpError> {
     let topic = update::log_topic();
     let bounds = inner.hub.store().bounds(&topic).await.map_err(store_error)?;
-    if bounds.last == 0 {
-        return Ok(None);
-    }
-    let mut cursor = Cursor::new(bounds.epoch);
-    cursor.set(&topic, bounds.last);
-    let mut id = String::from(HUB_ID_PREFIX);
-    cursor.encode_into(&mut id);
-    Ok(Some(id))
+    Ok((bounds.last > 0).then(|| update::cursor_id(&update::at(bounds.epoch, bounds.last))))
 }
 
-/// `POST /.well-known/mercure`: a publish (draft-07, "Publication").
-async fn publish(State(mercure): State<MercureHub>, request: Request) -> Response {
-    let (parts, body) = request.into_parts();
-    let body = match axum::body::to_bytes(body, mercure.inner.settings.max_body).await {
+/// `POST /.well-known/mercure`: a publish (draft-07, "Publication"). The body is bounded by
+/// [`tidings_http::limit_body`] on the route.
+async fn publish(
+    State(mercure): State<MercureHub>,
+    parts: http::request::Parts,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let body = match body {
         Ok(body) => body,
-        Err(_) => return HttpError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over {} bytes", mercure.inner.settings.max_body)).into_response(),
+        Err(rejection) => return tidings_http::body_rejection(rejection, mercure.inner.settings.max_body),
     };
     match accept_publish(&mercure, &parts, &body).await {
         Ok(id) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], id).into_response(),
@@ -438,8 +432,7 @@ async fn accept_publish(mercure: &MercureHub, parts: &http::request::Parts, body
     let Some(allowed) = claims.mercure.publish.as_ref() else {
         return Err(HttpError::new(StatusCode::FORBIDDEN, "the token has no mercure.publish claim"));
     };
-    let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
-    let allowed = Selectors::parse(&allowed, &inner.templates).map_err(|e| HttpError::new(StatusCode::FORBIDDEN, format!("the token's mercure.publish: {e}")))?;
+    let allowed = Selectors::parse(allowed, &inner.templates).map_err(|e| HttpError::new(StatusCode::FORBIDDEN, format!("the token's mercure.publish: {e}")))?;
 
     let update = parse_form(body)?;
     if let Some(topic) = update.topics.iter().find(|t| !allowed.matches(t)) {

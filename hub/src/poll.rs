@@ -20,12 +20,12 @@ use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use http::{HeaderValue, header};
-use serde::Serialize;
 use tidings_core::Delivery;
 use tidings_http::HttpError;
 
-use crate::update::{Decoded, HUB_ID_PREFIX, Update, View};
+use crate::update::{Decoded, PollItem, View, cursor_id};
 use crate::{MercureHub, open_subscription};
 
 /// The path of the long-polling endpoint.
@@ -43,24 +43,6 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 /// The most updates one poll reads, seen or not: a poll far behind, through updates it does
 /// not see, answers with its new position after this many (and an empty batch, perhaps).
 pub const MAX_READ: usize = 10_000;
-
-/// One update in a batch.
-#[derive(Debug, Serialize)]
-struct Item {
-    id: String,
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    data: String,
-}
-
-/// A batch.
-#[derive(Debug, Serialize)]
-struct Batch {
-    updates: Vec<Item>,
-    #[serde(rename = "lastEventID")]
-    last_event_id: String,
-    gap: Option<&'static str>,
-}
 
 /// `GET /.well-known/mercure/poll`.
 pub async fn poll(State(mercure): State<MercureHub>, request: Request) -> Response {
@@ -86,16 +68,15 @@ async fn answer(mercure: &MercureHub, request: Request) -> Result<Response, Http
     let wait = timeout(parts.uri.query())?;
     let mut opened = open_subscription(&mercure.inner, &parts).await?;
     let mut gap = opened.unknown_id.is_some().then_some("unknown-id");
-    let mut updates = Vec::new();
+    // Each update's item is the event's shared encoding: polls do not parse records.
+    let mut updates: Vec<Bytes> = Vec::new();
     let deadline = tokio::time::Instant::now() + wait;
     let expires = crate::expiry(opened.claims.as_ref()).unwrap_or(deadline).min(deadline);
-    let mut done = false;
-    let take = |delivery: Delivery, updates: &mut Vec<Item>, gap: &mut Option<&'static str>| match delivery {
+    // What one delivery does to the batch; `true` when the poll must answer now (shutdown).
+    let take = |delivery: Delivery, updates: &mut Vec<Bytes>, gap: &mut Option<&'static str>| match delivery {
         Delivery::Event(event) => {
-            let visible = event.with_encoded::<Decoded, _>(|bytes| opened.filter.lets_through(&View::new(bytes)));
-            if visible && let Ok(update) = serde_json::from_str::<Update>(&event.event().data) {
-                let id = update.id.unwrap_or_else(|| crate::update::hub_id(event.event()));
-                updates.push(Item { id, kind: update.kind, data: update.data });
+            if event.with_encoded::<Decoded, _>(|bytes| opened.filter.lets_through(&View::new(bytes))) {
+                updates.push(event.encoded::<PollItem>());
             }
             false
         }
@@ -103,38 +84,42 @@ async fn answer(mercure: &MercureHub, request: Request) -> Result<Response, Http
             *gap = Some("trimmed");
             false
         }
-        // Shutting down, or anything else: answer with what there is.
         _ => true,
     };
     let mut read = 0;
-    while !done {
+    'poll: loop {
         while updates.len() < MAX_BATCH && read < MAX_READ {
-            match opened.subscription.next_ready().await {
-                Some(delivery) => {
-                    read += 1;
-                    if take(delivery, &mut updates, &mut gap) {
-                        done = true;
-                        break;
-                    }
-                }
-                None => break,
+            let Some(delivery) = opened.subscription.next_ready().await else { break };
+            read += 1;
+            if take(delivery, &mut updates, &mut gap) {
+                break 'poll;
             }
             tokio::task::consume_budget().await;
         }
-        if done || !updates.is_empty() || gap.is_some() || read >= MAX_READ {
+        if !updates.is_empty() || gap.is_some() || read >= MAX_READ {
             break;
         }
         tokio::select! {
-            delivery = opened.subscription.next() => match delivery {
-                Some(delivery) => done = take(delivery, &mut updates, &mut gap),
-                None => done = true,
-            },
-            () = tokio::time::sleep_until(expires) => done = true,
+            delivery = opened.subscription.next() => {
+                let Some(delivery) = delivery else { break };
+                if take(delivery, &mut updates, &mut gap) {
+                    break;
+                }
+            }
+            () = tokio::time::sleep_until(expires) => break,
         }
     }
-    let mut last_event_id = String::from(HUB_ID_PREFIX);
-    opened.subscription.cursor().encode_into(&mut last_event_id);
-    let body = serde_json::to_string(&Batch { updates, last_event_id, gap }).map_err(|e| HttpError::bad_request(e.to_string()))?;
+    let last_event_id = serde_json::to_string(&cursor_id(&opened.subscription.cursor())).unwrap_or_default();
+    let gap = gap.map_or("null".to_owned(), |g| format!("\"{g}\""));
+    let mut body = Vec::with_capacity(64 + updates.iter().map(|u| u.len() + 1).sum::<usize>());
+    body.extend_from_slice(b"{\"updates\":[");
+    for (i, item) in updates.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(item);
+    }
+    body.extend_from_slice(format!("],\"lastEventID\":{last_event_id},\"gap\":{gap}}}").as_bytes());
     let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)

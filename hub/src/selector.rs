@@ -211,12 +211,12 @@ impl Selectors {
     /// # Errors
     ///
     /// One of them is invalid ([`Selector::parse`]).
-    pub fn parse(selectors: &[&str], cache: &TemplateCache) -> Result<Selectors, String> {
+    pub fn parse<S: AsRef<str>>(selectors: &[S], cache: &TemplateCache) -> Result<Selectors, String> {
         let mut exact = Vec::new();
         let mut templates = Vec::new();
         let mut any = false;
         for selector in selectors {
-            match Selector::parse(selector, cache)? {
+            match Selector::parse(selector.as_ref(), cache)? {
                 Selector::Any => any = true,
                 Selector::Exact(s) => exact.push(s),
                 template => templates.push(template),

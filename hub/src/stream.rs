@@ -12,7 +12,7 @@ use tidings_core::{Cursor, Delivery, SharedEvent, Subscription};
 use tokio::time::Instant;
 
 use crate::selector::Selectors;
-use crate::update::{Decoded, GAP_EVENT, HUB_ID_PREFIX, View};
+use crate::update::{Decoded, GAP_EVENT, View, cursor_id};
 
 /// Who may receive what: a subscriber's topic selectors and, for private updates, the selectors
 /// of its token's `mercure.subscribe` claim.
@@ -50,10 +50,9 @@ pub struct StreamState {
     heartbeat: Pin<Box<tokio::time::Sleep>>,
     interval: Duration,
     last_write: Instant,
-    /// When the subscriber's token expires: checked before each write, so that a stream that
-    /// never goes idle ends too.
+    /// When the subscriber's token expires (far off without one): its deadline is checked
+    /// before each write, so that a stream that never goes idle ends too.
     expires: Pin<Box<tokio::time::Sleep>>,
-    deadline: Option<Instant>,
     done: bool,
     /// Held for as long as the stream lives (the subscription's registration).
     _guard: Option<Arc<dyn Send + Sync>>,
@@ -86,7 +85,6 @@ impl StreamState {
             interval,
             last_write: now,
             expires: Box::pin(tokio::time::sleep_until(expires.unwrap_or(never))),
-            deadline: expires,
             done: false,
             _guard: guard,
         }
@@ -97,7 +95,7 @@ impl StreamState {
     pub fn step(mut self) -> impl std::future::Future<Output = Option<(Result<Bytes, Infallible>, StreamState)>> + Send {
         async move {
             loop {
-                if self.deadline.is_some_and(|d| Instant::now() >= d) && !self.done {
+                if Instant::now() >= self.expires.deadline() && !self.done {
                     // The token is no longer valid: nothing more goes out, queued or not.
                     self.out.clear();
                     self.done = true;
@@ -129,10 +127,8 @@ impl StreamState {
                         Some(delivery) => self.push(delivery),
                         None => self.done = true,
                     },
-                    () = self.expires.as_mut() => {
-                        // The token is no longer valid: the stream ends (the client needs a new one).
-                        self.done = true;
-                    }
+                    // The token is no longer valid: the check above ends the stream.
+                    () = self.expires.as_mut() => {}
                     () = self.heartbeat.as_mut() => {
                         let due = self.last_write + self.interval;
                         let now = Instant::now();
@@ -181,7 +177,6 @@ impl StreamState {
 /// `id:` is the position the stream goes on from (`at`), so that a client reconnecting before
 /// the next update resumes there rather than from the id that was lost.
 pub fn gap_frame(reason: &str, at: &Cursor) -> String {
-    let mut id = String::from(HUB_ID_PREFIX);
-    at.encode_into(&mut id);
+    let id = cursor_id(at);
     format!("id: {id}\nevent: {GAP_EVENT}\ndata: {{\"reason\":\"{reason}\"}}\n\n")
 }

@@ -80,10 +80,10 @@ impl Active {
     /// Registers a new subscriber to `topics` and publishes its subscription events. The
     /// registration exists before the first event is published: if the request goes away
     /// meanwhile, dropping it takes the subscriber out again and says so.
-    pub async fn open(mercure: MercureHub, topics: &[&str], payload: Option<Value>) -> Arc<dyn Send + Sync> {
+    pub async fn open(mercure: MercureHub, topics: &[String], payload: Option<Value>) -> Arc<dyn Send + Sync> {
         let subscriber = format!("urn:uuid:{}", uuid::Uuid::new_v4());
         let entries: Vec<Entry> =
-            topics.iter().map(|t| Entry { topic: (*t).to_owned(), subscriber: subscriber.clone(), payload: payload.clone() }).collect();
+            topics.iter().map(|t| Entry { topic: t.clone(), subscriber: subscriber.clone(), payload: payload.clone() }).collect();
         {
             let mut registry = mercure.inner.registry.entries.lock().unwrap_or_else(|e| e.into_inner());
             for entry in &entries {
@@ -202,8 +202,7 @@ fn authorize(mercure: &MercureHub, headers: &http::HeaderMap, query: &[(String, 
     let (token, _) = crate::auth::token(headers, query).map_err(|e| unauthorized(&e))?.ok_or_else(|| unauthorized("a subscriber token is needed"))?;
     let verifier = mercure.inner.settings.subscriber.as_ref().ok_or_else(|| unauthorized("this hub accepts no subscriber tokens"))?;
     let claims = verifier.verify(token).map_err(|e| unauthorized(&e))?;
-    let list: Vec<&str> = claims.mercure.subscribe.iter().flatten().map(String::as_str).collect();
-    let selectors = Selectors::parse(&list, &mercure.inner.templates).map_err(|e| unauthorized(&e))?;
+    let selectors = Selectors::parse(claims.mercure.subscribe.as_deref().unwrap_or_default(), &mercure.inner.templates).map_err(|e| unauthorized(&e))?;
     if selectors.matches(request_uri) {
         Ok(())
     } else {

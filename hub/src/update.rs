@@ -8,7 +8,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
-use tidings_core::{Event, SharedEvent, Topic, WireFormat};
+use tidings_core::{Cursor, Epoch, Event, Topic, WireFormat};
 
 /// The tidings topic that holds every update, in the order the hub accepted them: one log,
 /// one position per update, so that a `Last-Event-ID` is one position whatever topics and
@@ -45,12 +45,25 @@ pub struct Update {
     pub data: String,
 }
 
-/// The id of the update stored as `event`: the publisher's, else [`HUB_ID_PREFIX`] and the
-/// event's cursor token.
-pub fn hub_id(event: &Event) -> String {
+/// The id the hub gives a position of its log: [`HUB_ID_PREFIX`] and the cursor's token. An
+/// update published without an id has the id of its own position; gap notices, long-poll
+/// batches and the subscriptions API name positions this way too.
+pub fn cursor_id(cursor: &Cursor) -> String {
     let mut id = String::from(HUB_ID_PREFIX);
-    event.cursor().encode_into(&mut id);
+    cursor.encode_into(&mut id);
     id
+}
+
+/// The cursor at position `seq` of the hub's log in `epoch`.
+pub fn at(epoch: Epoch, seq: u64) -> Cursor {
+    let mut cursor = Cursor::new(epoch);
+    cursor.set(&log_topic(), seq);
+    cursor
+}
+
+/// The id the hub makes for the update stored as `event` when its publisher gave none.
+pub fn hub_id(event: &Event) -> String {
+    cursor_id(&event.cursor())
 }
 
 /// The decoded form of a stored update, shared by every subscriber:
@@ -157,11 +170,6 @@ impl<'a> View<'a> {
     pub fn frame(&self) -> &'a [u8] {
         self.frame
     }
-
-    /// Where the frame starts in the encoding.
-    pub fn frame_offset(bytes: &[u8]) -> usize {
-        bytes.len() - View::new(bytes).frame.len()
-    }
 }
 
 fn take(bytes: &[u8]) -> (&[u8], &[u8]) {
@@ -170,11 +178,26 @@ fn take(bytes: &[u8]) -> (&[u8], &[u8]) {
     rest.split_at(len)
 }
 
-/// The decoded update of a shared event, and the shared frame bytes (no copy).
-pub fn frame_of(event: &SharedEvent) -> Bytes {
-    let bytes = event.encoded::<Decoded>();
-    let offset = View::frame_offset(&bytes);
-    bytes.slice(offset..)
+/// An update as one item of a long-poll batch, `{"id":…,"type":…,"data":…}`, encoded once per
+/// event for every poll that receives it (`poll.rs`). A record that does not parse is `null`
+/// (it reaches nobody: [`Decoded`] gives it no topics).
+#[derive(Debug)]
+pub struct PollItem;
+
+impl WireFormat for PollItem {
+    fn encode(event: &Event) -> Bytes {
+        #[derive(Serialize)]
+        struct Item<'a> {
+            id: &'a str,
+            #[serde(rename = "type")]
+            kind: Option<&'a str>,
+            data: &'a str,
+        }
+        let Ok(update) = serde_json::from_str::<Update>(&event.data) else { return Bytes::from_static(b"null") };
+        let id = update.id.clone().unwrap_or_else(|| hub_id(event));
+        let item = Item { id: &id, kind: update.kind.as_deref(), data: &update.data };
+        serde_json::to_vec(&item).map(Bytes::from).unwrap_or_else(|_| Bytes::from_static(b"null"))
+    }
 }
 
 /// The hub's log topic.
