@@ -16,6 +16,12 @@
 //!   carries the event's id, so the service worker drops an id it has already shown.
 //! - **Gap.** When retention passed the saved cursor, the subscription gets one push saying so
 //!   (`{"id":…,"gap":{"topics":[…]}}`), then what remains.
+//! - **Content.** What is pushed, and whether an event is pushed at all, is the
+//!   [`PushContent`]'s choice (by default every event, as [`message`](crate::message) says).
+//!   An event it skips moves the cursor all the same; that cursor is saved within a second
+//!   (not once per skipped event), so a restart may look at a second's worth again.
+//! - **Lapse.** A registration with an [`expires`](Registration::expires) time is deleted
+//!   when it comes, and nothing more is pushed to it.
 //! - **Isolation.** Sends are bounded ([`WebPushBuilder::max_in_flight`], default 64) and each
 //!   subscription waits only for its own push service: a slow or dead push service never
 //!   blocks publishing, other subscriptions, or the SSE and long-poll clients (a subscription
@@ -37,17 +43,19 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tidings_core::{
-    AccessRequest, Credentials, Delivery, Event, Hub, Refusal, SubscribeError, SubscribeRequest, Topic,
+    AccessRequest, Credentials, Cursor, Delivery, Event, Hub, Refusal, SharedEvent, SubscribeError, SubscribeRequest,
+    Topic,
 };
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
+use crate::content::{EventContent, PushContent, PushMessages};
 use crate::endpoint::{EndpointError, EndpointPolicy};
 use crate::keys::VapidKeys;
-use crate::message::{Payload, event_payload, gap_payload, truncated_payload};
+use crate::message::Payload;
 use crate::options::PushOptions;
 use crate::presence::Presence;
 use crate::registry::{PushRegistry, Registration, RegistryError};
@@ -106,6 +114,10 @@ pub struct PushStats {
     pub retries: u64,
     /// Events not pushed because their recipient was online ([`DeliveryPolicy::WhenOffline`]).
     pub skipped_online: u64,
+    /// Events not pushed because the [`PushContent`] chose not to (a Mercure hub's selectors).
+    pub filtered: u64,
+    /// Subscriptions deleted because their [`expires`](Registration::expires) time came.
+    pub lapsed: u64,
 }
 
 #[derive(Debug, Default)]
@@ -118,6 +130,8 @@ struct Counters {
     expired: AtomicU64,
     retries: AtomicU64,
     skipped_online: AtomicU64,
+    filtered: AtomicU64,
+    lapsed: AtomicU64,
 }
 
 struct Worker {
@@ -205,6 +219,7 @@ struct Inner {
     hub: Hub,
     registry: Arc<dyn PushRegistry>,
     sender: PushSender,
+    content: Arc<dyn PushContent>,
     config: Config,
     presence: Option<Presence>,
     in_flight: Semaphore,
@@ -236,6 +251,7 @@ pub struct WebPushBuilder {
     policy: EndpointPolicy,
     roots: Vec<String>,
     config: Config,
+    content: Arc<dyn PushContent>,
     presence: Option<Presence>,
     max_in_flight: usize,
 }
@@ -320,6 +336,13 @@ impl WebPushBuilder {
         self
     }
 
+    /// What each subscription is sent (default [`EventContent`]: every event of its topics, as
+    /// [`message`](crate::message) says). See [`content`](crate::content).
+    pub fn content(mut self, content: impl PushContent) -> Self {
+        self.content = Arc::new(content);
+        self
+    }
+
     /// Sends in flight at once, across all subscriptions (default 64).
     ///
     /// # Panics
@@ -366,6 +389,7 @@ impl WebPushBuilder {
                 hub: self.hub,
                 registry: self.registry,
                 sender,
+                content: self.content,
                 config: self.config,
                 presence: self.presence,
                 in_flight: Semaphore::new(self.max_in_flight),
@@ -456,6 +480,10 @@ pub struct RegisterRequest<'a> {
     pub peer: Option<SocketAddr>,
     /// The request's credentials, for the authorization hook.
     pub credentials: &'a dyn Credentials,
+    /// Kept with the registration for the [`PushContent`] (see [`Registration::filter`]).
+    pub filter: Option<String>,
+    /// When the registration lapses (see [`Registration::expires`]); none by default.
+    pub expires: Option<SystemTime>,
 }
 
 impl fmt::Debug for RegisterRequest<'_> {
@@ -465,6 +493,8 @@ impl fmt::Debug for RegisterRequest<'_> {
             .field("topics", &self.topics)
             .field("cursor", &self.cursor)
             .field("peer", &self.peer)
+            .field("filter", &self.filter)
+            .field("expires", &self.expires)
             .finish_non_exhaustive()
     }
 }
@@ -472,7 +502,21 @@ impl fmt::Debug for RegisterRequest<'_> {
 impl<'a> RegisterRequest<'a> {
     /// A request for `topics`.
     pub fn new(subscription: PushSubscription, topics: Vec<String>, credentials: &'a dyn Credentials) -> Self {
-        RegisterRequest { subscription, topics, cursor: None, peer: None, credentials }
+        RegisterRequest { subscription, topics, cursor: None, peer: None, credentials, filter: None, expires: None }
+    }
+
+    /// Sets the application's filter, kept with the registration.
+    #[must_use]
+    pub fn filter(mut self, filter: Option<String>) -> Self {
+        self.filter = filter;
+        self
+    }
+
+    /// Sets when the registration lapses.
+    #[must_use]
+    pub fn expires(mut self, expires: Option<SystemTime>) -> Self {
+        self.expires = expires;
+        self
     }
 
     /// Sets the starting cursor.
@@ -491,9 +535,29 @@ impl<'a> RegisterRequest<'a> {
 }
 
 enum Step {
+    /// Settled (pushed, or given up): the cursor is saved.
     Done,
+    /// Nothing to push: the cursor is saved within [`SAVE_SKIPPED`].
+    Skipped,
     Gone,
     Cancelled,
+}
+
+/// What a push subscription's task woke up for.
+enum Woke {
+    Lapsed,
+    SaveSkipped,
+    Delivery(Option<Delivery>),
+}
+
+/// How long a cursor moved by skipped events may go unsaved.
+const SAVE_SKIPPED: Duration = Duration::from_secs(1);
+
+/// Where the smaller form of an event's payload comes from, after a 413.
+struct Smaller<'a> {
+    messages: &'a dyn PushMessages,
+    event: &'a SharedEvent,
+    cursor: &'a Cursor,
 }
 
 impl WebPush {
@@ -513,6 +577,7 @@ impl WebPush {
             contact: Contact::parse(contact)?,
             policy: EndpointPolicy::default(),
             roots: Vec::new(),
+            content: Arc::new(EventContent),
             config: Config {
                 defaults: PushOptions::default(),
                 options_for: None,
@@ -571,7 +636,11 @@ impl WebPush {
             // after the 201 is pushed, even across a crash right after it.
             None => self.end_of_log(&topics).await?,
         };
-        let registration = Registration::new(request.subscription, topics).recipient(recipient).cursor(Some(cursor));
+        let registration = Registration::new(request.subscription, topics)
+            .recipient(recipient)
+            .cursor(Some(cursor))
+            .filter(request.filter)
+            .expires(request.expires);
         // Counted before it is stored, so that concurrent registrations cannot pass the limits
         // together; released if storing fails.
         // The endpoint's previous worker (if any) keeps pushing until the new one is stored.
@@ -640,6 +709,8 @@ impl WebPush {
             expired: c.expired.load(Ordering::Relaxed),
             retries: c.retries.load(Ordering::Relaxed),
             skipped_online: c.skipped_online.load(Ordering::Relaxed),
+            filtered: c.filtered.load(Ordering::Relaxed),
+            lapsed: c.lapsed.load(Ordering::Relaxed),
         }
     }
 
@@ -694,17 +765,38 @@ impl WebPush {
         });
     }
 
-    /// Serves one push subscription until it is cancelled, gone, or the hub closes.
+    /// Serves one push subscription until it is cancelled, gone, lapsed, or the hub closes.
     async fn serve(&self, registration: Registration, mut cancelled: watch::Receiver<bool>) {
         let inner = &self.inner;
         let endpoint = registration.endpoint().to_owned();
+        let messages = match inner.content.messages(&registration) {
+            Ok(messages) => messages,
+            Err(err) => {
+                tracing::error!(%err, "push subscription's filter cannot be read; not serving it");
+                return;
+            }
+        };
+        // When it lapses, as a Tokio instant (a time already past: now; too far to count: never).
+        let lapses = registration.expires.and_then(|at| {
+            Instant::now().checked_add(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+        });
+        let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+        let lapse = tokio::time::sleep_until(lapses.unwrap_or(far));
+        tokio::pin!(lapse);
         let mut retry = Duration::from_millis(200);
         let mut sub = loop {
             let request = SubscribeRequest::new(registration.topics.clone())
                 .cursor(registration.cursor.as_deref())
                 .transport(TRANSPORT)
                 .preauthorized(registration.recipient.clone());
-            match inner.hub.subscribe(request).await {
+            let opened = tokio::select! {
+                biased;
+                _ = cancelled.wait_for(|&c| c) => return,
+                () = &mut lapse, if lapses.is_some() => None,
+                opened = inner.hub.subscribe(request) => Some(opened),
+            };
+            let Some(opened) = opened else { return self.lapse(&endpoint).await };
+            match opened {
                 Ok(sub) => break sub,
                 Err(SubscribeError::ShuttingDown) => return,
                 Err(err @ (SubscribeError::NoTopics | SubscribeError::TooManyTopics { .. } | SubscribeError::Refused(_))) => {
@@ -726,15 +818,31 @@ impl WebPush {
             // Where it starts is where a restart resumes.
             self.save_cursor(&endpoint, &sub.cursor().to_string()).await;
         }
+        // The cursor past events the content skipped, not saved yet: saved with the next push,
+        // or after `SAVE_SKIPPED` (one write a second at most, not one per skipped event).
+        let mut unsaved: Option<String> = None;
+        let mut last_save = Instant::now();
         loop {
-            let delivery = tokio::select! {
+            let woke = tokio::select! {
                 biased;
                 _ = cancelled.wait_for(|&c| c) => return,
-                delivery = sub.next() => delivery,
+                () = &mut lapse, if lapses.is_some() => Woke::Lapsed,
+                () = tokio::time::sleep_until(last_save + SAVE_SKIPPED), if unsaved.is_some() => Woke::SaveSkipped,
+                delivery = sub.next() => Woke::Delivery(delivery),
+            };
+            let delivery = match woke {
+                Woke::Lapsed => return self.lapse(&endpoint).await,
+                Woke::SaveSkipped => {
+                    if let Some(token) = unsaved.take() {
+                        self.save_cursor(&endpoint, &token).await;
+                    }
+                    last_save = Instant::now();
+                    continue;
+                }
+                Woke::Delivery(delivery) => delivery,
             };
             // Where this subscription stands after the delivery: in the payload, then saved.
             let cursor = sub.cursor();
-            let token = cursor.to_string();
             let step = match delivery {
                 None | Some(Delivery::Closing(_)) => return,
                 Some(Delivery::Event(shared)) => {
@@ -743,15 +851,17 @@ impl WebPush {
                         inner.counters.skipped_online.fetch_add(1, Ordering::Relaxed);
                         metrics::counter!("tidings_push_results_total", "result" => "skipped_online").increment(1);
                         Step::Done
-                    } else {
+                    } else if let Some(payload) = messages.event(&shared, &cursor) {
                         let options = self.options(event);
-                        let payload = event_payload(&shared, &token);
-                        self.push(&registration.subscription, payload, Some((event, &token)), &options, &mut cancelled)
-                            .await
+                        let smaller = Smaller { messages: &*messages, event: &shared, cursor: &cursor };
+                        self.push(&registration.subscription, payload, Some(smaller), &options, &mut cancelled).await
+                    } else {
+                        inner.counters.filtered.fetch_add(1, Ordering::Relaxed);
+                        Step::Skipped
                     }
                 }
                 Some(Delivery::Gap(gap)) => {
-                    let payload = gap_payload(&gap.topics, &cursor);
+                    let payload = messages.gap(&gap, &cursor);
                     let step = self
                         .push(&registration.subscription, payload, None, &inner.config.defaults, &mut cancelled)
                         .await;
@@ -763,7 +873,17 @@ impl WebPush {
                 Some(_) => continue,
             };
             match step {
-                Step::Done => self.save_cursor(&endpoint, &token).await,
+                Step::Done => {
+                    self.save_cursor(&endpoint, &cursor.to_string()).await;
+                    unsaved = None;
+                    last_save = Instant::now();
+                }
+                Step::Skipped if last_save.elapsed() >= SAVE_SKIPPED => {
+                    self.save_cursor(&endpoint, &cursor.to_string()).await;
+                    unsaved = None;
+                    last_save = Instant::now();
+                }
+                Step::Skipped => unsaved = Some(cursor.to_string()),
                 Step::Cancelled => return,
                 Step::Gone => {
                     inner.counters.gone.fetch_add(1, Ordering::Relaxed);
@@ -774,6 +894,16 @@ impl WebPush {
                     return;
                 }
             }
+        }
+    }
+
+    /// Deletes a registration whose expiry came.
+    async fn lapse(&self, endpoint: &str) {
+        self.inner.counters.lapsed.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("tidings_push_results_total", "result" => "lapsed").increment(1);
+        tracing::info!("push subscription lapsed; deleting it");
+        if let Err(err) = self.inner.registry.remove(endpoint).await {
+            tracing::warn!(%err, "cannot delete a lapsed push subscription");
         }
     }
 
@@ -807,7 +937,7 @@ impl WebPush {
         &self,
         subscription: &PushSubscription,
         mut payload: Payload,
-        event: Option<(&Event, &str)>,
+        smaller: Option<Smaller<'_>>,
         options: &PushOptions,
         cancelled: &mut watch::Receiver<bool>,
     ) -> Step {
@@ -846,9 +976,11 @@ impl WebPush {
                     return Step::Done;
                 }
                 SendOutcome::Gone(_) => return Step::Gone,
-                SendOutcome::TooLarge => match event {
-                    Some((event, cursor)) if !payload.truncated => {
-                        payload = truncated_payload(event, cursor);
+                SendOutcome::TooLarge => match &smaller {
+                    Some(smaller) if !payload.truncated => {
+                        payload = smaller.messages.truncated(smaller.event, smaller.cursor);
+                        // Sent once: a second 413 is final.
+                        payload.truncated = true;
                         continue;
                     }
                     _ => {

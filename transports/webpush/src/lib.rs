@@ -36,6 +36,7 @@
 //! `test-push-service` (`testing::LocalPushService`, a real push service on 127.0.0.1 that
 //! verifies VAPID and decrypts, for tests and benchmarks).
 
+pub mod content;
 pub mod dispatch;
 mod encrypt;
 pub mod endpoint;
@@ -54,6 +55,7 @@ pub mod subscription;
 pub mod testing;
 pub mod vapid;
 
+pub use content::{EventContent, PushContent, PushMessages};
 pub use dispatch::{
     DeliveryPolicy, PushStats, RegisterError, RegisterRequest, StartError, TRANSPORT, WebPush, WebPushBuilder,
 };

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Mutex;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use tidings_core::Topic;
@@ -23,12 +24,34 @@ pub struct Registration {
     /// The cursor up to which it has been pushed: the hub cursor of its subscription. `None`
     /// until the dispatcher first saves one.
     pub cursor: Option<String>,
+    /// What the application's [`PushContent`](crate::PushContent) needs to choose this
+    /// subscription's events and payloads (a Mercure hub keeps its selectors here), opaque to
+    /// the dispatcher. `None` by default.
+    pub filter: Option<String>,
+    /// When it lapses (the token that registered it expires, say): the dispatcher stops pushing
+    /// to it then and deletes it. `None` (the default): it lasts until it is unregistered or
+    /// its push service answers 404 or 410. Kept to the millisecond.
+    pub expires: Option<SystemTime>,
 }
 
 impl Registration {
     /// A registration for `topics`, with no recipient and no cursor yet.
     pub fn new(subscription: PushSubscription, topics: Vec<Topic>) -> Registration {
-        Registration { subscription, topics, recipient: None, cursor: None }
+        Registration { subscription, topics, recipient: None, cursor: None, filter: None, expires: None }
+    }
+
+    /// Sets the application's filter (see [`Registration::filter`]).
+    #[must_use]
+    pub fn filter(mut self, filter: Option<String>) -> Registration {
+        self.filter = filter;
+        self
+    }
+
+    /// Sets when it lapses (see [`Registration::expires`]).
+    #[must_use]
+    pub fn expires(mut self, expires: Option<SystemTime>) -> Registration {
+        self.expires = expires;
+        self
     }
 
     /// Sets the recipient.
@@ -90,8 +113,9 @@ impl std::error::Error for RegistryError {
 ///
 /// # Contract
 ///
-/// - `put` inserts or replaces the registration for its endpoint (keys, topics, recipient and
-///   cursor all come from the argument).
+/// - `put` inserts or replaces the registration for its endpoint (keys, topics, recipient,
+///   cursor, filter and expiry all come from the argument; `all` gives them back as they were,
+///   the expiry to the millisecond).
 /// - `save_cursor` records how far an endpoint has been pushed; a durable registry makes it
 ///   durable before returning, since the dispatcher resumes from it after a restart. Saving for
 ///   an endpoint that is not registered (any more) does nothing.

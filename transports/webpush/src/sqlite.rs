@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, params};
@@ -21,8 +22,40 @@ pub struct SqlitePushRegistry {
 const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS push_subscriptions (
         endpoint TEXT PRIMARY KEY, p256dh TEXT NOT NULL, auth TEXT NOT NULL,
-        topics TEXT NOT NULL, recipient TEXT, cursor TEXT);
+        topics TEXT NOT NULL, recipient TEXT, cursor TEXT, filter TEXT, expires INTEGER);
 ";
+
+/// Columns added after the first release, with their types: a registry file written before
+/// them gains them when it is opened (its rows read as `NULL`: no filter, no expiry).
+const ADDED_COLUMNS: [(&str, &str); 2] = [("filter", "TEXT"), ("expires", "INTEGER")];
+
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info('push_subscriptions')")?;
+    let present: Vec<String> = stmt.query_map([], |row| row.get(0))?.collect::<rusqlite::Result<_>>()?;
+    for (column, kind) in ADDED_COLUMNS {
+        if !present.iter().any(|p| p == column) {
+            conn.execute_batch(&format!("ALTER TABLE push_subscriptions ADD COLUMN {column} {kind}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// `time` as milliseconds since the Unix epoch (negative before it), saturating.
+fn to_millis(time: SystemTime) -> i64 {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
+        Err(before) => i64::try_from(before.duration().as_millis()).map_or(i64::MIN, |ms| -ms),
+    }
+}
+
+fn from_millis(ms: i64) -> SystemTime {
+    let magnitude = Duration::from_millis(ms.unsigned_abs());
+    if ms >= 0 {
+        UNIX_EPOCH.checked_add(magnitude).unwrap_or(UNIX_EPOCH)
+    } else {
+        UNIX_EPOCH.checked_sub(magnitude).unwrap_or(UNIX_EPOCH)
+    }
+}
 
 fn err(e: rusqlite::Error) -> RegistryError {
     RegistryError::with_source("sqlite push registry", e)
@@ -42,6 +75,7 @@ impl SqlitePushRegistry {
             // NORMAL in WAL mode: a commit survives the process being killed.
             conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
             conn.execute_batch(SCHEMA).map_err(err)?;
+            migrate(&conn).map_err(err)?;
             Ok(SqlitePushRegistry { conn: Arc::new(Mutex::new(conn)) })
         })
         .await
@@ -73,11 +107,14 @@ impl PushRegistry for SqlitePushRegistry {
             serde_json::to_string(&topics).unwrap_or_default(),
             r.recipient.clone(),
             r.cursor.clone(),
+            r.filter.clone(),
+            r.expires.map(to_millis),
         );
         self.with(move |c| {
             c.execute(
-                "INSERT OR REPLACE INTO push_subscriptions VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![row.0, row.1, row.2, row.3, row.4, row.5],
+                "INSERT OR REPLACE INTO push_subscriptions (endpoint, p256dh, auth, topics, recipient, cursor, filter, expires) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7],
             )
             .map_err(err)?;
             Ok(())
@@ -107,7 +144,7 @@ impl PushRegistry for SqlitePushRegistry {
     async fn all(&self) -> Result<Vec<Registration>, RegistryError> {
         self.with(|c| {
             let mut stmt = c
-                .prepare("SELECT endpoint, p256dh, auth, topics, recipient, cursor FROM push_subscriptions")
+                .prepare("SELECT endpoint, p256dh, auth, topics, recipient, cursor, filter, expires FROM push_subscriptions")
                 .map_err(err)?;
             let rows = stmt
                 .query_map([], |row| {
@@ -118,12 +155,14 @@ impl PushRegistry for SqlitePushRegistry {
                         row.get::<_, String>(3)?,
                         row.get::<_, Option<String>>(4)?,
                         row.get::<_, Option<String>>(5)?,
+                        row.get::<_, Option<String>>(6)?,
+                        row.get::<_, Option<i64>>(7)?,
                     ))
                 })
                 .map_err(err)?;
             let mut out = Vec::new();
             for row in rows {
-                let (endpoint, p256dh, auth, topics, recipient, cursor) = row.map_err(err)?;
+                let (endpoint, p256dh, auth, topics, recipient, cursor, filter, expires) = row.map_err(err)?;
                 // A row that no longer validates (edited by hand) is skipped, not fatal.
                 let Ok(subscription) = PushSubscription::new(&endpoint, &p256dh, &auth) else {
                     tracing::warn!("skipping an invalid push subscription row");
@@ -131,10 +170,71 @@ impl PushRegistry for SqlitePushRegistry {
                 };
                 let names: Vec<String> = serde_json::from_str(&topics).unwrap_or_default();
                 let topics: Vec<Topic> = names.iter().filter_map(|t| Topic::parse(t).ok()).collect();
-                out.push(Registration { subscription, topics, recipient, cursor });
+                out.push(Registration { subscription, topics, recipient, cursor, filter, expires: expires.map(from_millis) });
             }
             Ok(out)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P256DH: &str = "BLn9b-VR0ca83knDNZ32dCHGyjJp-1riX9ZTN40MqV8K_LpQmLqxC_DoHvqvFXO_nGdAB4W9dogZb_sM-uV4JbY";
+    const AUTH: &str = "_ordMnz7uTCmrpBTeUV4Bw";
+
+    fn path(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("tidings-push-registry-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("push.db")
+    }
+
+    #[tokio::test]
+    async fn filter_and_expiry_survive_a_reopen() {
+        let path = path("roundtrip");
+        let expires = UNIX_EPOCH + Duration::from_millis(1_900_000_000_123);
+        let subscription = PushSubscription::new("https://push.example.net/a", P256DH, AUTH).unwrap();
+        let registration = Registration::new(subscription, vec![Topic::new("mercure")])
+            .cursor(Some("C".into()))
+            .filter(Some(r#"{"topics":["/books/{id}"]}"#.into()))
+            .expires(Some(expires));
+        SqlitePushRegistry::open(&path).await.unwrap().put(&registration).await.unwrap();
+        let all = SqlitePushRegistry::open(&path).await.unwrap().all().await.unwrap();
+        assert_eq!(all, vec![registration]);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_registry_written_before_filters_gains_the_columns_and_keeps_its_rows() {
+        let path = path("migrate");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE push_subscriptions (endpoint TEXT PRIMARY KEY, p256dh TEXT NOT NULL, auth TEXT NOT NULL,
+                    topics TEXT NOT NULL, recipient TEXT, cursor TEXT);",
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO push_subscriptions VALUES ('https://push.example.net/old', ?1, ?2, '[\"news\"]', 'ann', 'K')",
+                params![P256DH, AUTH],
+            )
+            .unwrap();
+        }
+        let registry = SqlitePushRegistry::open(&path).await.unwrap();
+        let all = registry.all().await.unwrap();
+        assert_eq!(all.len(), 1);
+        let old = &all[0];
+        assert_eq!((old.endpoint(), old.recipient.as_deref(), old.cursor.as_deref()), ("https://push.example.net/old", Some("ann"), Some("K")));
+        assert_eq!((old.filter.as_deref(), old.expires), (None, None));
+        // And it takes new rows with both.
+        let subscription = PushSubscription::new("https://push.example.net/new", P256DH, AUTH).unwrap();
+        let new = Registration::new(subscription, vec![Topic::new("news")]).filter(Some("f".into())).expires(Some(UNIX_EPOCH));
+        registry.put(&new).await.unwrap();
+        let again = SqlitePushRegistry::open(&path).await.unwrap().all().await.unwrap();
+        assert!(again.contains(&new), "{again:?}");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 }

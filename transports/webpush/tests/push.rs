@@ -6,6 +6,9 @@ use std::time::Duration;
 use tidings_core::{Hub, MemoryStore, NewEvent, Topic, authorize_fn};
 use tidings_webpush::message::MAX_PLAINTEXT;
 use tidings_webpush::testing::{LocalPushService, Reply, TestSubscription};
+use tidings_core::NoCredentials;
+use tidings_webpush::message::Payload;
+use tidings_webpush::{PushContent, PushMessages, PushRegistry, RegisterRequest};
 use tidings_webpush::{
     DeliveryPolicy, EndpointPolicy, MemoryRegistry, Presence, PushOptions, PushTopic, Urgency, VapidKeys,
     WebPush,
@@ -17,6 +20,7 @@ struct Setup {
     service: LocalPushService,
     hub: Hub,
     push: WebPush,
+    registry: std::sync::Arc<MemoryRegistry>,
     base: String,
     http: reqwest::Client,
     _server: tokio::task::JoinHandle<()>,
@@ -34,14 +38,15 @@ impl Setup {
         let service = LocalPushService::start().await;
         let keys = VapidKeys::generate();
         service.expect_vapid_key(keys.public_key_base64());
-        let builder = WebPush::builder(hub.clone(), MemoryRegistry::new(), keys, "mailto:ops@example.com")
+        let registry = std::sync::Arc::new(MemoryRegistry::new());
+        let builder = WebPush::builder(hub.clone(), registry.clone(), keys, "mailto:ops@example.com")
             .unwrap()
             .endpoint_policy(EndpointPolicy::default().allow(&service.host_port()).unwrap())
             .add_root_certificate(service.root_certificate_pem())
             .retry_backoff(Duration::from_millis(10), Duration::from_millis(50));
         let push = configure(builder).start().await.unwrap();
         let (addr, server) = tidings_test_support::serve(push.router()).await;
-        Setup { service, hub, push, base: format!("http://{addr}"), http: reqwest::Client::new(), _server: server }
+        Setup { service, hub, push, registry, base: format!("http://{addr}"), http: reqwest::Client::new(), _server: server }
     }
 
     async fn register(&self, sub: &TestSubscription, topics: &[&str]) -> reqwest::Response {
@@ -610,4 +615,118 @@ async fn subscriptions_per_recipient_and_per_topic_are_bounded() {
         assert_eq!(m[0].json()["data"], "to the admitted");
     }
     assert!(s.service.attempts(&a1.id).is_empty());
+}
+
+/// Pushes only the events whose data starts with the registration's filter, as `{"kept": data}`.
+#[derive(Debug)]
+struct Prefix;
+
+struct PrefixMessages(String);
+
+impl PushContent for Prefix {
+    fn messages(&self, registration: &tidings_webpush::Registration) -> Result<Box<dyn PushMessages>, String> {
+        match registration.filter.as_deref() {
+            Some("unreadable") => Err("an unreadable filter".into()),
+            filter => Ok(Box::new(PrefixMessages(filter.unwrap_or_default().to_owned()))),
+        }
+    }
+}
+
+impl PushMessages for PrefixMessages {
+    fn event(&self, event: &tidings_core::SharedEvent, _cursor: &tidings_core::Cursor) -> Option<Payload> {
+        let data = &event.event().data;
+        data.starts_with(self.0.as_str())
+            .then(|| Payload { json: serde_json::json!({ "kept": &**data }).to_string().into_bytes(), truncated: false })
+    }
+
+    fn truncated(&self, _event: &tidings_core::SharedEvent, _cursor: &tidings_core::Cursor) -> Payload {
+        Payload { json: b"{\"truncated\":true}".to_vec(), truncated: true }
+    }
+
+    fn gap(&self, _gap: &tidings_core::Gap, _cursor: &tidings_core::Cursor) -> Payload {
+        Payload { json: b"{\"gap\":true}".to_vec(), truncated: false }
+    }
+}
+
+/// Registers `sub` for topic `t` with `filter` and `expires`, through the API (not the routes,
+/// which take no filter), and waits until its hub subscription is open.
+async fn register_filtered(
+    s: &Setup,
+    sub: &TestSubscription,
+    filter: &str,
+    expires: Option<std::time::SystemTime>,
+) -> String {
+    let before = s.hub.subscriber_count();
+    let request = RegisterRequest::new(sub.subscription.clone(), vec!["t".into()], &NoCredentials)
+        .filter(Some(filter.to_owned()))
+        .expires(expires);
+    let cursor = s.push.register(request).await.unwrap();
+    let hub = s.hub.clone();
+    if expires.is_none() {
+        wait_for(|| hub.subscriber_count() > before).await;
+    }
+    cursor
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_content_chooses_each_registrations_events_and_payloads_from_its_filter() {
+    let s = Setup::with(|b| b.content(Prefix), Hub::new(MemoryStore::new())).await;
+    let keep = s.service.subscribe();
+    register_filtered(&s, &keep, "keep", None).await;
+    let all = s.service.subscribe();
+    register_filtered(&s, &all, "", None).await;
+    for data in ["keep 1", "drop 1", "keep 2", "drop 2"] {
+        s.publish("t", data).await;
+    }
+    let kept: Vec<_> = s.service.wait_for_messages(&keep.id, 2, WAIT).await.iter().map(|m| m.json()["kept"].clone()).collect();
+    assert_eq!(kept, ["keep 1", "keep 2"]);
+    let every: Vec<_> = s.service.wait_for_messages(&all.id, 4, WAIT).await.iter().map(|m| m.json()["kept"].clone()).collect();
+    assert_eq!(every, ["keep 1", "drop 1", "keep 2", "drop 2"]);
+    // The skipped ones are counted, and the cursor past them is saved (within a second), so a
+    // restart does not look at them again.
+    let last = s.publish("t", "drop 3").await;
+    let push = s.push.clone();
+    wait_for(|| push.stats().filtered == 3).await;
+    let registry = s.registry.clone();
+    let endpoint = keep.subscription.endpoint().as_str().to_owned();
+    let saved = move || {
+        let registry = registry.clone();
+        let endpoint = endpoint.clone();
+        async move {
+            let all = registry.all().await.unwrap();
+            all.into_iter().find(|r| r.endpoint() == endpoint).and_then(|r| r.cursor)
+        }
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while saved().await.as_deref() != Some(&*last.cursor().to_string()) {
+        assert!(tokio::time::Instant::now() < deadline, "the skipped cursor was never saved");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(s.service.messages(&keep.id).len(), 2, "nothing pushed for what it skipped");
+    // A filter the content cannot read: registered, not served.
+    let unreadable = s.service.subscribe();
+    s.push.register(RegisterRequest::new(unreadable.subscription.clone(), vec!["t".into()], &NoCredentials).filter(Some("unreadable".into()))).await.unwrap();
+    let push = s.push.clone();
+    wait_for(|| push.stats().subscriptions == 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_lapses_at_its_expiry_and_is_deleted() {
+    let s = Setup::new().await;
+    let sub = s.service.subscribe();
+    let expires = std::time::SystemTime::now() + Duration::from_millis(300);
+    register_filtered(&s, &sub, "", Some(expires)).await;
+    let push = s.push.clone();
+    wait_for(|| push.stats().lapsed == 1 && push.stats().subscriptions == 0).await;
+    assert!(std::time::SystemTime::now() >= expires, "not before its time");
+    assert!(s.registry.all().await.unwrap().is_empty(), "deleted from the registry");
+    assert!(!s.push.unregister(sub.subscription.endpoint().as_str()).await.unwrap());
+    // One whose time has passed already is never served.
+    let late = s.service.subscribe();
+    register_filtered(&s, &late, "", Some(std::time::SystemTime::now() - Duration::from_secs(1))).await;
+    let push = s.push.clone();
+    wait_for(|| push.stats().lapsed == 2 && push.stats().subscriptions == 0).await;
+    s.publish("t", "after").await;
+    assert!(s.registry.all().await.unwrap().is_empty());
+    assert!(s.service.attempts(&sub.id).is_empty() && s.service.attempts(&late.id).is_empty());
 }
