@@ -34,12 +34,13 @@
 pub mod auth;
 pub mod ids;
 pub mod poll;
+pub mod push;
 pub mod selector;
 pub mod stream;
 pub mod subscriptions;
 pub mod update;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -131,7 +132,9 @@ struct Inner {
     settings: Settings,
     ids: Ids,
     registry: Registry,
-    templates: selector::TemplateCache,
+    templates: Arc<selector::TemplateCache>,
+    /// Web Push, once [`MercureHub::enable_push`] gave it.
+    push: OnceLock<tidings_webpush::WebPush>,
 }
 
 impl MercureHub {
@@ -148,7 +151,48 @@ impl MercureHub {
         // A zero interval would write heartbeats in a loop; a huge one would overflow a clock.
         settings.heartbeat = settings.heartbeat.clamp(Duration::from_secs(1), Duration::from_secs(24 * 3600));
         let ids = Ids::new(hub.store().clone(), settings.max_indexed_ids);
-        MercureHub { inner: Arc::new(Inner { hub, settings, ids, registry: Registry::default(), templates: selector::TemplateCache::default() }) }
+        MercureHub {
+            inner: Arc::new(Inner {
+                hub,
+                settings,
+                ids,
+                registry: Registry::default(),
+                templates: Arc::default(),
+                push: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// What the hub pushes to each Web Push registration (see [`push`]), for
+    /// [`WebPushBuilder::content`](tidings_webpush::WebPushBuilder::content).
+    pub fn push_content(&self) -> push::HubContent {
+        push::HubContent::new(self.inner.templates.clone())
+    }
+
+    /// A Web Push builder over this hub's log, with [`MercureHub::push_content`]: registrations
+    /// kept in `registry`, pushes signed with `keys` for `contact` (a `mailto:` or `https:` URL
+    /// push services can reach the operator at). Start it, then [`MercureHub::enable_push`].
+    ///
+    /// # Errors
+    ///
+    /// `contact` is not a `mailto:` or `https:` URL.
+    pub fn push_builder(
+        &self,
+        registry: impl tidings_webpush::PushRegistry,
+        keys: tidings_webpush::VapidKeys,
+        contact: &str,
+    ) -> Result<tidings_webpush::WebPushBuilder, tidings_webpush::ContactError> {
+        Ok(tidings_webpush::WebPush::builder(self.inner.hub.clone(), registry, keys, contact)?.content(self.push_content()))
+    }
+
+    /// Serves Web Push registrations ([`push`]) with `push`, started from
+    /// [`MercureHub::push_builder`]. Until then those routes answer 404.
+    ///
+    /// # Errors
+    ///
+    /// Web Push was enabled already: `push` is given back.
+    pub fn enable_push(&self, push: tidings_webpush::WebPush) -> Result<(), tidings_webpush::WebPush> {
+        self.inner.push.set(push)
     }
 
     /// The tidings hub underneath (to shut it down, or to read its stats).
@@ -162,7 +206,13 @@ impl MercureHub {
         let limit = tidings_http::limit_body(self.inner.settings.max_body);
         let mut router = Router::new()
             .route(PATH, get(subscribe).post(publish.layer(limit)).options(|| async { StatusCode::NO_CONTENT }))
-            .route(poll::PATH, get(poll::poll));
+            .route(poll::PATH, get(poll::poll))
+            .route(push::KEY_PATH, get(push::public_key))
+            .route(
+                push::PATH,
+                axum::routing::post(push::register.layer(tidings_http::limit_body(push::MAX_BODY)))
+                    .delete(push::unregister.layer(tidings_http::limit_body(push::MAX_BODY))),
+            );
         if self.inner.settings.subscriptions {
             router = router
                 .route(subscriptions::PATH, get(subscriptions::list))
@@ -194,7 +244,7 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
         CorsLayer::new()
             .allow_origin(allow)
             .allow_credentials(true)
-            .allow_methods([Method::GET, Method::POST])
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
             .allow_headers([header::AUTHORIZATION, header::CACHE_CONTROL, header::CONTENT_TYPE, tidings_http::LAST_EVENT_ID])
             .expose_headers([tidings_http::LAST_EVENT_ID, header::LINK]),
     )

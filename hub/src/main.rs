@@ -84,6 +84,82 @@ struct Args {
     /// No page at `/`.
     #[arg(long)]
     no_page: bool,
+    /// Serve Web Push (tidings' extension): browsers register at /.well-known/mercure/push and
+    /// get the updates their selectors and token let through while no page is open. Needs
+    /// --push-contact.
+    #[arg(long, requires = "push_contact")]
+    push: bool,
+    /// The VAPID contact push services may write to (`mailto:` or `https:` URL).
+    #[arg(long, env = "TIDINGS_PUSH_CONTACT", value_name = "URL", value_parser = parse_contact)]
+    push_contact: Option<String>,
+    /// Where Web Push keeps its VAPID key (`vapid.key`, made on first start) and its
+    /// registrations (`push.db`, SQLite) [default: the SQLite store's directory, else
+    /// ./tidings-data].
+    #[arg(long, env = "TIDINGS_PUSH_DIR", value_name = "DIR")]
+    push_dir: Option<std::path::PathBuf>,
+    /// Push endpoints let through besides public `https` ones (for a private push service):
+    /// comma-separated `host:port`.
+    #[arg(long, env = "TIDINGS_PUSH_ALLOW_HOSTS", value_name = "HOST:PORT,...", default_value = "", value_parser = parse_allow_hosts)]
+    push_allow_hosts: String,
+    /// A root certificate (PEM) to trust for a private push service [default: the system's].
+    #[arg(long, env = "TIDINGS_PUSH_CA_FILE", value_name = "FILE", value_parser = read_pem)]
+    push_ca_file: Option<String>,
+}
+
+/// Checks `--push-contact` before anything starts.
+fn parse_contact(contact: &str) -> Result<String, String> {
+    tidings_webpush::Contact::parse(contact).map(|_| contact.to_owned()).map_err(|e| e.to_string())
+}
+
+/// Checks `--push-allow-hosts` before anything starts.
+fn parse_allow_hosts(list: &str) -> Result<String, String> {
+    tidings_webpush::EndpointPolicy::from_list(list).map(|_| list.to_owned())
+}
+
+/// Reads `--push-ca-file` before anything starts: a PEM file with a certificate.
+fn read_pem(path: &str) -> Result<String, String> {
+    let pem = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!("{path} holds no PEM certificate"));
+    }
+    Ok(pem)
+}
+
+/// Starts Web Push on `mercure` as `--push*` say.
+async fn enable_push(mercure: &MercureHub, args: &Args, contact: &str) -> tidings_webpush::WebPush {
+    let dir = args.push_dir.clone().unwrap_or_else(|| {
+        args.store
+            .strip_prefix("sqlite:")
+            .and_then(|p| std::path::Path::new(p).parent().map(std::path::Path::to_path_buf))
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or_else(|| "./tidings-data".into())
+    });
+    let keys = tidings_webpush::VapidKeys::load_or_generate(dir.join("vapid.key"))
+        .unwrap_or_else(|e| fail(format!("cannot load or create the VAPID key in {}: {e}", dir.display())));
+    let registry = tidings_webpush::SqlitePushRegistry::open(dir.join("push.db"))
+        .await
+        .unwrap_or_else(|e| fail(format!("cannot open the push registry in {}: {e}", dir.display())));
+    let policy = tidings_webpush::EndpointPolicy::from_list(&args.push_allow_hosts)
+        .unwrap_or_else(|e| fail(format!("--push-allow-hosts: {e}")));
+    let mut builder = mercure
+        .push_builder(registry, keys, contact)
+        .unwrap_or_else(|e| fail(format!("--push-contact: {e}")))
+        .endpoint_policy(policy);
+    if let Some(pem) = &args.push_ca_file {
+        builder = builder.add_root_certificate(pem.clone());
+    }
+    let push = builder.start().await.unwrap_or_else(|e| fail(format!("cannot start Web Push: {e}")));
+    println!(
+        "tidings-hub: Web Push at {} (VAPID key {} in {}, {} registration(s))",
+        tidings_hub::push::PATH,
+        push.public_key(),
+        dir.display(),
+        push.stats().subscriptions
+    );
+    if mercure.enable_push(push.clone()).is_err() {
+        fail("Web Push was enabled twice".to_owned());
+    }
+    push
 }
 
 fn parse_store(spec: &str) -> Result<String, String> {
@@ -154,6 +230,10 @@ async fn main() {
         ..Settings::default()
     };
     let mercure = MercureHub::new(store, settings);
+    let push = match (&args.push, &args.push_contact) {
+        (true, Some(contact)) => Some(enable_push(&mercure, &args, contact).await),
+        _ => None,
+    };
 
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
@@ -186,6 +266,9 @@ async fn main() {
     let served = server
         .serve(listener, async move {
             tidings_server::shutdown_signal().await;
+            if let Some(push) = &push {
+                push.shutdown();
+            }
             hub.shutdown();
         })
         .await;

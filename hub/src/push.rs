@@ -1,0 +1,356 @@
+//! Web Push, tidings' extension to the hub: the updates an SSE stream would carry, pushed
+//! through the browser's push service (RFC 8030, encrypted per RFC 8291, signed per RFC 8292)
+//! when no page is open. Not part of the Mercure protocol.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /.well-known/mercure/push/vapid-public-key` | the VAPID public key, base64url text (the `applicationServerKey` of `pushManager.subscribe`) |
+//! | `POST /.well-known/mercure/push` | body: `PushSubscription.toJSON()` plus `"topic": [selectors]` and optionally `"lastEventID"`; 201 `{"lastEventID": …}` (where pushing starts), or a 4xx `{"error": …}` |
+//! | `DELETE /.well-known/mercure/push` | body: `{"endpoint": …}`; 204, or 404 |
+//!
+//! A registration is a subscription that outlives the page: it takes the same `topic`
+//! selectors (exact, URI templates, `*`), the same token (header, `authorization` query
+//! parameter or `mercureAuthorization` cookie; none with `--anonymous`), and the same
+//! `lastEventID` (an update's id, `earliest`, or none for "from now on"). Private updates are
+//! pushed only when one of their topics matches the token's `mercure.subscribe`, and pushing
+//! stops, and the registration is deleted, when the token expires. The selectors are checked
+//! when it registers and kept with it; a restart resumes pushing after the last update pushed.
+//!
+//! Each push carries one update, as JSON, with where the subscriber stands after it:
+//!
+//! ```json
+//! {"lastEventID": "urn:tidings:…", "id": "https://example.com/books/1/v2", "type": null, "data": "…"}
+//! ```
+//!
+//! `id`, `type` and `data` are the update's, as over SSE. `lastEventID` is a valid
+//! `Last-Event-ID` for the page's `EventSource` (or its next registration): the position after
+//! this update in the hub's log. An update whose push would not fit one encrypted record
+//! (`data` of about 3.9 KB) is pushed without its data, never cut:
+//!
+//! ```json
+//! {"lastEventID": "urn:tidings:…", "id": "…", "type": null, "truncated": true, "after": "urn:tidings:…"}
+//! ```
+//!
+//! and the worker fetches it with `GET /.well-known/mercure/poll?topic=…&lastEventID=<after>&timeout=0`,
+//! whose first update it is. When the log no longer holds what followed the registration's
+//! position, one push says so, as the stream's `tidings.gap` event:
+//! `{"lastEventID": "urn:tidings:…", "id": "urn:tidings:…", "type": "tidings.gap", "data": "{\"reason\":\"trimmed\"}"}`
+//! (`"unknown-id"` when the `lastEventID` it registered with names no update).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, State};
+use axum::response::{IntoResponse, Response};
+use http::{StatusCode, header};
+use serde::{Deserialize, Serialize};
+use tidings_core::{Cursor, Gap, SharedEvent};
+use tidings_http::{HttpCredentials, HttpError};
+use tidings_webpush::message::{MAX_PLAINTEXT, Payload};
+use tidings_webpush::{PushContent, PushMessages, PushSubscription, RegisterRequest, Registration};
+
+use crate::selector::{Selectors, TemplateCache};
+use crate::stream::Filter;
+use crate::update::{Decoded, GAP_EVENT, PollItem, Update, View, cursor_id};
+use crate::{MercureHub, auth, earliest, ids::Position, query_pairs, store_error, subscriber_claims};
+
+/// The path of the registrations (`POST`, `DELETE`).
+pub const PATH: &str = "/.well-known/mercure/push";
+
+/// The path of the VAPID public key.
+pub const KEY_PATH: &str = "/.well-known/mercure/push/vapid-public-key";
+
+/// The largest body `POST` and `DELETE` accept (16 KiB): a longer one is a 413.
+pub const MAX_BODY: usize = tidings_webpush::http::MAX_BODY;
+
+/// What a registration keeps for its pushes: its selectors and its token's.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredFilter {
+    /// The registration's `topic` selectors.
+    topics: Vec<String>,
+    /// The token's `mercure.subscribe` selectors (`None`: no token, no private update).
+    private: Option<Vec<String>>,
+}
+
+/// The hub's [`PushContent`]: a registration's pushes are the updates its selectors and its
+/// token let through, in the payloads the [module documentation](self) shows. Give it to the
+/// Web Push builder with [`WebPushBuilder::content`](tidings_webpush::WebPushBuilder::content);
+/// [`MercureHub::push_builder`] does.
+#[derive(Debug, Clone)]
+pub struct HubContent {
+    templates: Arc<TemplateCache>,
+}
+
+impl HubContent {
+    pub(crate) fn new(templates: Arc<TemplateCache>) -> HubContent {
+        HubContent { templates }
+    }
+}
+
+impl PushContent for HubContent {
+    fn messages(&self, registration: &Registration) -> Result<Box<dyn PushMessages>, String> {
+        let stored: StoredFilter = serde_json::from_str(registration.filter.as_deref().unwrap_or(""))
+            .map_err(|e| format!("not a hub registration: {e}"))?;
+        let topics = Selectors::parse(&stored.topics, &self.templates)?;
+        let private = stored
+            .private
+            .map(|p| Selectors::parse(&p, &self.templates))
+            .transpose()?;
+        // A start that is no cursor: the update the subscriber named was not in the log.
+        let unknown_id = registration
+            .cursor
+            .as_deref()
+            .is_some_and(|c| Cursor::parse(c).is_err());
+        Ok(Box::new(HubMessages {
+            filter: Filter { topics, private },
+            unknown_id: AtomicBool::new(unknown_id),
+        }))
+    }
+}
+
+struct HubMessages {
+    filter: Filter,
+    /// Whether the next gap is the one of an unknown `lastEventID` (else a trimmed log).
+    unknown_id: AtomicBool,
+}
+
+impl PushMessages for HubMessages {
+    fn event(&self, event: &SharedEvent, cursor: &Cursor) -> Option<Payload> {
+        if !event.with_encoded::<Decoded, _>(|bytes| self.filter.lets_through(&View::new(bytes))) {
+            return None;
+        }
+        // `{"lastEventID":"…",` and the rest of the update's shared long-poll item.
+        let item = event.encoded::<PollItem>();
+        let position = cursor_id(cursor);
+        let mut json = Vec::with_capacity(18 + position.len() + item.len());
+        json.extend_from_slice(b"{\"lastEventID\":");
+        json.extend_from_slice(&serde_json::to_vec(&position).unwrap_or_default());
+        json.push(b',');
+        json.extend_from_slice(item.get(1..).unwrap_or_default());
+        if json.len() <= MAX_PLAINTEXT {
+            Some(Payload { json, truncated: false })
+        } else {
+            Some(self.truncated(event, cursor))
+        }
+    }
+
+    fn truncated(&self, event: &SharedEvent, cursor: &Cursor) -> Payload {
+        #[derive(Serialize)]
+        struct Truncated<'a> {
+            #[serde(rename = "lastEventID")]
+            last_event_id: String,
+            id: String,
+            #[serde(rename = "type")]
+            kind: Option<&'a str>,
+            truncated: bool,
+            after: String,
+        }
+        let event = event.event();
+        let update: Option<Update> = serde_json::from_str(&event.data).ok();
+        let before = crate::update::at(event.epoch, event.seq.saturating_sub(1));
+        let json = serde_json::to_vec(&Truncated {
+            last_event_id: cursor_id(cursor),
+            id: update
+                .as_ref()
+                .and_then(|u| u.id.clone())
+                .unwrap_or_else(|| crate::update::hub_id(event)),
+            kind: update.as_ref().and_then(|u| u.kind.as_deref()),
+            truncated: true,
+            after: cursor_id(&before),
+        })
+        .unwrap_or_default();
+        Payload { json, truncated: true }
+    }
+
+    fn gap(&self, _gap: &Gap, cursor: &Cursor) -> Payload {
+        let reason = if self.unknown_id.swap(false, Ordering::Relaxed) {
+            "unknown-id"
+        } else {
+            "trimmed"
+        };
+        let position = cursor_id(cursor);
+        let json = serde_json::json!({
+            "lastEventID": position,
+            "id": position,
+            "type": GAP_EVENT,
+            "data": format!("{{\"reason\":\"{reason}\"}}"),
+        });
+        Payload {
+            json: json.to_string().into_bytes(),
+            truncated: false,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RegisterBody {
+    endpoint: String,
+    keys: Keys,
+    #[serde(default)]
+    topic: Topics,
+    #[serde(default, rename = "lastEventID")]
+    last_event_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Keys {
+    p256dh: String,
+    auth: String,
+}
+
+/// `"topic"`: one selector or a list.
+#[derive(Deserialize, Default)]
+#[serde(untagged)]
+enum Topics {
+    #[default]
+    None,
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+struct UnregisterBody {
+    endpoint: String,
+}
+
+fn not_enabled() -> HttpError {
+    HttpError::new(
+        StatusCode::NOT_FOUND,
+        "Web Push is not enabled on this hub (tidings-hub --push)",
+    )
+}
+
+/// `GET /.well-known/mercure/push/vapid-public-key`.
+pub async fn public_key(State(mercure): State<MercureHub>) -> Response {
+    match mercure.inner.push.get() {
+        Some(push) => (
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            push.public_key().to_owned(),
+        )
+            .into_response(),
+        None => not_enabled().into_response(),
+    }
+}
+
+/// `POST /.well-known/mercure/push`.
+pub async fn register(
+    State(mercure): State<MercureHub>,
+    parts: http::request::Parts,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return tidings_http::body_rejection(rejection, MAX_BODY),
+    };
+    match accept_registration(&mercure, &parts, &body).await {
+        Ok(position) => (
+            StatusCode::CREATED,
+            axum::Json(serde_json::json!({ "lastEventID": position })),
+        )
+            .into_response(),
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn accept_registration(
+    mercure: &MercureHub,
+    parts: &http::request::Parts,
+    body: &[u8],
+) -> Result<String, HttpError> {
+    let inner = &mercure.inner;
+    let Some(push) = inner.push.get() else {
+        return Err(not_enabled());
+    };
+    // Authorization first, as for a subscription.
+    let query = query_pairs(parts)?;
+    let claims = subscriber_claims(inner, &parts.headers, &query)?;
+    let body: RegisterBody = serde_json::from_slice(body)
+        .map_err(|e| HttpError::bad_request(format!("expected PushSubscription.toJSON() with \"topic\": {e}")))?;
+    let subscription = PushSubscription::new(&body.endpoint, &body.keys.p256dh, &body.keys.auth)
+        .map_err(|e| HttpError::bad_request(e.to_string()))?;
+    let topics = match body.topic {
+        Topics::None => Vec::new(),
+        Topics::One(topic) => vec![topic],
+        Topics::Many(topics) => topics,
+    };
+    if topics.is_empty() {
+        return Err(HttpError::bad_request(
+            "at least one topic selector is needed (\"topic\")",
+        ));
+    }
+    if topics.len() > inner.settings.max_selectors {
+        return Err(HttpError::bad_request(format!(
+            "more than {} topic selectors",
+            inner.settings.max_selectors
+        )));
+    }
+    Selectors::parse(&topics, &inner.templates).map_err(HttpError::bad_request)?;
+    let private = claims.as_ref().and_then(|c| c.mercure.subscribe.clone());
+    if let Some(list) = &private {
+        Selectors::parse(list, &inner.templates)
+            .map_err(|e| HttpError::new(StatusCode::UNAUTHORIZED, format!("the token's mercure.subscribe: {e}")))?;
+    }
+    // Where pushing starts: after the given update, else at the end of the log. An id no
+    // update has starts at the oldest retained one, with a gap notice (a cursor that does not
+    // read: see `HubContent`).
+    let last_event_id = body.last_event_id.as_deref().and_then(tidings_http::carried_cursor);
+    let start = match last_event_id {
+        None => None,
+        Some("earliest") => Some(earliest(inner).await?.to_string()),
+        Some(id) => match inner.ids.position(id).await.map_err(store_error)? {
+            Position::After(cursor) => Some(cursor.to_string()),
+            Position::Unknown => Some("~unknown-id".to_owned()),
+        },
+    };
+    let expires = claims.as_ref().and_then(|c| c.exp).and_then(lapse_time);
+    let filter =
+        serde_json::to_string(&StoredFilter { topics, private }).map_err(|e| HttpError::bad_request(e.to_string()))?;
+    let credentials = HttpCredentials::new(&parts.headers, &query);
+    let request = RegisterRequest::new(subscription, vec![crate::update::LOG_TOPIC.to_owned()], &credentials)
+        .cursor(start)
+        .filter(Some(filter))
+        .expires(expires)
+        .peer(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0));
+    let started = push.register(request).await.map_err(|err| {
+        let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST);
+        HttpError::new(status, err.to_string())
+    })?;
+    Ok(Cursor::parse(&started).map_or_else(|_| "earliest".to_owned(), |c| cursor_id(&c)))
+}
+
+/// `DELETE /.well-known/mercure/push`: whoever knows an endpoint (a secret URL only its
+/// browser and push service hold) may stop pushes to it.
+pub async fn unregister(
+    State(mercure): State<MercureHub>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let Some(push) = mercure.inner.push.get() else {
+        return not_enabled().into_response();
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return tidings_http::body_rejection(rejection, MAX_BODY),
+    };
+    let body: UnregisterBody = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(err) => return HttpError::bad_request(format!("expected {{\"endpoint\": …}}: {err}")).into_response(),
+    };
+    match push.unregister(&body.endpoint).await {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => HttpError::new(StatusCode::NOT_FOUND, "no such push subscription").into_response(),
+        Err(err) => {
+            HttpError::new(StatusCode::SERVICE_UNAVAILABLE, format!("registry unavailable: {err}")).into_response()
+        }
+    }
+}
+
+/// When a registration whose token expires at `exp` (seconds since the Unix epoch, a fraction
+/// allowed) lapses: with the leeway a token is accepted within, as for a stream.
+fn lapse_time(exp: f64) -> Option<SystemTime> {
+    Duration::try_from_secs_f64(exp + auth::LEEWAY)
+        .ok()
+        .and_then(|after| UNIX_EPOCH.checked_add(after))
+}

@@ -1,0 +1,438 @@
+//! Web Push on the hub, against a real push service on loopback (TLS, VAPID checked, payloads
+//! decrypted with the subscriber's private key): the updates a subscription would get, with
+//! the same ids, private ones only for a matching token, a resume after a restart.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{TestHub, settings, subscriber, token};
+use tidings_webpush::testing::{LocalPushService, TestSubscription};
+use tidings_webpush::{EndpointPolicy, PushRegistry, SqlitePushRegistry, VapidKeys, WebPush};
+
+const WAIT: Duration = Duration::from_secs(20);
+const BOOKS: &str = "https://example.com/books/{id}";
+
+/// Starts Web Push on `hub` with `registry`, signing for `service`.
+async fn enable(hub: &TestHub, service: &LocalPushService, keys: VapidKeys, registry: impl PushRegistry) -> WebPush {
+    service.expect_vapid_key(keys.public_key_base64());
+    let push = hub
+        .mercure
+        .push_builder(registry, keys, "mailto:ops@example.com")
+        .unwrap()
+        .endpoint_policy(EndpointPolicy::default().allow(&service.host_port()).unwrap())
+        .add_root_certificate(service.root_certificate_pem())
+        .retry_backoff(Duration::from_millis(10), Duration::from_millis(50))
+        .start()
+        .await
+        .unwrap();
+    hub.mercure.enable_push(push.clone()).unwrap();
+    push
+}
+
+/// Registers `sub` for `topics` (with `lastEventID` and a bearer token when given): the status
+/// and the JSON answer.
+async fn register(
+    hub: &TestHub,
+    sub: &TestSubscription,
+    topics: &[&str],
+    last_event_id: Option<&str>,
+    bearer: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let mut body = sub.subscription.to_json();
+    body["topic"] = serde_json::json!(topics);
+    if let Some(id) = last_event_id {
+        body["lastEventID"] = serde_json::json!(id);
+    }
+    let mut request = hub
+        .http
+        .post(format!("{}/.well-known/mercure/push", hub.url))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    if let Some(bearer) = bearer {
+        request = request.bearer_auth(bearer);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (
+        status,
+        serde_json::from_slice(&response.bytes().await.unwrap()).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// The pushes `sub` received up to and including the one whose data is `marker`, as JSON.
+async fn pushes_until(service: &LocalPushService, sub: &TestSubscription, marker: &str) -> Vec<serde_json::Value> {
+    let found = service
+        .wait_until(WAIT, || {
+            service.messages(&sub.id).iter().any(|m| m.json()["data"] == marker)
+        })
+        .await;
+    assert!(
+        found,
+        "{marker:?} not pushed within {WAIT:?}; got {:?}",
+        datas(&service.messages(&sub.id).iter().map(|m| m.json()).collect::<Vec<_>>())
+    );
+    service.messages(&sub.id).iter().map(|m| m.json()).collect()
+}
+
+fn datas(pushes: &[serde_json::Value]) -> Vec<String> {
+    pushes
+        .iter()
+        .map(|p| p["data"].as_str().unwrap_or("<none>").to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_carry_what_the_selectors_and_token_let_through_with_the_publishers_ids() {
+    let hub = TestHub::memory().await;
+    let service = LocalPushService::start().await;
+    let push = enable(
+        &hub,
+        &service,
+        VapidKeys::generate(),
+        tidings_webpush::MemoryRegistry::new(),
+    )
+    .await;
+    let anonymous = service.subscribe();
+    let (status, answer) = register(&hub, &anonymous, &[BOOKS, "end"], None, None).await;
+    assert_eq!(status, 201, "{answer}");
+    assert!(
+        answer["lastEventID"].as_str().unwrap().starts_with("urn:tidings:"),
+        "where pushing starts: {answer}"
+    );
+    let authorized = service.subscribe();
+    let token = subscriber(&[BOOKS]);
+    assert_eq!(
+        register(&hub, &authorized, &[BOOKS, "end"], None, Some(&token)).await.0,
+        201
+    );
+    let other_private = service.subscribe();
+    let authors = subscriber(&["https://example.com/authors/{id}"]);
+    assert_eq!(
+        register(&hub, &other_private, &[BOOKS, "end"], None, Some(&authors))
+            .await
+            .0,
+        201
+    );
+
+    let typed = [
+        ("topic", "https://example.com/books/1"),
+        ("data", "one"),
+        ("id", "urn:uuid:one"),
+        ("type", "change"),
+    ];
+    assert_eq!(hub.post(Some(&common::publisher(&["*"])), &typed).await.0, 200);
+    let hub_made = hub.publish(&["https://example.com/books/2"], "two").await;
+    hub.publish(&["https://example.com/authors/1"], "not a book").await;
+    let private = [
+        ("topic", "https://example.com/books/3"),
+        ("data", "secret"),
+        ("private", "on"),
+    ];
+    assert_eq!(hub.post(Some(&common::publisher(&["*"])), &private).await.0, 200);
+    // Private, with an alternate topic that the authors token matches.
+    let alternate = [
+        ("topic", "https://example.com/books/4"),
+        ("topic", "https://example.com/authors/9"),
+        ("data", "secret by alternate"),
+        ("private", "on"),
+    ];
+    assert_eq!(hub.post(Some(&common::publisher(&["*"])), &alternate).await.0, 200);
+    hub.publish(&["end"], "end").await;
+
+    // Each registration's pushes arrive in order, so at "end" it has had everything before.
+    let got = pushes_until(&service, &anonymous, "end").await;
+    assert_eq!(datas(&got), ["one", "two", "end"]);
+    assert_eq!(
+        (got[0]["id"].as_str(), got[0]["type"].as_str()),
+        (Some("urn:uuid:one"), Some("change"))
+    );
+    assert_eq!(
+        (got[1]["id"].as_str(), got[1]["type"].as_str()),
+        (Some(hub_made.as_str()), None)
+    );
+    let got_authorized = pushes_until(&service, &authorized, "end").await;
+    assert_eq!(
+        datas(&got_authorized),
+        ["one", "two", "secret", "secret by alternate", "end"]
+    );
+    let got_other = pushes_until(&service, &other_private, "end").await;
+    assert_eq!(datas(&got_other), ["one", "two", "secret by alternate", "end"]);
+
+    // `lastEventID` is where the subscriber stands: a long poll from the one after "one"
+    // starts at "two" (for this selector), and one from the last is empty.
+    let poll = |last: String| {
+        let url = format!("{}/.well-known/mercure/poll", hub.url);
+        let http = hub.http.clone();
+        async move {
+            let answer = http
+                .get(url)
+                .query(&[
+                    ("topic", BOOKS),
+                    ("topic", "end"),
+                    ("lastEventID", &last),
+                    ("timeout", "0"),
+                ])
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+            answer["updates"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|u| u["data"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        poll(got[0]["lastEventID"].as_str().unwrap().to_owned()).await,
+        ["two", "end"]
+    );
+    assert!(
+        poll(got[2]["lastEventID"].as_str().unwrap().to_owned())
+            .await
+            .is_empty()
+    );
+    assert_eq!(push.stats().delivered, 3 + 5 + 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_too_large_for_a_push_is_pushed_without_data_and_fetched_by_long_poll() {
+    let hub = TestHub::memory().await;
+    let service = LocalPushService::start().await;
+    enable(
+        &hub,
+        &service,
+        VapidKeys::generate(),
+        tidings_webpush::MemoryRegistry::new(),
+    )
+    .await;
+    let sub = service.subscribe();
+    assert_eq!(register(&hub, &sub, &["big"], None, None).await.0, 201);
+    let large = "é".repeat(3000);
+    let fields = [
+        ("topic", "big"),
+        ("data", large.as_str()),
+        ("id", "urn:large"),
+        ("type", "bulk"),
+    ];
+    assert_eq!(hub.post(Some(&common::publisher(&["*"])), &fields).await.0, 200);
+    hub.publish(&["big"], "small").await;
+    let got = pushes_until(&service, &sub, "small").await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0]["truncated"], true);
+    assert!(got[0].get("data").is_none(), "never cut: no data at all");
+    assert_eq!(
+        (got[0]["id"].as_str(), got[0]["type"].as_str()),
+        (Some("urn:large"), Some("bulk"))
+    );
+    assert!(service.messages(&sub.id)[0].body_len <= 4096);
+    let answer = hub
+        .http
+        .get(format!("{}/.well-known/mercure/poll", hub.url))
+        .query(&[
+            ("topic", "big"),
+            ("lastEventID", got[0]["after"].as_str().unwrap()),
+            ("timeout", "0"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(answer["updates"][0]["id"], "urn:large");
+    assert_eq!(answer["updates"][0]["data"].as_str(), Some(large.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_resumes_after_its_last_event_id_and_after_a_restart() {
+    let dir = std::env::temp_dir().join(format!("tidings-hub-push-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store: Arc<dyn tidings_core::Store> = Arc::new(tidings_core::MemoryStore::new());
+    let service = LocalPushService::start().await;
+    let keys = VapidKeys::load_or_generate(dir.join("vapid.key")).unwrap();
+
+    let first = TestHub::start(store.clone(), settings()).await;
+    let push = enable(
+        &first,
+        &service,
+        keys.clone(),
+        SqlitePushRegistry::open(dir.join("push.db")).await.unwrap(),
+    )
+    .await;
+    let fields = [
+        ("topic", "https://example.com/books/1"),
+        ("data", "before"),
+        ("id", "urn:before"),
+    ];
+    assert_eq!(first.post(Some(&common::publisher(&["*"])), &fields).await.0, 200);
+    first.publish(&["https://example.com/books/2"], "missed").await;
+    let sub = service.subscribe();
+    let (status, answer) = register(&first, &sub, &[BOOKS], Some("urn:before"), None).await;
+    assert_eq!(
+        (
+            status,
+            answer["lastEventID"].as_str().map(|s| s.starts_with("urn:tidings:"))
+        ),
+        (201, Some(true))
+    );
+    first.publish(&["https://example.com/books/3"], "live").await;
+    assert_eq!(datas(&pushes_until(&service, &sub, "live").await), ["missed", "live"]);
+    // An id no update has: a gap notice, then every update the log holds.
+    let lost = service.subscribe();
+    assert_eq!(register(&first, &lost, &[BOOKS], Some("urn:nobody"), None).await.0, 201);
+    let got = pushes_until(&service, &lost, "live").await;
+    assert_eq!(
+        (got[0]["type"].as_str(), got[0]["data"].as_str()),
+        (Some("tidings.gap"), Some("{\"reason\":\"unknown-id\"}"))
+    );
+    assert_eq!(datas(&got[1..]), ["before", "missed", "live"]);
+
+    // The hub stops; an update is published while it is away; it starts again with the same
+    // key and registry, and pushes that one only.
+    push.shutdown();
+    drop(first);
+    let second = TestHub::start(store.clone(), settings()).await;
+    second.publish(&["https://example.com/books/4"], "while away").await;
+    let push = enable(
+        &second,
+        &service,
+        keys,
+        SqlitePushRegistry::open(dir.join("push.db")).await.unwrap(),
+    )
+    .await;
+    assert_eq!(push.stats().subscriptions, 2);
+    second.publish(&["https://example.com/books/5"], "after").await;
+    assert_eq!(
+        datas(&pushes_until(&service, &sub, "after").await),
+        ["missed", "live", "while away", "after"]
+    );
+    // Unregistered: 204, then 404; the registry forgets it.
+    let delete = |endpoint: String| {
+        let request = second
+            .http
+            .delete(format!("{}/.well-known/mercure/push", second.url))
+            .body(serde_json::json!({ "endpoint": endpoint }).to_string());
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(delete(sub.subscription.endpoint().to_string()).await, 204);
+    assert_eq!(delete(sub.subscription.endpoint().to_string()).await, 404);
+    let left = SqlitePushRegistry::open(dir.join("push.db"))
+        .await
+        .unwrap()
+        .all()
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 1);
+    push.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_ends_when_its_token_expires() {
+    let hub = TestHub::memory().await;
+    let service = LocalPushService::start().await;
+    let registry = Arc::new(tidings_webpush::MemoryRegistry::new());
+    let push = enable(&hub, &service, VapidKeys::generate(), registry.clone()).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    // Expired 4 s ago, within the 5 s leeway: accepted, and lapses a second from now.
+    let expiring = token(
+        common::SUBSCRIBER_KEY,
+        serde_json::json!({ "exp": now - 4.0, "mercure": { "subscribe": ["*"] } }),
+    );
+    let sub = service.subscribe();
+    assert_eq!(register(&hub, &sub, &["a"], None, Some(&expiring)).await.0, 201);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while push.stats().lapsed == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never lapsed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(registry.all().await.unwrap().is_empty());
+    // Past the leeway: refused at once.
+    let expired = token(
+        common::SUBSCRIBER_KEY,
+        serde_json::json!({ "exp": now - 60.0, "mercure": { "subscribe": ["*"] } }),
+    );
+    assert_eq!(
+        register(&hub, &service.subscribe(), &["a"], None, Some(&expired))
+            .await
+            .0,
+        401
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_registrations_get_a_status_and_a_reason() {
+    let hub = TestHub::start(
+        Arc::new(tidings_core::MemoryStore::new()),
+        tidings_hub::Settings {
+            anonymous: false,
+            ..settings()
+        },
+    )
+    .await;
+    let service = LocalPushService::start().await;
+    let sub = service.subscribe();
+    let key_url = format!("{}/.well-known/mercure/push/vapid-public-key", hub.url);
+    // Not enabled yet: 404 with a reason, for every route.
+    let (status, answer) = register(&hub, &sub, &["a"], None, Some(&subscriber(&[]))).await;
+    assert_eq!(status, 404);
+    assert!(answer["error"].as_str().unwrap().contains("--push"), "{answer}");
+    assert_eq!(hub.http.get(&key_url).send().await.unwrap().status(), 404);
+
+    let push = enable(
+        &hub,
+        &service,
+        VapidKeys::generate(),
+        tidings_webpush::MemoryRegistry::new(),
+    )
+    .await;
+    let key = hub.http.get(&key_url).send().await.unwrap();
+    assert_eq!(key.headers()["content-type"], "text/plain; charset=utf-8");
+    assert_eq!(key.text().await.unwrap(), push.public_key());
+    let token = subscriber(&[]);
+    for (topics, bearer, status, reason) in [
+        (vec!["a"], None, 401, "token"),
+        (vec!["a"], Some("not a jwt"), 401, ""),
+        (vec![], Some(token.as_str()), 400, "topic"),
+        (vec![""], Some(token.as_str()), 400, "empty"),
+    ] {
+        let (got, answer) = register(&hub, &sub, &topics, None, bearer).await;
+        assert_eq!(got, status, "{topics:?} {bearer:?}: {answer}");
+        assert!(answer["error"].as_str().unwrap().contains(reason), "{answer}");
+    }
+    let post = |body: String| {
+        let request = hub
+            .http
+            .post(format!("{}/.well-known/mercure/push", hub.url))
+            .bearer_auth(&token)
+            .body(body);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(post("{".into()).await, 400);
+    assert_eq!(
+        post(r#"{"endpoint":"https://127.0.0.1:1/x","keys":{"p256dh":"AAAA","auth":"AAAA"},"topic":"a"}"#.into()).await,
+        400
+    );
+    // A private address that the policy does not allow.
+    let mut private = sub.subscription.to_json();
+    private["endpoint"] = serde_json::json!("https://10.0.0.1/push/x");
+    private["topic"] = serde_json::json!("a");
+    assert_eq!(post(private.to_string()).await, 400);
+    assert_eq!(post("x".repeat(tidings_hub::push::MAX_BODY + 1)).await, 413);
+    assert_eq!(push.stats().subscriptions, 0);
+    // One selector as a string is a list of one.
+    let mut one = sub.subscription.to_json();
+    one["topic"] = serde_json::json!("a");
+    assert_eq!(post(one.to_string()).await, 201);
+}
