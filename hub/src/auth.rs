@@ -49,6 +49,9 @@ pub struct Claims {
     /// Not before, in seconds since the Unix epoch (a fraction allowed).
     #[serde(default)]
     pub nbf: Option<f64>,
+    /// The subject (RFC 7519): whose token it is, when the issuer says.
+    #[serde(default)]
+    pub sub: Option<String>,
 }
 
 /// Seconds a token's `exp` and `nbf` may be off by (clocks differ).
@@ -58,6 +61,7 @@ pub const LEEWAY: f64 = 5.0;
 pub struct Verifier {
     key: DecodingKey,
     validation: Validation,
+    fingerprint: String,
 }
 
 impl fmt::Debug for Verifier {
@@ -76,6 +80,7 @@ impl Verifier {
     ///
     /// An unknown algorithm, or a key that is not of its kind.
     pub fn new(algorithm: &str, key: &[u8]) -> Result<Verifier, String> {
+        let key_bytes = key;
         let algorithm: Algorithm = algorithm.parse().map_err(|_| format!("unknown JWT algorithm {algorithm:?}"))?;
         let pem_error = |e: jsonwebtoken::errors::Error| format!("the {algorithm:?} key is not a PEM public key of its kind: {e}");
         let key = match algorithm {
@@ -97,7 +102,16 @@ impl Verifier {
         // jsonwebtoken reads `exp` and `nbf` as whole numbers only: `verify` checks them.
         validation.validate_exp = false;
         validation.validate_nbf = false;
-        Ok(Verifier { key, validation })
+        let fingerprint = fingerprint(&format!("{algorithm:?}"), key_bytes);
+        Ok(Verifier { key, validation, fingerprint })
+    }
+
+    /// What tells this verifier's key from another, without giving the key away: 16 hex digits
+    /// of the SHA-256 of the algorithm and the key. Web Push registrations keep the fingerprint
+    /// of the key that checked their token, so that a new key revokes them, as it revokes the
+    /// tokens (`crate::push`).
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     /// The claims of `token`.
@@ -174,4 +188,13 @@ pub fn origin(headers: &HeaderMap) -> Option<String> {
     let referer = headers.get(http::header::REFERER)?.to_str().ok()?;
     let uri: http::Uri = referer.parse().ok()?;
     Some(format!("{}://{}", uri.scheme_str()?, uri.authority()?))
+}
+
+fn fingerprint(algorithm: &str, key: &[u8]) -> String {
+    let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    context.update(b"tidings-hub key\0");
+    context.update(algorithm.as_bytes());
+    context.update(b"\0");
+    context.update(key);
+    context.finish().as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }

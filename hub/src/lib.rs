@@ -120,6 +120,27 @@ impl Default for Settings {
     }
 }
 
+/// Why [`MercureHub::start_push`] failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum PushError {
+    /// Web Push could not start.
+    Start(tidings_webpush::StartError),
+    /// It runs already on this hub.
+    AlreadyStarted,
+}
+
+impl std::fmt::Display for PushError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PushError::Start(e) => std::fmt::Display::fmt(e, f),
+            PushError::AlreadyStarted => f.write_str("Web Push runs on this hub already"),
+        }
+    }
+}
+
+impl std::error::Error for PushError {}
+
 /// A Mercure hub over a tidings [`Store`].
 #[derive(Debug, Clone)]
 pub struct MercureHub {
@@ -163,15 +184,10 @@ impl MercureHub {
         }
     }
 
-    /// What the hub pushes to each Web Push registration (see [`push`]), for
-    /// [`WebPushBuilder::content`](tidings_webpush::WebPushBuilder::content).
-    pub fn push_content(&self) -> push::HubContent {
-        push::HubContent::new(self.inner.templates.clone())
-    }
-
-    /// A Web Push builder over this hub's log, with [`MercureHub::push_content`]: registrations
-    /// kept in `registry`, pushes signed with `keys` for `contact` (a `mailto:` or `https:` URL
-    /// push services can reach the operator at). Start it, then [`MercureHub::enable_push`].
+    /// A Web Push builder over this hub's log: registrations kept in `registry`, pushes signed
+    /// with `keys` for `contact` (a `mailto:` or `https:` URL push services can reach the
+    /// operator at). Set its limits and endpoint policy, then give it to
+    /// [`MercureHub::start_push`].
     ///
     /// # Errors
     ///
@@ -182,17 +198,30 @@ impl MercureHub {
         keys: tidings_webpush::VapidKeys,
         contact: &str,
     ) -> Result<tidings_webpush::WebPushBuilder, tidings_webpush::ContactError> {
-        Ok(tidings_webpush::WebPush::builder(self.inner.hub.clone(), registry, keys, contact)?.content(self.push_content()))
+        tidings_webpush::WebPush::builder(self.inner.hub.clone(), registry, keys, contact)
     }
 
-    /// Serves Web Push registrations ([`push`]) with `push`, started from
-    /// [`MercureHub::push_builder`]. Until then those routes answer 404.
+    /// Starts Web Push from `builder` (from [`MercureHub::push_builder`]) and serves its
+    /// registrations ([`push`]): what each registration is pushed is the hub's choice (its
+    /// selectors and token), whatever content the builder had. Until then those routes
+    /// answer 404.
     ///
     /// # Errors
     ///
-    /// Web Push was enabled already: `push` is given back.
-    pub fn enable_push(&self, push: tidings_webpush::WebPush) -> Result<(), tidings_webpush::WebPush> {
-        self.inner.push.set(push)
+    /// The registry cannot be read or the HTTP client cannot be built, or Web Push was started
+    /// already.
+    pub async fn start_push(&self, builder: tidings_webpush::WebPushBuilder) -> Result<tidings_webpush::WebPush, PushError> {
+        if self.inner.push.get().is_some() {
+            return Err(PushError::AlreadyStarted);
+        }
+        let subscriber_key = self.inner.settings.subscriber.as_ref().map(|v| v.fingerprint().to_owned());
+        let content = push::HubContent::new(self.inner.templates.clone(), subscriber_key);
+        let push = builder.content(content).start().await.map_err(PushError::Start)?;
+        if let Err(push) = self.inner.push.set(push.clone()) {
+            push.shutdown();
+            return Err(PushError::AlreadyStarted);
+        }
+        Ok(push)
     }
 
     /// The tidings hub underneath (to shut it down, or to read its stats).
@@ -281,13 +310,31 @@ fn subscriber_claims(
     }
 }
 
-/// When a token's `exp` falls, with the leeway a token is accepted within, as a Tokio instant
-/// (`None`: no `exp`, or too far to count).
-fn expiry(claims: Option<&auth::Claims>) -> Option<tokio::time::Instant> {
+/// When a token's `exp` falls, with the leeway a token is accepted within (`None`: no `exp`,
+/// or too far to count).
+fn expiry_time(claims: Option<&auth::Claims>) -> Option<SystemTime> {
     let exp = claims?.exp? + auth::LEEWAY;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
-    let left = Duration::try_from_secs_f64((exp - now).max(0.0)).ok()?;
+    UNIX_EPOCH.checked_add(Duration::try_from_secs_f64(exp.max(0.0)).ok()?)
+}
+
+/// [`expiry_time`] as a Tokio instant.
+fn expiry(claims: Option<&auth::Claims>) -> Option<tokio::time::Instant> {
+    let left = expiry_time(claims)?.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
     tokio::time::Instant::now().checked_add(left)
+}
+
+/// Where a subscriber who gave `last_event_id` starts, and whether the id was unknown: after
+/// the update with that id; at the oldest retained one for `earliest` or an unknown id (the
+/// subscriber then gets a gap notice); at the end of the log without an id (`None`).
+async fn start_after(inner: &Inner, last_event_id: Option<&str>) -> Result<(Option<Cursor>, bool), HttpError> {
+    Ok(match last_event_id {
+        None => (None, false),
+        Some("earliest") => (Some(earliest(inner).await?), false),
+        Some(id) => match inner.ids.position(id).await.map_err(store_error)? {
+            Position::After(cursor) => (Some(cursor), false),
+            Position::Unknown => (Some(earliest(inner).await?), true),
+        },
+    })
 }
 
 /// `GET /.well-known/mercure`: a subscription (draft-07, "Subscription").
@@ -356,17 +403,8 @@ async fn open_subscription(inner: &Inner, parts: &http::request::Parts) -> Resul
 
     // Where to start: after the given id, else at the end of the log.
     let last_event_id = last_event_id(&parts.headers, &query);
-    let (start, unknown_id) = match last_event_id.as_deref() {
-        None => (None, None),
-        Some("earliest") => (Some(earliest(inner).await?), None),
-        Some(id) => match inner.ids.position(id).await.map_err(store_error)? {
-            Position::After(cursor) => (Some(cursor), None),
-            Position::Unknown => {
-                let start = earliest(inner).await?;
-                (Some(start.clone()), Some(start))
-            }
-        },
-    };
+    let (start, unknown) = start_after(inner, last_event_id.as_deref()).await?;
+    let unknown_id = start.clone().filter(|_| unknown);
     let mut request = SubscribeRequest::new(vec![update::log_topic()])
         .transport(TRANSPORT)
         .peer(parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0))

@@ -104,6 +104,13 @@ struct Args {
     /// A root certificate (PEM) to trust for a private push service [default: the system's].
     #[arg(long, env = "TIDINGS_PUSH_CA_FILE", value_name = "FILE", value_parser = read_pem)]
     push_ca_file: Option<String>,
+    /// Web Push registrations at once, in all; one more is a 503.
+    #[arg(long, value_name = "N", default_value = "100000")]
+    push_max: std::num::NonZeroUsize,
+    /// Web Push registrations at once per client (the token's `sub`, else the client's
+    /// address, an IPv6 /64); one more is a 429.
+    #[arg(long, value_name = "N", default_value = "32")]
+    push_max_per_client: std::num::NonZeroUsize,
 }
 
 /// Checks `--push-contact` before anything starts.
@@ -148,7 +155,10 @@ async fn enable_push(mercure: &MercureHub, args: &Args, contact: &str) -> tiding
     if let Some(pem) = &args.push_ca_file {
         builder = builder.add_root_certificate(pem.clone());
     }
-    let push = builder.start().await.unwrap_or_else(|e| fail(format!("cannot start Web Push: {e}")));
+    let builder = builder
+        .max_subscriptions_per_topic(args.push_max.get())
+        .max_subscriptions_per_recipient(args.push_max_per_client.get());
+    let push = mercure.start_push(builder).await.unwrap_or_else(|e| fail(format!("cannot start Web Push: {e}")));
     println!(
         "tidings-hub: Web Push at {} (VAPID key {} in {}, {} registration(s))",
         tidings_hub::push::PATH,
@@ -156,9 +166,6 @@ async fn enable_push(mercure: &MercureHub, args: &Args, contact: &str) -> tiding
         dir.display(),
         push.stats().subscriptions
     );
-    if mercure.enable_push(push.clone()).is_err() {
-        fail("Web Push was enabled twice".to_owned());
-    }
     push
 }
 

@@ -37,10 +37,9 @@
 //! `{"lastEventID": "urn:tidings:…", "id": "urn:tidings:…", "type": "tidings.gap", "data": "{\"reason\":\"trimmed\"}"}`
 //! (`"unknown-id"` when the `lastEventID` it registered with names no update).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
@@ -50,12 +49,12 @@ use serde::{Deserialize, Serialize};
 use tidings_core::{Cursor, Gap, SharedEvent};
 use tidings_http::{HttpCredentials, HttpError};
 use tidings_webpush::message::{MAX_PLAINTEXT, Payload};
-use tidings_webpush::{PushContent, PushMessages, PushSubscription, RegisterRequest, Registration};
+use tidings_webpush::{PushContent, PushMessages, PushSubscription, RegisterError, RegisterRequest, Registration};
 
 use crate::selector::{Selectors, TemplateCache};
 use crate::stream::Filter;
 use crate::update::{Decoded, GAP_EVENT, PollItem, Update, View, cursor_id};
-use crate::{MercureHub, auth, earliest, ids::Position, query_pairs, store_error, subscriber_claims};
+use crate::{Inner, MercureHub, auth, query_pairs, subscriber_claims};
 
 /// The path of the registrations (`POST`, `DELETE`).
 pub const PATH: &str = "/.well-known/mercure/push";
@@ -73,20 +72,24 @@ struct StoredFilter {
     topics: Vec<String>,
     /// The token's `mercure.subscribe` selectors (`None`: no token, no private update).
     private: Option<Vec<String>>,
+    /// The fingerprint of the subscriber key that checked its token (`None`: no token).
+    #[serde(default)]
+    key: Option<String>,
 }
 
 /// The hub's [`PushContent`]: a registration's pushes are the updates its selectors and its
-/// token let through, in the payloads the [module documentation](self) shows. Give it to the
-/// Web Push builder with [`WebPushBuilder::content`](tidings_webpush::WebPushBuilder::content);
-/// [`MercureHub::push_builder`] does.
+/// token let through, in the payloads the [module documentation](self) shows.
+/// [`MercureHub::start_push`] gives it to the dispatcher.
 #[derive(Debug, Clone)]
-pub struct HubContent {
+pub(crate) struct HubContent {
     templates: Arc<TemplateCache>,
+    /// The fingerprint of the subscriber key now (`None`: none).
+    subscriber_key: Option<String>,
 }
 
 impl HubContent {
-    pub(crate) fn new(templates: Arc<TemplateCache>) -> HubContent {
-        HubContent { templates }
+    pub(crate) fn new(templates: Arc<TemplateCache>, subscriber_key: Option<String>) -> HubContent {
+        HubContent { templates, subscriber_key }
     }
 }
 
@@ -94,20 +97,16 @@ impl PushContent for HubContent {
     fn messages(&self, registration: &Registration) -> Result<Box<dyn PushMessages>, String> {
         let stored: StoredFilter = serde_json::from_str(registration.filter.as_deref().unwrap_or(""))
             .map_err(|e| format!("not a hub registration: {e}"))?;
+        // Made with a token that another key than today's checked: keys change to revoke
+        // tokens, so the registration is revoked too.
+        if stored.key.is_some() && stored.key != self.subscriber_key {
+            return Err("its token was checked by a subscriber key the hub no longer has".to_owned());
+        }
         let topics = Selectors::parse(&stored.topics, &self.templates)?;
-        let private = stored
-            .private
-            .map(|p| Selectors::parse(&p, &self.templates))
-            .transpose()?;
+        let private = stored.private.map(|p| Selectors::parse(&p, &self.templates)).transpose()?;
         // A start that is no cursor: the update the subscriber named was not in the log.
-        let unknown_id = registration
-            .cursor
-            .as_deref()
-            .is_some_and(|c| Cursor::parse(c).is_err());
-        Ok(Box::new(HubMessages {
-            filter: Filter { topics, private },
-            unknown_id: AtomicBool::new(unknown_id),
-        }))
+        let unknown_id = registration.cursor.as_deref().is_some_and(|c| Cursor::parse(c).is_err());
+        Ok(Box::new(HubMessages { filter: Filter { topics, private }, unknown_id: AtomicBool::new(unknown_id) }))
     }
 }
 
@@ -122,7 +121,8 @@ impl PushMessages for HubMessages {
         if !event.with_encoded::<Decoded, _>(|bytes| self.filter.lets_through(&View::new(bytes))) {
             return None;
         }
-        // `{"lastEventID":"…",` and the rest of the update's shared long-poll item.
+        // `{"lastEventID":"…",` and the rest of the update's shared long-poll item. Over
+        // MAX_PLAINTEXT, the dispatcher sends `truncated` instead.
         let item = event.encoded::<PollItem>();
         let position = cursor_id(cursor);
         let mut json = Vec::with_capacity(18 + position.len() + item.len());
@@ -130,11 +130,7 @@ impl PushMessages for HubMessages {
         json.extend_from_slice(&serde_json::to_vec(&position).unwrap_or_default());
         json.push(b',');
         json.extend_from_slice(item.get(1..).unwrap_or_default());
-        if json.len() <= MAX_PLAINTEXT {
-            Some(Payload { json, truncated: false })
-        } else {
-            Some(self.truncated(event, cursor))
-        }
+        Some(Payload { json, truncated: false })
     }
 
     fn truncated(&self, event: &SharedEvent, cursor: &Cursor) -> Payload {
@@ -142,7 +138,7 @@ impl PushMessages for HubMessages {
         struct Truncated<'a> {
             #[serde(rename = "lastEventID")]
             last_event_id: String,
-            id: String,
+            id: Option<String>,
             #[serde(rename = "type")]
             kind: Option<&'a str>,
             truncated: bool,
@@ -151,26 +147,24 @@ impl PushMessages for HubMessages {
         let event = event.event();
         let update: Option<Update> = serde_json::from_str(&event.data).ok();
         let before = crate::update::at(event.epoch, event.seq.saturating_sub(1));
-        let json = serde_json::to_vec(&Truncated {
+        let mut truncated = Truncated {
             last_event_id: cursor_id(cursor),
-            id: update
-                .as_ref()
-                .and_then(|u| u.id.clone())
-                .unwrap_or_else(|| crate::update::hub_id(event)),
+            id: Some(update.as_ref().and_then(|u| u.id.clone()).unwrap_or_else(|| crate::update::hub_id(event))),
             kind: update.as_ref().and_then(|u| u.kind.as_deref()),
             truncated: true,
             after: cursor_id(&before),
-        })
-        .unwrap_or_default();
+        };
+        let mut json = serde_json::to_vec(&truncated).unwrap_or_default();
+        if json.len() > MAX_PLAINTEXT {
+            // An id or a type of kilobytes: left out too (`null`); the long poll gives them.
+            (truncated.id, truncated.kind) = (None, None);
+            json = serde_json::to_vec(&truncated).unwrap_or_default();
+        }
         Payload { json, truncated: true }
     }
 
     fn gap(&self, _gap: &Gap, cursor: &Cursor) -> Payload {
-        let reason = if self.unknown_id.swap(false, Ordering::Relaxed) {
-            "unknown-id"
-        } else {
-            "trimmed"
-        };
+        let reason = if self.unknown_id.swap(false, Ordering::Relaxed) { "unknown-id" } else { "trimmed" };
         let position = cursor_id(cursor);
         let json = serde_json::json!({
             "lastEventID": position,
@@ -178,27 +172,18 @@ impl PushMessages for HubMessages {
             "type": GAP_EVENT,
             "data": format!("{{\"reason\":\"{reason}\"}}"),
         });
-        Payload {
-            json: json.to_string().into_bytes(),
-            truncated: false,
-        }
+        Payload { json: json.to_string().into_bytes(), truncated: false }
     }
 }
 
+/// A registration's fields besides the push subscription (`PushSubscription.toJSON()`, read
+/// from the same body by [`PushSubscription::from_json`]).
 #[derive(Deserialize)]
 struct RegisterBody {
-    endpoint: String,
-    keys: Keys,
     #[serde(default)]
     topic: Topics,
     #[serde(default, rename = "lastEventID")]
     last_event_id: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Keys {
-    p256dh: String,
-    auth: String,
 }
 
 /// `"topic"`: one selector or a list.
@@ -217,26 +202,19 @@ struct UnregisterBody {
 }
 
 fn not_enabled() -> HttpError {
-    HttpError::new(
-        StatusCode::NOT_FOUND,
-        "Web Push is not enabled on this hub (tidings-hub --push)",
-    )
+    HttpError::new(StatusCode::NOT_FOUND, "Web Push is not enabled on this hub (tidings-hub --push)")
 }
 
-/// `GET /.well-known/mercure/push/vapid-public-key`.
-pub async fn public_key(State(mercure): State<MercureHub>) -> Response {
+/// `GET /.well-known/mercure/push/vapid-public-key`: the key as text, or 404.
+pub(crate) async fn public_key(State(mercure): State<MercureHub>) -> Response {
     match mercure.inner.push.get() {
-        Some(push) => (
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            push.public_key().to_owned(),
-        )
-            .into_response(),
+        Some(push) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], push.public_key().to_owned()).into_response(),
         None => not_enabled().into_response(),
     }
 }
 
-/// `POST /.well-known/mercure/push`.
-pub async fn register(
+/// `POST /.well-known/mercure/push`: 201 with where pushing starts, or the refusal.
+pub(crate) async fn register(
     State(mercure): State<MercureHub>,
     parts: http::request::Parts,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
@@ -246,46 +224,48 @@ pub async fn register(
         Err(rejection) => return tidings_http::body_rejection(rejection, MAX_BODY),
     };
     match accept_registration(&mercure, &parts, &body).await {
-        Ok(position) => (
-            StatusCode::CREATED,
-            axum::Json(serde_json::json!({ "lastEventID": position })),
-        )
-            .into_response(),
+        Ok(position) => (StatusCode::CREATED, axum::Json(serde_json::json!({ "lastEventID": position }))).into_response(),
         Err(err) => err.into_response(),
     }
 }
 
-async fn accept_registration(
-    mercure: &MercureHub,
-    parts: &http::request::Parts,
-    body: &[u8],
-) -> Result<String, HttpError> {
+async fn accept_registration(mercure: &MercureHub, parts: &http::request::Parts, body: &[u8]) -> Result<String, HttpError> {
     let inner = &mercure.inner;
-    let Some(push) = inner.push.get() else {
-        return Err(not_enabled());
-    };
+    let Some(push) = inner.push.get() else { return Err(not_enabled()) };
+    // JSON only: a page of another site can send a form or text without asking (no CORS
+    // preflight), but not JSON.
+    let json = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+        v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+    });
+    if !json {
+        return Err(HttpError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "a registration is JSON (Content-Type: application/json)",
+        ));
+    }
     // Authorization first, as for a subscription.
     let query = query_pairs(parts)?;
     let claims = subscriber_claims(inner, &parts.headers, &query)?;
-    let body: RegisterBody = serde_json::from_slice(body)
-        .map_err(|e| HttpError::bad_request(format!("expected PushSubscription.toJSON() with \"topic\": {e}")))?;
-    let subscription = PushSubscription::new(&body.endpoint, &body.keys.p256dh, &body.keys.auth)
-        .map_err(|e| HttpError::bad_request(e.to_string()))?;
+    // A cookie goes with every request the browser makes, whichever site asks: a registration
+    // it authorizes (which sends private updates where the request says) must come from the
+    // hub's own origin or one of `--cors-origins`.
+    if let Ok(Some((_, auth::Source::Cookie))) = auth::token(&parts.headers, &query) {
+        allowed_origin(inner, &parts.headers)?;
+    }
+    let text = std::str::from_utf8(body).map_err(|_| HttpError::bad_request("the body is not UTF-8"))?;
+    let subscription = PushSubscription::from_json(text).map_err(|e| HttpError::bad_request(e.to_string()))?;
+    let body: RegisterBody = serde_json::from_str(text)
+        .map_err(|e| HttpError::bad_request(format!("\"topic\" (selectors) and \"lastEventID\": {e}")))?;
     let topics = match body.topic {
         Topics::None => Vec::new(),
         Topics::One(topic) => vec![topic],
         Topics::Many(topics) => topics,
     };
     if topics.is_empty() {
-        return Err(HttpError::bad_request(
-            "at least one topic selector is needed (\"topic\")",
-        ));
+        return Err(HttpError::bad_request("at least one topic selector is needed (\"topic\")"));
     }
     if topics.len() > inner.settings.max_selectors {
-        return Err(HttpError::bad_request(format!(
-            "more than {} topic selectors",
-            inner.settings.max_selectors
-        )));
+        return Err(HttpError::bad_request(format!("more than {} topic selectors", inner.settings.max_selectors)));
     }
     Selectors::parse(&topics, &inner.templates).map_err(HttpError::bad_request)?;
     let private = claims.as_ref().and_then(|c| c.mercure.subscribe.clone());
@@ -293,43 +273,87 @@ async fn accept_registration(
         Selectors::parse(list, &inner.templates)
             .map_err(|e| HttpError::new(StatusCode::UNAUTHORIZED, format!("the token's mercure.subscribe: {e}")))?;
     }
-    // Where pushing starts: after the given update, else at the end of the log. An id no
-    // update has starts at the oldest retained one, with a gap notice (a cursor that does not
-    // read: see `HubContent`).
+    // Where pushing starts, as for a subscription. An id no update has starts at the oldest
+    // retained update with a gap notice: a start that is no cursor (see `HubContent`).
     let last_event_id = body.last_event_id.as_deref().and_then(tidings_http::carried_cursor);
-    let start = match last_event_id {
-        None => None,
-        Some("earliest") => Some(earliest(inner).await?.to_string()),
-        Some(id) => match inner.ids.position(id).await.map_err(store_error)? {
-            Position::After(cursor) => Some(cursor.to_string()),
-            Position::Unknown => Some("~unknown-id".to_owned()),
-        },
+    let start = match crate::start_after(inner, last_event_id).await? {
+        (_, true) => Some("~unknown-id".to_owned()),
+        (start, false) => start.map(|c| c.to_string()),
     };
-    let expires = claims.as_ref().and_then(|c| c.exp).and_then(lapse_time);
-    let filter =
-        serde_json::to_string(&StoredFilter { topics, private }).map_err(|e| HttpError::bad_request(e.to_string()))?;
+    let key = claims.as_ref().and(inner.settings.subscriber.as_ref()).map(|v| v.fingerprint().to_owned());
+    let filter = serde_json::to_string(&StoredFilter { topics, private, key })
+        .map_err(|e| HttpError::bad_request(e.to_string()))?;
+    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
     let credentials = HttpCredentials::new(&parts.headers, &query);
     let request = RegisterRequest::new(subscription, vec![crate::update::LOG_TOPIC.to_owned()], &credentials)
         .cursor(start)
         .filter(Some(filter))
-        .expires(expires)
-        .peer(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0));
+        .expires(crate::expiry_time(claims.as_ref()))
+        .recipient(recipient(claims.as_ref(), peer))
+        .peer(peer);
     let started = push.register(request).await.map_err(|err| {
         let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST);
-        HttpError::new(status, err.to_string())
+        match err {
+            RegisterError::TopicFull { limit, .. } => {
+                HttpError::new(status, format!("this hub holds {limit} Web Push registrations, its limit (--push-max)"))
+            }
+            RegisterError::TooManyForRecipient { limit } => HttpError::new(
+                status,
+                format!("this client holds {limit} Web Push registrations, its limit (--push-max-per-client)"),
+            ),
+            err => HttpError::new(status, err.to_string()),
+        }
     })?;
     Ok(Cursor::parse(&started).map_or_else(|_| "earliest".to_owned(), |c| cursor_id(&c)))
 }
 
-/// `DELETE /.well-known/mercure/push`: whoever knows an endpoint (a secret URL only its
-/// browser and push service hold) may stop pushes to it.
-pub async fn unregister(
+/// Whose a registration is, for the limit per client: the token's subject, else the client's
+/// address (an IPv6 /64, as the server counts connections per address).
+fn recipient(claims: Option<&auth::Claims>, peer: Option<SocketAddr>) -> Option<String> {
+    if let Some(sub) = claims.and_then(|c| c.sub.as_deref()) {
+        return Some(format!("sub:{sub}"));
+    }
+    peer.map(|peer| match peer.ip().to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("addr:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        ip => format!("addr:{ip}"),
+    })
+}
+
+/// Refuses a request whose `Origin` (else `Referer`) is neither the hub's own (its `Host`) nor
+/// one of `--cors-origins`.
+fn allowed_origin(inner: &Inner, headers: &http::HeaderMap) -> Result<(), HttpError> {
+    let Some(origin) = auth::origin(headers) else {
+        return Err(HttpError::new(
+            StatusCode::FORBIDDEN,
+            "a registration authorized by a cookie needs an Origin or Referer header",
+        ));
+    };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let same = host.is_some_and(|host| origin.split_once("://").is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host)));
+    let listed = inner.settings.cors_origins.iter().any(|o| o == "*" || *o == origin);
+    if same || listed {
+        return Ok(());
+    }
+    Err(HttpError::new(
+        StatusCode::FORBIDDEN,
+        format!(
+            "{} may not register with a cookie (neither the hub's origin nor one of --cors-origins)",
+            origin.chars().take(64).collect::<String>()
+        ),
+    ))
+}
+
+/// `DELETE /.well-known/mercure/push`: 204, or 404. No token is asked: whoever knows an
+/// endpoint (a secret URL that only its browser and its push service hold) may stop pushes to
+/// it, as with tidings' own Web Push routes.
+pub(crate) async fn unregister(
     State(mercure): State<MercureHub>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    let Some(push) = mercure.inner.push.get() else {
-        return not_enabled().into_response();
-    };
+    let Some(push) = mercure.inner.push.get() else { return not_enabled().into_response() };
     let body = match body {
         Ok(body) => body,
         Err(rejection) => return tidings_http::body_rejection(rejection, MAX_BODY),
@@ -341,16 +365,6 @@ pub async fn unregister(
     match push.unregister(&body.endpoint).await {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => HttpError::new(StatusCode::NOT_FOUND, "no such push subscription").into_response(),
-        Err(err) => {
-            HttpError::new(StatusCode::SERVICE_UNAVAILABLE, format!("registry unavailable: {err}")).into_response()
-        }
+        Err(err) => HttpError::new(StatusCode::SERVICE_UNAVAILABLE, format!("registry unavailable: {err}")).into_response(),
     }
-}
-
-/// When a registration whose token expires at `exp` (seconds since the Unix epoch, a fraction
-/// allowed) lapses: with the leeway a token is accepted within, as for a stream.
-fn lapse_time(exp: f64) -> Option<SystemTime> {
-    Duration::try_from_secs_f64(exp + auth::LEEWAY)
-        .ok()
-        .and_then(|after| UNIX_EPOCH.checked_add(after))
 }

@@ -9,25 +9,37 @@ use std::time::Duration;
 
 use common::{TestHub, settings, subscriber, token};
 use tidings_webpush::testing::{LocalPushService, TestSubscription};
-use tidings_webpush::{EndpointPolicy, PushRegistry, SqlitePushRegistry, VapidKeys, WebPush};
+use tidings_webpush::{EndpointPolicy, MemoryRegistry, PushRegistry, SqlitePushRegistry, VapidKeys, WebPush};
 
 const WAIT: Duration = Duration::from_secs(20);
 const BOOKS: &str = "https://example.com/books/{id}";
 
 /// Starts Web Push on `hub` with `registry`, signing for `service`.
 async fn enable(hub: &TestHub, service: &LocalPushService, keys: VapidKeys, registry: impl PushRegistry) -> WebPush {
+    enable_with(hub, service, keys, registry, |b| b).await
+}
+
+/// [`enable`], with more settings on the builder.
+async fn enable_with(
+    hub: &TestHub,
+    service: &LocalPushService,
+    keys: VapidKeys,
+    registry: impl PushRegistry,
+    configure: impl FnOnce(tidings_webpush::WebPushBuilder) -> tidings_webpush::WebPushBuilder,
+) -> WebPush {
     service.expect_vapid_key(keys.public_key_base64());
-    let push = hub
+    let builder = hub
         .mercure
         .push_builder(registry, keys, "mailto:ops@example.com")
         .unwrap()
         .endpoint_policy(EndpointPolicy::default().allow(&service.host_port()).unwrap())
         .add_root_certificate(service.root_certificate_pem())
-        .retry_backoff(Duration::from_millis(10), Duration::from_millis(50))
-        .start()
-        .await
-        .unwrap();
-    hub.mercure.enable_push(push.clone()).unwrap();
+        .retry_backoff(Duration::from_millis(10), Duration::from_millis(50));
+    let push = hub.mercure.start_push(configure(builder)).await.unwrap();
+    assert!(matches!(
+        hub.mercure.start_push(hub.mercure.push_builder(MemoryRegistry::new(), VapidKeys::generate(), "mailto:a@b.c").unwrap()).await,
+        Err(tidings_hub::PushError::AlreadyStarted)
+    ));
     push
 }
 
@@ -91,7 +103,7 @@ async fn pushes_carry_what_the_selectors_and_token_let_through_with_the_publishe
         &hub,
         &service,
         VapidKeys::generate(),
-        tidings_webpush::MemoryRegistry::new(),
+        MemoryRegistry::new(),
     )
     .await;
     let anonymous = service.subscribe();
@@ -198,6 +210,11 @@ async fn pushes_carry_what_the_selectors_and_token_let_through_with_the_publishe
             .await
             .is_empty()
     );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while push.stats().delivered < 3 + 5 + 4 {
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", push.stats());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(push.stats().delivered, 3 + 5 + 4);
 }
 
@@ -209,7 +226,7 @@ async fn an_update_too_large_for_a_push_is_pushed_without_data_and_fetched_by_lo
         &hub,
         &service,
         VapidKeys::generate(),
-        tidings_webpush::MemoryRegistry::new(),
+        MemoryRegistry::new(),
     )
     .await;
     let sub = service.subscribe();
@@ -339,7 +356,7 @@ async fn a_registration_resumes_after_its_last_event_id_and_after_a_restart() {
 async fn a_registration_ends_when_its_token_expires() {
     let hub = TestHub::memory().await;
     let service = LocalPushService::start().await;
-    let registry = Arc::new(tidings_webpush::MemoryRegistry::new());
+    let registry = Arc::new(MemoryRegistry::new());
     let push = enable(&hub, &service, VapidKeys::generate(), registry.clone()).await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -358,6 +375,13 @@ async fn a_registration_ends_when_its_token_expires() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(registry.all().await.unwrap().is_empty());
+    // Its task ended, and its subscription to the log with it: nothing more can be pushed.
+    let core = hub.mercure.hub().clone();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while core.subscriber_count() > 0 || push.stats().subscriptions > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "still subscribed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // Past the leeway: refused at once.
     let expired = token(
         common::SUBSCRIBER_KEY,
@@ -394,7 +418,7 @@ async fn bad_registrations_get_a_status_and_a_reason() {
         &hub,
         &service,
         VapidKeys::generate(),
-        tidings_webpush::MemoryRegistry::new(),
+        MemoryRegistry::new(),
     )
     .await;
     let key = hub.http.get(&key_url).send().await.unwrap();
@@ -403,7 +427,7 @@ async fn bad_registrations_get_a_status_and_a_reason() {
     let token = subscriber(&[]);
     for (topics, bearer, status, reason) in [
         (vec!["a"], None, 401, "token"),
-        (vec!["a"], Some("not a jwt"), 401, ""),
+        (vec!["a"], Some("not a jwt"), 401, "invalid token"),
         (vec![], Some(token.as_str()), 400, "topic"),
         (vec![""], Some(token.as_str()), 400, "empty"),
     ] {
@@ -415,6 +439,7 @@ async fn bad_registrations_get_a_status_and_a_reason() {
         let request = hub
             .http
             .post(format!("{}/.well-known/mercure/push", hub.url))
+            .header("content-type", "application/json")
             .bearer_auth(&token)
             .body(body);
         async move { request.send().await.unwrap().status().as_u16() }
@@ -435,4 +460,174 @@ async fn bad_registrations_get_a_status_and_a_reason() {
     let mut one = sub.subscription.to_json();
     one["topic"] = serde_json::json!("a");
     assert_eq!(post(one.to_string()).await, 201);
+}
+
+/// Sends a registration of `sub` for topic `a` with the headers `headers`: the status and the
+/// answer.
+async fn register_with_headers(hub: &TestHub, sub: &TestSubscription, headers: &[(&str, &str)]) -> (u16, serde_json::Value) {
+    let mut body = sub.subscription.to_json();
+    body["topic"] = serde_json::json!("a");
+    let mut request = hub.http.post(format!("{}/.well-known/mercure/push", hub.url)).body(body.to_string());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, serde_json::from_slice(&response.bytes().await.unwrap()).unwrap_or(serde_json::Value::Null))
+}
+
+/// Found by a fresh user: a registration with the `mercureAuthorization` cookie, sent as text by
+/// another site's page (no CORS preflight for that), had the victim's private updates pushed
+/// to the other site's endpoint. A registration is JSON, and one the cookie authorizes must
+/// come from the hub's own origin or one of `--cors-origins`, as a publish with the cookie must.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cookie_registers_only_from_the_hubs_origin_or_an_allowed_one_and_only_as_json() {
+    let hub = TestHub::start(
+        Arc::new(tidings_core::MemoryStore::new()),
+        tidings_hub::Settings { cors_origins: vec!["https://app.example".into()], ..settings() },
+    )
+    .await;
+    let service = LocalPushService::start().await;
+    let push = enable(&hub, &service, VapidKeys::generate(), MemoryRegistry::new()).await;
+    let cookie = format!("mercureAuthorization={}", subscriber(&["*"]));
+    let host = hub.url.trim_start_matches("http://").to_owned();
+    let own = hub.url.clone();
+    let json = ("content-type", "application/json");
+    for (headers, status, reason) in [
+        (vec![("content-type", "text/plain;charset=UTF-8"), ("cookie", &*cookie), ("origin", &*own)], 415, "JSON"),
+        (vec![("content-type", "application/x-www-form-urlencoded"), ("cookie", &*cookie)], 415, "JSON"),
+        (vec![json, ("cookie", &*cookie), ("origin", "https://evil.example")], 403, "evil.example"),
+        (vec![json, ("cookie", &*cookie), ("referer", "https://evil.example/page")], 403, "evil.example"),
+        (vec![json, ("cookie", &*cookie)], 403, "Origin"),
+    ] {
+        let (got, answer) = register_with_headers(&hub, &service.subscribe(), &headers).await;
+        assert_eq!(got, status, "{headers:?}: {answer}");
+        assert!(answer["error"].as_str().unwrap().contains(reason), "{answer}");
+    }
+    assert_eq!(push.stats().subscriptions, 0);
+    for origin in [own.as_str(), "https://app.example"] {
+        let (got, answer) = register_with_headers(&hub, &service.subscribe(), &[json, ("cookie", &cookie), ("origin", origin)]).await;
+        assert_eq!(got, 201, "{origin}: {answer}");
+    }
+    // The hub's own origin is told by its Host, whatever the scheme in front.
+    let behind_tls = format!("https://{host}");
+    let (got, _) = register_with_headers(&hub, &service.subscribe(), &[json, ("cookie", &cookie), ("origin", &behind_tls)]).await;
+    assert_eq!(got, 201);
+    // A token in the header needs no origin (another site cannot make the browser send it).
+    let bearer = format!("Bearer {}", subscriber(&["*"]));
+    let (got, _) = register_with_headers(&hub, &service.subscribe(), &[json, ("authorization", &bearer), ("origin", "https://evil.example")]).await;
+    assert_eq!(got, 201);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_are_bounded_per_client_and_in_all() {
+    let hub = TestHub::memory().await;
+    let service = LocalPushService::start().await;
+    let push = enable_with(&hub, &service, VapidKeys::generate(), MemoryRegistry::new(), |b| {
+        b.max_subscriptions_per_recipient(2).max_subscriptions_per_topic(3)
+    })
+    .await;
+    let json = ("content-type", "application/json");
+    let ann = format!("Bearer {}", token(common::SUBSCRIBER_KEY, serde_json::json!({ "sub": "ann", "mercure": { "subscribe": [] } })));
+    let bob = format!("Bearer {}", token(common::SUBSCRIBER_KEY, serde_json::json!({ "sub": "bob", "mercure": { "subscribe": [] } })));
+    let first = service.subscribe();
+    assert_eq!(register_with_headers(&hub, &first, &[json, ("authorization", &ann)]).await.0, 201);
+    assert_eq!(register_with_headers(&hub, &service.subscribe(), &[json, ("authorization", &ann)]).await.0, 201);
+    let (status, answer) = register_with_headers(&hub, &service.subscribe(), &[json, ("authorization", &ann)]).await;
+    assert_eq!(status, 429, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("--push-max-per-client"), "{answer}");
+    // The same endpoint again replaces itself: it does not count twice.
+    assert_eq!(register_with_headers(&hub, &first, &[json, ("authorization", &ann)]).await.0, 201);
+    // Anonymous clients count by address: this test's client is one.
+    assert_eq!(register_with_headers(&hub, &service.subscribe(), &[json]).await.0, 201);
+    let (status, answer) = register_with_headers(&hub, &service.subscribe(), &[json, ("authorization", &bob)]).await;
+    assert_eq!(status, 503, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("--push-max"), "{answer}");
+    assert_eq!(push.stats().subscriptions, 3);
+}
+
+/// Found by a fresh user: an update whose id (or type) alone was near 4 KB made even the
+/// push without data too large, and the dispatcher panicked: the registration never got
+/// another push, even after a restart. Now the id and type are left out too, the long poll
+/// gives them, and the next update arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_too_large_for_any_push_is_left_out_and_pushing_goes_on() {
+    let hub = TestHub::memory().await;
+    let service = LocalPushService::start().await;
+    enable(&hub, &service, VapidKeys::generate(), MemoryRegistry::new()).await;
+    let sub = service.subscribe();
+    assert_eq!(register(&hub, &sub, &["big"], None, None).await.0, 201);
+    let id = format!("urn:{}", "j".repeat(4000));
+    let kind = "t".repeat(4000);
+    for fields in [[("topic", "big"), ("data", "d"), ("id", id.as_str())], [("topic", "big"), ("data", "e"), ("type", kind.as_str())]] {
+        assert_eq!(hub.post(Some(&common::publisher(&["*"])), &fields).await.0, 200);
+    }
+    hub.publish(&["big"], "next").await;
+    let got = pushes_until(&service, &sub, "next").await;
+    assert_eq!(got.len(), 3, "{got:?}");
+    for truncated in &got[..2] {
+        assert_eq!(truncated["truncated"], true);
+        assert!(truncated["id"].is_null() && truncated["type"].is_null(), "{truncated}");
+    }
+    let answer = hub
+        .http
+        .get(format!("{}/.well-known/mercure/poll", hub.url))
+        .query(&[("topic", "big"), ("lastEventID", got[0]["after"].as_str().unwrap()), ("timeout", "0")])
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(answer["updates"][0]["id"].as_str(), Some(id.as_str()));
+    assert_eq!(answer["updates"][1]["type"].as_str(), Some(kind.as_str()));
+}
+
+/// Mercure's users revoke tokens by changing the subscriber key. A registration made with a
+/// token that the old key checked is revoked with it: deleted when the hub starts with the new
+/// key. One made without a token stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_subscriber_key_revokes_the_registrations_its_predecessor_authorized() {
+    let dir = std::env::temp_dir().join(format!("tidings-hub-push-rotate-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store: Arc<dyn tidings_core::Store> = Arc::new(tidings_core::MemoryStore::new());
+    let service = LocalPushService::start().await;
+    let keys = VapidKeys::generate();
+    let first = TestHub::start(store.clone(), settings()).await;
+    let push = enable(&first, &service, keys.clone(), SqlitePushRegistry::open(dir.join("push.db")).await.unwrap()).await;
+    let with_token = service.subscribe();
+    assert_eq!(register(&first, &with_token, &["a"], None, Some(&subscriber(&["*"]))).await.0, 201);
+    let anonymous = service.subscribe();
+    assert_eq!(register(&first, &anonymous, &["a"], None, None).await.0, 201);
+    push.shutdown();
+    drop(first);
+
+    // The same key again: both are served.
+    let again = TestHub::start(store.clone(), settings()).await;
+    let push = enable(&again, &service, keys.clone(), SqlitePushRegistry::open(dir.join("push.db")).await.unwrap()).await;
+    again.publish(&["a"], "same key").await;
+    pushes_until(&service, &with_token, "same key").await;
+    push.shutdown();
+    drop(again);
+
+    let rotated = tidings_hub::Settings {
+        subscriber: Some(tidings_hub::Verifier::new("HS256", b"another subscriber secret of 32 bytes!").unwrap()),
+        ..settings()
+    };
+    let second = TestHub::start(store.clone(), rotated).await;
+    let push = enable(&second, &service, keys, SqlitePushRegistry::open(dir.join("push.db")).await.unwrap()).await;
+    second.publish(&["a"], "after rotation").await;
+    pushes_until(&service, &anonymous, "after rotation").await;
+    let registry = SqlitePushRegistry::open(dir.join("push.db")).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while registry.all().await.unwrap().len() > 1 {
+        assert!(tokio::time::Instant::now() < deadline, "the revoked registration is still there");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let left = registry.all().await.unwrap();
+    assert_eq!(left[0].endpoint(), anonymous.subscription.endpoint().as_str());
+    assert!(!service.messages(&with_token.id).iter().any(|m| m.json()["data"] == "after rotation"));
+    push.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -27,18 +27,12 @@ pub fn token(key: &str, claims: serde_json::Value) -> String {
 /// A publisher token allowed to publish to `selectors`, without `exp` (as Mercure's publisher
 /// libraries often mint them).
 pub fn publisher(selectors: &[&str]) -> String {
-    token(
-        PUBLISHER_KEY,
-        serde_json::json!({ "mercure": { "publish": selectors } }),
-    )
+    token(PUBLISHER_KEY, serde_json::json!({ "mercure": { "publish": selectors } }))
 }
 
 /// A subscriber token allowed to receive private updates of `selectors`.
 pub fn subscriber(selectors: &[&str]) -> String {
-    token(
-        SUBSCRIBER_KEY,
-        serde_json::json!({ "mercure": { "subscribe": selectors, "payload": {"user": "alice"} } }),
-    )
+    token(SUBSCRIBER_KEY, serde_json::json!({ "mercure": { "subscribe": selectors, "payload": {"user": "alice"} } }))
 }
 
 /// The default settings of the tests: both keys, anonymous subscribers allowed.
@@ -69,12 +63,7 @@ impl TestHub {
     pub async fn start(store: Arc<dyn Store>, settings: Settings) -> TestHub {
         let mercure = MercureHub::new(store, settings);
         let (addr, task) = tidings_test_support::serve(mercure.router()).await;
-        TestHub {
-            url: format!("http://{addr}"),
-            mercure,
-            task,
-            http: reqwest::Client::new(),
-        }
+        TestHub { url: format!("http://{addr}"), mercure, task, http: reqwest::Client::new() }
     }
 
     pub async fn memory() -> TestHub {
@@ -87,10 +76,7 @@ impl TestHub {
 
     /// Publishes the form `fields` with `token`: the status and the body.
     pub async fn post(&self, token: Option<&str>, fields: &[(&str, &str)]) -> (u16, String) {
-        let mut request = self
-            .http
-            .post(self.hub_url())
-            .header("content-type", "application/x-www-form-urlencoded");
+        let mut request = self.http.post(self.hub_url()).header("content-type", "application/x-www-form-urlencoded");
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -144,16 +130,8 @@ impl Subscriber {
     fn new(response: reqwest::Response) -> Subscriber {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let events = response
-            .bytes_stream()
-            .eventsource()
-            .map(|e| e.map_err(|e| e.to_string()));
-        Subscriber {
-            status,
-            headers,
-            events: Box::pin(events),
-            body: None,
-        }
+        let events = response.bytes_stream().eventsource().map(|e| e.map_err(|e| e.to_string()));
+        Subscriber { status, headers, events: Box::pin(events), body: None }
     }
 
     /// The `Last-Event-ID` response header.

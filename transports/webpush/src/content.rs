@@ -48,8 +48,9 @@ use crate::registry::Registration;
 /// Chooses what each push subscription is sent (see the [module documentation](self)).
 pub trait PushContent: Send + Sync + fmt::Debug + 'static {
     /// The messages of `registration`, built once when the dispatcher starts serving it (at
-    /// start-up, or when it registers). An `Err` (a filter that no longer reads, say) is
-    /// logged with its text, and the subscription is not served; it stays in the registry.
+    /// start-up, or when it registers). An `Err` says it can never be served (a filter that no
+    /// longer reads, a token signed with a key the application no longer trusts): it is logged
+    /// with its text and deleted from the registry.
     fn messages(&self, registration: &Registration) -> Result<Box<dyn PushMessages>, String>;
 }
 
@@ -57,13 +58,16 @@ pub trait PushContent: Send + Sync + fmt::Debug + 'static {
 /// subscription's cursor after the event or gap (all its topics), which a payload may carry so
 /// that the page resumes its feed from it.
 pub trait PushMessages: Send + Sync {
-    /// The payload of `event`, at most [`message::MAX_PLAINTEXT`] bytes, or `None` to push
-    /// nothing for it: the subscription's cursor moves past it all the same (saved within a
-    /// second, so a restart may look at what it skipped then again, and skip it again).
+    /// The payload of `event`, or `None` to push nothing for it: the subscription's cursor
+    /// moves past it all the same (saved within a second, so a restart may look at what it
+    /// skipped then again, and skip it again). A payload over [`message::MAX_PLAINTEXT`] bytes
+    /// is not sent: [`PushMessages::truncated`] is, as after a push service's 413.
     fn event(&self, event: &SharedEvent, cursor: &Cursor) -> Option<Payload>;
 
     /// The smaller payload sent once after the push service refused `event`'s as too large
-    /// (413): one without the data, that tells the page where to fetch it.
+    /// (413), or when it was over [`message::MAX_PLAINTEXT`] bytes: one without the data, that
+    /// tells the page where to fetch it. If this one is too large too, the event is not pushed
+    /// (logged, and counted in [`PushStats::rejected`](crate::PushStats::rejected)).
     fn truncated(&self, event: &SharedEvent, cursor: &Cursor) -> Payload;
 
     /// The payload that says the log no longer held what followed the subscription's cursor.

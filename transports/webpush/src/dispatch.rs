@@ -225,6 +225,10 @@ struct Inner {
     in_flight: Semaphore,
     workers: Mutex<Workers>,
     generation: AtomicU64,
+    /// Held across every write to the registry (put, save, remove) with the check that the
+    /// writer is still the endpoint's current worker: a worker being replaced, lapsing or gone
+    /// never writes over (or deletes) its successor's row.
+    writes: tokio::sync::Mutex<()>,
     counters: Counters,
 }
 
@@ -395,6 +399,7 @@ impl WebPushBuilder {
                 in_flight: Semaphore::new(self.max_in_flight),
                 workers: Mutex::new(Workers::default()),
                 generation: AtomicU64::new(0),
+                writes: tokio::sync::Mutex::new(()),
                 counters: Counters::default(),
             }),
         };
@@ -482,8 +487,13 @@ pub struct RegisterRequest<'a> {
     pub credentials: &'a dyn Credentials,
     /// Kept with the registration for the [`PushContent`] (see [`Registration::filter`]).
     pub filter: Option<String>,
-    /// When the registration lapses (see [`Registration::expires`]); none by default.
+    /// When the registration lapses (see [`Registration::expires`]): none by default. A time
+    /// already past is accepted, and the registration is deleted at once, with nothing pushed.
     pub expires: Option<SystemTime>,
+    /// Whose it is when the authorization hook names nobody (for
+    /// [`WebPushBuilder::max_subscriptions_per_recipient`] and presence): a Mercure hub, which
+    /// has no hook, names the token's subject or the client's address. None by default.
+    pub recipient: Option<String>,
 }
 
 impl fmt::Debug for RegisterRequest<'_> {
@@ -495,6 +505,7 @@ impl fmt::Debug for RegisterRequest<'_> {
             .field("peer", &self.peer)
             .field("filter", &self.filter)
             .field("expires", &self.expires)
+            .field("recipient", &self.recipient)
             .finish_non_exhaustive()
     }
 }
@@ -502,7 +513,16 @@ impl fmt::Debug for RegisterRequest<'_> {
 impl<'a> RegisterRequest<'a> {
     /// A request for `topics`.
     pub fn new(subscription: PushSubscription, topics: Vec<String>, credentials: &'a dyn Credentials) -> Self {
-        RegisterRequest { subscription, topics, cursor: None, peer: None, credentials, filter: None, expires: None }
+        RegisterRequest {
+            subscription,
+            topics,
+            cursor: None,
+            peer: None,
+            credentials,
+            filter: None,
+            expires: None,
+            recipient: None,
+        }
     }
 
     /// Sets the application's filter, kept with the registration.
@@ -516,6 +536,13 @@ impl<'a> RegisterRequest<'a> {
     #[must_use]
     pub fn expires(mut self, expires: Option<SystemTime>) -> Self {
         self.expires = expires;
+        self
+    }
+
+    /// Sets whose it is when the authorization hook names nobody.
+    #[must_use]
+    pub fn recipient(mut self, recipient: Option<String>) -> Self {
+        self.recipient = recipient;
         self
     }
 
@@ -541,6 +568,15 @@ enum Step {
     Skipped,
     Gone,
     Cancelled,
+    /// Its expiry came while retrying.
+    Lapsed,
+}
+
+/// A push subscription's task: its endpoint and generation (which registration of it).
+#[derive(Clone, Copy)]
+struct Me<'a> {
+    endpoint: &'a str,
+    generation: u64,
 }
 
 /// What a push subscription's task woke up for.
@@ -626,7 +662,8 @@ impl WebPush {
         }
         self.inner.sender.policy().check(request.subscription.endpoint()).await.map_err(RegisterError::Endpoint)?;
         let access = AccessRequest::new(TRANSPORT, &topics, request.peer, request.credentials);
-        let recipient = self.inner.hub.check_access(&access).await.map_err(RegisterError::Refused)?;
+        let recipient =
+            self.inner.hub.check_access(&access).await.map_err(RegisterError::Refused)?.or(request.recipient);
         let cursor = match request.cursor {
             // Kept as a token that never parses: the subscription starts with a gap notice,
             // as it would over SSE, without storing what the client sent.
@@ -644,6 +681,7 @@ impl WebPush {
         // Counted before it is stored, so that concurrent registrations cannot pass the limits
         // together; released if storing fails.
         // The endpoint's previous worker (if any) keeps pushing until the new one is stored.
+        let writes = self.inner.writes.lock().await;
         let (generation, cancelled, previous) = self.reserve(&registration, true)?;
         if let Err(err) = self.inner.registry.put(&registration).await {
             let mut workers = self.workers();
@@ -655,6 +693,7 @@ impl WebPush {
             }
             return Err(RegisterError::Registry(err));
         }
+        drop(writes);
         if let Some(previous) = previous {
             previous.cancel.send_replace(true);
         }
@@ -678,6 +717,7 @@ impl WebPush {
 
     /// Stops pushing to `endpoint` and deletes it; `Ok(false)` if it was not registered.
     pub async fn unregister(&self, endpoint: &str) -> Result<bool, RegistryError> {
+        let _writes = self.inner.writes.lock().await;
         if let Some(worker) = self.workers().remove(endpoint) {
             worker.cancel.send_replace(true);
         }
@@ -757,7 +797,7 @@ impl WebPush {
         let push = self.clone();
         tokio::spawn(async move {
             let endpoint = registration.endpoint().to_owned();
-            push.serve(registration, cancelled).await;
+            push.serve(registration, generation, cancelled).await;
             let mut workers = push.workers();
             if workers.by_endpoint.get(&endpoint).is_some_and(|w| w.generation == generation) {
                 workers.remove(&endpoint);
@@ -766,13 +806,15 @@ impl WebPush {
     }
 
     /// Serves one push subscription until it is cancelled, gone, lapsed, or the hub closes.
-    async fn serve(&self, registration: Registration, mut cancelled: watch::Receiver<bool>) {
+    async fn serve(&self, registration: Registration, generation: u64, mut cancelled: watch::Receiver<bool>) {
         let inner = &self.inner;
         let endpoint = registration.endpoint().to_owned();
+        let me = Me { endpoint: &endpoint, generation };
         let messages = match inner.content.messages(&registration) {
             Ok(messages) => messages,
             Err(err) => {
-                tracing::error!(%err, "push subscription's filter cannot be read; not serving it");
+                tracing::error!(%err, "push subscription cannot be served; deleting it");
+                self.forget(me).await;
                 return;
             }
         };
@@ -795,7 +837,7 @@ impl WebPush {
                 () = &mut lapse, if lapses.is_some() => None,
                 opened = inner.hub.subscribe(request) => Some(opened),
             };
-            let Some(opened) = opened else { return self.lapse(&endpoint).await };
+            let Some(opened) = opened else { return self.lapse(me).await };
             match opened {
                 Ok(sub) => break sub,
                 Err(SubscribeError::ShuttingDown) => return,
@@ -816,7 +858,7 @@ impl WebPush {
         };
         if registration.cursor.is_none() {
             // Where it starts is where a restart resumes.
-            self.save_cursor(&endpoint, &sub.cursor().to_string()).await;
+            self.save_cursor(me, &sub.cursor().to_string()).await;
         }
         // The cursor past events the content skipped, not saved yet: saved with the next push,
         // or after `SAVE_SKIPPED` (one write a second at most, not one per skipped event).
@@ -831,10 +873,10 @@ impl WebPush {
                 delivery = sub.next() => Woke::Delivery(delivery),
             };
             let delivery = match woke {
-                Woke::Lapsed => return self.lapse(&endpoint).await,
+                Woke::Lapsed => return self.lapse(me).await,
                 Woke::SaveSkipped => {
                     if let Some(token) = unsaved.take() {
-                        self.save_cursor(&endpoint, &token).await;
+                        self.save_cursor(me, &token).await;
                     }
                     last_save = Instant::now();
                     continue;
@@ -854,7 +896,8 @@ impl WebPush {
                     } else if let Some(payload) = messages.event(&shared, &cursor) {
                         let options = self.options(event);
                         let smaller = Smaller { messages: &*messages, event: &shared, cursor: &cursor };
-                        self.push(&registration.subscription, payload, Some(smaller), &options, &mut cancelled).await
+                        self.push(&registration.subscription, payload, Some(smaller), &options, lapses, &mut cancelled)
+                            .await
                     } else {
                         inner.counters.filtered.fetch_add(1, Ordering::Relaxed);
                         Step::Skipped
@@ -863,7 +906,7 @@ impl WebPush {
                 Some(Delivery::Gap(gap)) => {
                     let payload = messages.gap(&gap, &cursor);
                     let step = self
-                        .push(&registration.subscription, payload, None, &inner.config.defaults, &mut cancelled)
+                        .push(&registration.subscription, payload, None, &inner.config.defaults, lapses, &mut cancelled)
                         .await;
                     if matches!(step, Step::Done) {
                         inner.counters.gaps.fetch_add(1, Ordering::Relaxed);
@@ -874,23 +917,22 @@ impl WebPush {
             };
             match step {
                 Step::Done => {
-                    self.save_cursor(&endpoint, &cursor.to_string()).await;
+                    self.save_cursor(me, &cursor.to_string()).await;
                     unsaved = None;
                     last_save = Instant::now();
                 }
                 Step::Skipped if last_save.elapsed() >= SAVE_SKIPPED => {
-                    self.save_cursor(&endpoint, &cursor.to_string()).await;
+                    self.save_cursor(me, &cursor.to_string()).await;
                     unsaved = None;
                     last_save = Instant::now();
                 }
                 Step::Skipped => unsaved = Some(cursor.to_string()),
                 Step::Cancelled => return,
+                Step::Lapsed => return self.lapse(me).await,
                 Step::Gone => {
                     inner.counters.gone.fetch_add(1, Ordering::Relaxed);
                     tracing::info!("push subscription is gone; deleting it");
-                    if let Err(err) = inner.registry.remove(&endpoint).await {
-                        tracing::warn!(%err, "cannot delete a gone push subscription");
-                    }
+                    self.forget(me).await;
                     return;
                 }
             }
@@ -898,17 +940,36 @@ impl WebPush {
     }
 
     /// Deletes a registration whose expiry came.
-    async fn lapse(&self, endpoint: &str) {
+    async fn lapse(&self, me: Me<'_>) {
         self.inner.counters.lapsed.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("tidings_push_results_total", "result" => "lapsed").increment(1);
         tracing::info!("push subscription lapsed; deleting it");
-        if let Err(err) = self.inner.registry.remove(endpoint).await {
-            tracing::warn!(%err, "cannot delete a lapsed push subscription");
+        self.forget(me).await;
+    }
+
+    /// Whether `me` is still its endpoint's current worker (not replaced by a new registration,
+    /// unregistered, or shut down).
+    fn is_current(&self, me: Me<'_>) -> bool {
+        self.workers().by_endpoint.get(me.endpoint).is_some_and(|w| w.generation == me.generation)
+    }
+
+    /// Deletes `me`'s registration, unless a newer registration of its endpoint replaced it.
+    async fn forget(&self, me: Me<'_>) {
+        let _writes = self.inner.writes.lock().await;
+        if self.is_current(me) {
+            if let Err(err) = self.inner.registry.remove(me.endpoint).await {
+                tracing::warn!(%err, "cannot delete a push subscription");
+            }
         }
     }
 
-    async fn save_cursor(&self, endpoint: &str, cursor: &str) {
-        if let Err(err) = self.inner.registry.save_cursor(endpoint, cursor).await {
+    /// Saves `me`'s cursor, unless a newer registration of its endpoint replaced it.
+    async fn save_cursor(&self, me: Me<'_>, cursor: &str) {
+        let _writes = self.inner.writes.lock().await;
+        if !self.is_current(me) {
+            return;
+        }
+        if let Err(err) = self.inner.registry.save_cursor(me.endpoint, cursor).await {
             // The next save will carry it; a restart before then repeats what was sent since.
             tracing::warn!(%err, "cannot save a push subscription's cursor");
         }
@@ -939,8 +1000,12 @@ impl WebPush {
         mut payload: Payload,
         smaller: Option<Smaller<'_>>,
         options: &PushOptions,
+        lapses: Option<Instant>,
         cancelled: &mut watch::Receiver<bool>,
     ) -> Step {
+        let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+        let lapse = tokio::time::sleep_until(lapses.unwrap_or(far));
+        tokio::pin!(lapse);
         let inner = &self.inner;
         let counters = &inner.counters;
         let deadline = Instant::now() + options.ttl;
@@ -952,6 +1017,7 @@ impl WebPush {
                 let outcome = tokio::select! {
                     outcome = inner.sender.send(subscription, &payload.json, options) => outcome,
                     _ = cancelled.wait_for(|&c| c) => return Step::Cancelled,
+                    () = &mut lapse, if lapses.is_some() => return Step::Lapsed,
                 };
                 metrics::histogram!("tidings_push_send_seconds").record(started.elapsed().as_secs_f64());
                 let result = match &outcome {
@@ -1017,6 +1083,7 @@ impl WebPush {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = cancelled.wait_for(|&c| c) => return Step::Cancelled,
+                () = &mut lapse, if lapses.is_some() => return Step::Lapsed,
             }
         }
     }

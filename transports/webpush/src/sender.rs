@@ -113,12 +113,13 @@ impl PushSender {
 
     /// Encrypts `plaintext` for `subscription` (RFC 8291, one `aes128gcm` record) and posts it.
     ///
-    /// # Panics
-    ///
-    /// Panics if `plaintext` is longer than [`MAX_PLAINTEXT`]: the caller decides what to send
-    /// instead (see [`crate::message`]).
+    /// A `plaintext` longer than [`MAX_PLAINTEXT`] does not fit one record: it is not sent, and
+    /// the outcome is [`SendOutcome::TooLarge`], as when a push service answers 413 (the caller
+    /// decides what to send instead: see [`crate::message`]).
     pub async fn send(&self, subscription: &PushSubscription, plaintext: &[u8], options: &PushOptions) -> SendOutcome {
-        assert!(plaintext.len() <= MAX_PLAINTEXT, "a push payload is at most {MAX_PLAINTEXT} bytes");
+        if plaintext.len() > MAX_PLAINTEXT {
+            return SendOutcome::TooLarge;
+        }
         let endpoint = subscription.endpoint();
         if let Err(err) = self.policy.check_syntax(endpoint) {
             return SendOutcome::Refused(err);

@@ -635,12 +635,22 @@ impl PushContent for Prefix {
 impl PushMessages for PrefixMessages {
     fn event(&self, event: &tidings_core::SharedEvent, _cursor: &tidings_core::Cursor) -> Option<Payload> {
         let data = &event.event().data;
-        data.starts_with(self.0.as_str())
-            .then(|| Payload { json: serde_json::json!({ "kept": &**data }).to_string().into_bytes(), truncated: false })
+        // "huge…": a payload over what one push holds, which the dispatcher must not send.
+        let json = match data.strip_prefix("huge") {
+            Some(_) => serde_json::json!({ "kept": "x".repeat(MAX_PLAINTEXT) }).to_string().into_bytes(),
+            None => serde_json::json!({ "kept": &**data }).to_string().into_bytes(),
+        };
+        data.starts_with(self.0.as_str()).then_some(Payload { json, truncated: false })
     }
 
-    fn truncated(&self, _event: &tidings_core::SharedEvent, _cursor: &tidings_core::Cursor) -> Payload {
-        Payload { json: b"{\"truncated\":true}".to_vec(), truncated: true }
+    fn truncated(&self, event: &tidings_core::SharedEvent, _cursor: &tidings_core::Cursor) -> Payload {
+        // "hugest…": even the smaller form is too large; the event is skipped, not a panic.
+        let json = if event.event().data.starts_with("hugest") {
+            vec![b' '; MAX_PLAINTEXT + 1]
+        } else {
+            b"{\"truncated\":true}".to_vec()
+        };
+        Payload { json, truncated: true }
     }
 
     fn gap(&self, _gap: &tidings_core::Gap, _cursor: &tidings_core::Cursor) -> Payload {
@@ -703,11 +713,27 @@ async fn a_content_chooses_each_registrations_events_and_payloads_from_its_filte
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(s.service.messages(&keep.id).len(), 2, "nothing pushed for what it skipped");
-    // A filter the content cannot read: registered, not served.
+    // A filter the content cannot read: never served, and deleted.
     let unreadable = s.service.subscribe();
     s.push.register(RegisterRequest::new(unreadable.subscription.clone(), vec!["t".into()], &NoCredentials).filter(Some("unreadable".into()))).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while s.registry.all().await.unwrap().iter().any(|r| r.endpoint() == unreadable.subscription.endpoint().as_str()) {
+        assert!(tokio::time::Instant::now() < deadline, "the unservable registration is still there");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let push = s.push.clone();
     wait_for(|| push.stats().subscriptions == 2).await;
+    assert!(s.service.attempts(&unreadable.id).is_empty());
+    // A payload over what a push holds goes as the smaller form; if even that is too large,
+    // the event is skipped (no panic), and the next one goes.
+    s.publish("t", "huge").await;
+    s.publish("t", "hugest").await;
+    s.publish("t", "after").await;
+    let got: Vec<_> = s.service.wait_for_messages(&all.id, 7, WAIT).await.iter().map(|m| m.json()).collect();
+    assert_eq!(got[5], serde_json::json!({ "truncated": true }), "{got:?}");
+    assert_eq!(got[6], serde_json::json!({ "kept": "after" }), "{got:?}");
+    let push = s.push.clone();
+    wait_for(|| push.stats().rejected == 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -729,4 +755,65 @@ async fn a_registration_lapses_at_its_expiry_and_is_deleted() {
     s.publish("t", "after").await;
     assert!(s.registry.all().await.unwrap().is_empty());
     assert!(s.service.attempts(&sub.id).is_empty() && s.service.attempts(&late.id).is_empty());
+}
+
+/// A registry that counts the cursors saved.
+#[derive(Debug, Default)]
+struct CountingRegistry {
+    inner: MemoryRegistry,
+    saves: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl PushRegistry for CountingRegistry {
+    async fn put(&self, r: &tidings_webpush::Registration) -> Result<(), tidings_webpush::RegistryError> {
+        self.inner.put(r).await
+    }
+    async fn save_cursor(&self, endpoint: &str, cursor: &str) -> Result<(), tidings_webpush::RegistryError> {
+        self.saves.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.save_cursor(endpoint, cursor).await
+    }
+    async fn remove(&self, endpoint: &str) -> Result<bool, tidings_webpush::RegistryError> {
+        self.inner.remove(endpoint).await
+    }
+    async fn all(&self) -> Result<Vec<tidings_webpush::Registration>, tidings_webpush::RegistryError> {
+        self.inner.all().await
+    }
+}
+
+/// A registration that skips most of a busy log does not write its cursor once per event: the
+/// cursor past 200 skipped events is saved, but in a handful of writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skipped_events_save_the_cursor_within_a_second_not_once_each() {
+    let hub = Hub::new(MemoryStore::new());
+    let service = LocalPushService::start().await;
+    let registry = std::sync::Arc::new(CountingRegistry::default());
+    let push = WebPush::builder(hub.clone(), registry.clone(), VapidKeys::generate(), "mailto:ops@example.com")
+        .unwrap()
+        .endpoint_policy(EndpointPolicy::default().allow(&service.host_port()).unwrap())
+        .content(Prefix)
+        .start()
+        .await
+        .unwrap();
+    let sub = service.subscribe();
+    let request = RegisterRequest::new(sub.subscription.clone(), vec!["t".into()], &NoCredentials).filter(Some("keep".into()));
+    push.register(request).await.unwrap();
+    let mut last = None;
+    for i in 0..200 {
+        last = Some(hub.publish(NewEvent::new(Topic::new("t"), format!("drop {i}"))).await.unwrap());
+    }
+    let want = last.unwrap().cursor().to_string();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let saved = registry.all().await.unwrap().pop().and_then(|r| r.cursor);
+        if saved.as_deref() == Some(want.as_str()) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the cursor past the skipped events was never saved");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(push.stats().filtered, 200);
+    let saves = registry.saves.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(saves <= 5, "{saves} writes for 200 skipped events");
+    assert!(service.attempts(&sub.id).is_empty());
 }
