@@ -38,7 +38,10 @@ async fn sigkill_while_pushing_loses_nothing_and_repeats_only_what_was_in_flight
     for (sub, topics) in &subscriptions {
         let mut body = sub.subscription.to_json();
         body["topics"] = serde_json::json!(topics);
-        let r = http.post(format!("{}/push/subscriptions", demo.url())).body(body.to_string()).send().await.unwrap();
+        let r = http
+            .post(format!("{}/push/subscriptions", demo.url()))
+            .header("content-type", "application/json")
+            .body(body.to_string()).send().await.unwrap();
         assert_eq!(r.status(), 201);
     }
 

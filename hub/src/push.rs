@@ -232,17 +232,8 @@ pub(crate) async fn register(
 async fn accept_registration(mercure: &MercureHub, parts: &http::request::Parts, body: &[u8]) -> Result<String, HttpError> {
     let inner = &mercure.inner;
     let Some(push) = inner.push.get() else { return Err(not_enabled()) };
-    // JSON only: a page of another site can send a form or text without asking (no CORS
-    // preflight), but not JSON.
-    let json = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
-        v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
-    });
-    if !json {
-        return Err(HttpError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "a registration is JSON (Content-Type: application/json)",
-        ));
-    }
+    // JSON only: a page of another site can send a form or text without a CORS preflight.
+    tidings_http::require_json(&parts.headers)?;
     // Authorization first, as for a subscription.
     let query = query_pairs(parts)?;
     let claims = subscriber_claims(inner, &parts.headers, &query)?;

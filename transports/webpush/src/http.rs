@@ -3,7 +3,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /push/vapid-public-key` | the VAPID public key, base64url text |
-//! | `POST /push/subscriptions` | body: `PushSubscription.toJSON()` plus `"topics": [...]` (and optionally `"cursor"`); 201 `{"cursor": …}` (where pushing starts), or a 4xx `{"error": …}` |
+//! | `POST /push/subscriptions` | body (`Content-Type: application/json`, else a 415): `PushSubscription.toJSON()` plus `"topics": [...]` (and optionally `"cursor"`); 201 `{"cursor": …}` (where pushing starts), or a 4xx `{"error": …}` |
 //! | `DELETE /push/subscriptions` | body: `{"endpoint": …}`; 204, or 404 |
 
 use std::net::SocketAddr;
@@ -75,6 +75,10 @@ async fn register(
         Ok(body) => body,
         Err(e) => return tidings_http::body_rejection(e, MAX_BODY),
     };
+    // JSON only: a page of another site could otherwise register with the browser's cookies.
+    if let Err(err) = tidings_http::require_json(&parts.headers) {
+        return err.into_response();
+    }
     let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
     let (uri, headers): (&Uri, &HeaderMap) = (&parts.uri, &parts.headers);
     let body: RegisterBody = match serde_json::from_slice(&body) {

@@ -69,6 +69,17 @@ impl Setup {
         self.post_with(body, None).await
     }
 
+    /// Posts `body` as it is, as JSON.
+    async fn post_with_body(&self, body: String) -> reqwest::Response {
+        self.http
+            .post(format!("{}/push/subscriptions", self.base))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     async fn post_with(&self, body: serde_json::Value, header: Option<(&str, &str)>) -> reqwest::Response {
         let mut request = self
             .http
@@ -526,7 +537,7 @@ async fn hostile_endpoints_are_refused_with_a_400_naming_the_reason() {
         (serde_json::json!({"endpoint": good["endpoint"], "keys": keys, "topics": ["a\nb"]}).to_string(), "invalid topic"),
         (format!("{{\"endpoint\":\"https://x/{}\"}}", "a".repeat(20_000)), "the limit is 16384"),
     ] {
-        let r = s.http.post(format!("{}/push/subscriptions", s.base)).body(body).send().await.unwrap();
+        let r = s.post_with_body(body).await;
         let status = r.status().as_u16();
         assert!(status == 400 || status == 413, "{reason}: {status}");
         let text = r.text().await.unwrap();
@@ -816,4 +827,34 @@ async fn skipped_events_save_the_cursor_within_a_second_not_once_each() {
     let saves = registry.saves.load(std::sync::atomic::Ordering::Relaxed);
     assert!(saves <= 5, "{saves} writes for 200 skipped events");
     assert!(service.attempts(&sub.id).is_empty());
+}
+
+/// A page of another site can make the browser send a form or text, with its cookies, without
+/// a CORS preflight: an app whose authorization hook reads a cookie would register the other
+/// site's endpoint for its user. A registration is JSON only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_that_is_not_json_is_a_415() {
+    let s = Setup::new().await;
+    let sub = s.service.subscribe();
+    let mut body = sub.subscription.to_json();
+    body["topics"] = serde_json::json!(["t"]);
+    for content_type in [Some("text/plain;charset=UTF-8"), Some("application/x-www-form-urlencoded"), Some("multipart/form-data; boundary=x"), None] {
+        let mut request = s.http.post(format!("{}/push/subscriptions", s.base)).body(body.to_string());
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 415, "{content_type:?}");
+        assert!(response.text().await.unwrap().contains("application/json"));
+    }
+    assert_eq!(s.push.stats().subscriptions, 0);
+    let response = s
+        .http
+        .post(format!("{}/push/subscriptions", s.base))
+        .header("content-type", "Application/JSON; charset=utf-8")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
 }
