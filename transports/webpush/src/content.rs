@@ -1,7 +1,7 @@
 //! What each push subscription is sent: which of its topics' events, and with what payload.
 //!
 //! By default ([`EventContent`]) every event of a subscription's topics is pushed as the
-//! [`message`](crate::message) module describes. An application that routes events above the
+//! [`message`] module describes. An application that routes events above the
 //! core, as a Mercure hub does with its selectors and private updates, gives the builder its own
 //! [`PushContent`] ([`WebPushBuilder::content`](crate::WebPushBuilder::content)): it reads each
 //! registration's [`filter`](crate::Registration::filter) once, when the dispatcher starts
@@ -75,7 +75,7 @@ pub trait PushMessages: Send + Sync {
 }
 
 /// The default content: every event of the subscription's topics, as the
-/// [`message`](crate::message) module describes.
+/// [`message`] module describes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EventContent;
 
