@@ -267,10 +267,19 @@ async fn accept_registration(mercure: &MercureHub, parts: &http::request::Parts,
     // Where pushing starts, as for a subscription. An id no update has starts at the oldest
     // retained update with a gap notice: a start that is no cursor (see `HubContent`).
     let last_event_id = body.last_event_id.as_deref().and_then(tidings_http::carried_cursor);
-    let start = match crate::start_after(inner, last_event_id).await? {
-        (_, true) => Some("~unknown-id".to_owned()),
-        (start, false) => start.map(|c| c.to_string()),
+    let (start, unknown) = crate::start_after(inner, last_event_id).await?;
+    // The answer is where pushing starts: `earliest` when a gap comes first (an unknown id, or
+    // a position retention passed), as a stream's `Last-Event-ID` says.
+    let gap_first = match &start {
+        _ if unknown => true,
+        None => false,
+        Some(start) => {
+            let oldest = crate::earliest(inner).await?;
+            let log = crate::update::log_topic();
+            start.epoch() != oldest.epoch() || start.position(&log) < oldest.position(&log)
+        }
     };
+    let start = if unknown { Some("~unknown-id".to_owned()) } else { start.map(|c| c.to_string()) };
     let key = claims.as_ref().and(inner.settings.subscriber.as_ref()).map(|v| v.fingerprint().to_owned());
     let filter = serde_json::to_string(&StoredFilter { topics, private, key })
         .map_err(|e| HttpError::bad_request(e.to_string()))?;
@@ -295,7 +304,10 @@ async fn accept_registration(mercure: &MercureHub, parts: &http::request::Parts,
             err => HttpError::new(status, err.to_string()),
         }
     })?;
-    Ok(Cursor::parse(&started).map_or_else(|_| "earliest".to_owned(), |c| cursor_id(&c)))
+    Ok(match Cursor::parse(&started) {
+        Ok(cursor) if !gap_first => cursor_id(&cursor),
+        _ => "earliest".to_owned(),
+    })
 }
 
 /// Whose a registration is, for the limit per client: the token's subject, else the client's
@@ -314,7 +326,7 @@ fn recipient(claims: Option<&auth::Claims>, peer: Option<SocketAddr>) -> Option<
 }
 
 /// Refuses a request whose `Origin` (else `Referer`) is neither the hub's own (its `Host`) nor
-/// one of `--cors-origins`.
+/// one of `--cors-origins` named (`*` does not count).
 fn allowed_origin(inner: &Inner, headers: &http::HeaderMap) -> Result<(), HttpError> {
     let Some(origin) = auth::origin(headers) else {
         return Err(HttpError::new(
@@ -322,9 +334,15 @@ fn allowed_origin(inner: &Inner, headers: &http::HeaderMap) -> Result<(), HttpEr
             "a registration authorized by a cookie needs an Origin or Referer header",
         ));
     };
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    let same = host.is_some_and(|host| origin.split_once("://").is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host)));
-    let listed = inner.settings.cors_origins.iter().any(|o| o == "*" || *o == origin);
+    // The hub's own origin, told by its `Host` (the scheme is the proxy's business: a port
+    // serves one), default ports aside.
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).map(without_default_port);
+    let same = host.is_some_and(|host| {
+        origin.split_once("://").is_some_and(|(_, authority)| without_default_port(authority).eq_ignore_ascii_case(host))
+    });
+    // Listed by name: `*` lets any site read streams while its page is open, but not leave a
+    // registration that pushes a user's private updates to it for good.
+    let listed = inner.settings.cors_origins.iter().any(|o| o != "*" && *o == origin);
     if same || listed {
         return Ok(());
     }
@@ -335,6 +353,11 @@ fn allowed_origin(inner: &Inner, headers: &http::HeaderMap) -> Result<(), HttpEr
             origin.chars().take(64).collect::<String>()
         ),
     ))
+}
+
+/// `authority` without `:80` or `:443`.
+fn without_default_port(authority: &str) -> &str {
+    authority.strip_suffix(":80").or_else(|| authority.strip_suffix(":443")).unwrap_or(authority)
 }
 
 /// `DELETE /.well-known/mercure/push`: 204, or 404. No token is asked: whoever knows an

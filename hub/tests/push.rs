@@ -631,3 +631,63 @@ async fn a_new_subscriber_key_revokes_the_registrations_its_predecessor_authoriz
     push.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Found by a fresh user: with `--cors-origins '*'`, any site could register its endpoint with
+/// a visitor's cookie and have the visitor's private updates pushed to it for good. `*` lets
+/// pages of any site read streams while they are open; a registration needs its origin named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_cors_origin_does_not_let_any_site_register_with_the_cookie() {
+    let hub = TestHub::start(
+        Arc::new(tidings_core::MemoryStore::new()),
+        tidings_hub::Settings { cors_origins: vec!["*".into()], ..settings() },
+    )
+    .await;
+    let service = LocalPushService::start().await;
+    let push = enable(&hub, &service, VapidKeys::generate(), MemoryRegistry::new()).await;
+    let cookie = format!("mercureAuthorization={}", subscriber(&["*"]));
+    let json = ("content-type", "application/json");
+    for origin in ["https://evil.example", "null"] {
+        let (status, answer) = register_with_headers(&hub, &service.subscribe(), &[json, ("cookie", &cookie), ("origin", origin)]).await;
+        assert_eq!(status, 403, "{origin}: {answer}");
+    }
+    assert_eq!(push.stats().subscriptions, 0);
+    // The hub's own origin, with its default port written or not, still registers.
+    let port = hub.url.rsplit(':').next().unwrap().to_owned();
+    let own = format!("http://127.0.0.1:{port}");
+    let (status, _) = register_with_headers(&hub, &service.subscribe(), &[json, ("cookie", &cookie), ("origin", &own)]).await;
+    assert_eq!(status, 201);
+    let (status, _) = register_with_headers(
+        &hub,
+        &service.subscribe(),
+        &[json, ("cookie", &cookie), ("host", "hub.example:443"), ("origin", "https://hub.example")],
+    )
+    .await;
+    assert_eq!(status, 201);
+}
+
+/// The 201 says where pushing starts, as a stream's `Last-Event-ID` does: `earliest` when a gap
+/// notice comes first, also for an id whose followers retention dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registering_after_a_trimmed_id_answers_earliest_then_pushes_the_gap_and_the_rest() {
+    let store = tidings_core::MemoryStore::with_retention(tidings_core::Retention::default().max_events(3));
+    let hub = TestHub::start(Arc::new(store), settings()).await;
+    let service = LocalPushService::start().await;
+    enable(&hub, &service, VapidKeys::generate(), MemoryRegistry::new()).await;
+    let first = hub.publish(&["a"], "first").await;
+    hub.publish(&["a"], "second").await;
+    for i in 0..5 {
+        hub.publish(&["a"], &format!("later {i}")).await;
+    }
+    let sub = service.subscribe();
+    let (status, answer) = register(&hub, &sub, &["a"], Some(&first), None).await;
+    assert_eq!((status, answer["lastEventID"].as_str()), (201, Some("earliest")), "{answer}");
+    let got = pushes_until(&service, &sub, "later 4").await;
+    assert_eq!((got[0]["type"].as_str(), got[0]["data"].as_str()), (Some("tidings.gap"), Some("{\"reason\":\"trimmed\"}")));
+    assert_eq!(datas(&got[1..]), ["later 2", "later 3", "later 4"]);
+    // One whose followers are all there answers its own position.
+    let (_, answer) = register(&hub, &service.subscribe(), &["a"], Some("urn:tidings:none"), None).await;
+    assert_eq!(answer["lastEventID"], "earliest", "an id no update has");
+    let kept = hub.publish(&["a"], "kept").await;
+    let (_, answer) = register(&hub, &service.subscribe(), &["a"], Some(&kept), None).await;
+    assert!(answer["lastEventID"].as_str().unwrap().starts_with("urn:tidings:"), "{answer}");
+}

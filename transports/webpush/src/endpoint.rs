@@ -80,8 +80,8 @@ impl EndpointPolicy {
         EndpointPolicy::default()
     }
 
-    /// Also accepts endpoints at `host:port` (`[::1]:8443` for IPv6), whatever their scheme
-    /// and addresses. An entry without a port is an error: the rule is per service.
+    /// Also accepts endpoints at `host:port` (`[::1]:8443` for IPv6), over `https` or `http`,
+    /// whatever their addresses. An entry without a port is an error: the rule is per service.
     pub fn allow(mut self, host_port: &str) -> Result<EndpointPolicy, String> {
         let entry = host_port.trim();
         let (host, port) = entry.rsplit_once(':').ok_or_else(|| format!("{entry:?} is not host:port"))?;
@@ -119,6 +119,9 @@ impl EndpointPolicy {
     pub fn check_syntax(&self, url: &Url) -> Result<(), EndpointError> {
         if !url.username().is_empty() || url.password().is_some() {
             return Err(EndpointError::Credentials);
+        }
+        if !matches!(url.scheme(), "https" | "http") {
+            return Err(EndpointError::NotHttps(url.scheme().to_owned()));
         }
         if self.is_allowed(url) {
             return Ok(());
@@ -303,6 +306,11 @@ mod tests {
         assert!(p.check_syntax(&url("https://[::1]:8443/x")).is_ok());
         assert!(p.check_syntax(&url("http://LOCALHOST:8080/x")).is_ok());
         assert!(p.check_syntax(&url("http://localhost:8081/x")).is_err());
+        // An allowed host:port is let through over http or https only (found by a fresh user:
+        // an ftp: endpoint was stored and never served).
+        for other in ["ftp://localhost:8080/x", "ws://localhost:8080/x", "gopher://localhost:8080/x"] {
+            assert!(matches!(p.check_syntax(&url(other)), Err(EndpointError::NotHttps(_))), "{other}");
+        }
         assert!(EndpointPolicy::default().allow("localhost").is_err());
         assert_eq!(EndpointPolicy::from_list(" ").unwrap(), EndpointPolicy::default());
         assert!(EndpointPolicy::from_list("a:1,b:2").unwrap().is_allowed(&url("http://b:2/")));

@@ -99,9 +99,18 @@ impl PushSubscription {
         if endpoint.len() > MAX_ENDPOINT_LEN {
             return Err(SubscriptionError::Endpoint(format!("longer than {MAX_ENDPOINT_LEN} bytes")));
         }
-        let endpoint = Url::parse(endpoint).map_err(|e| SubscriptionError::Endpoint(e.to_string()))?;
+        let mut endpoint = Url::parse(endpoint).map_err(|e| SubscriptionError::Endpoint(e.to_string()))?;
         if endpoint.host_str().is_none() || endpoint.cannot_be_a_base() {
             return Err(SubscriptionError::Endpoint("no host".into()));
+        }
+        // The endpoint is the registration's key: one spelling per endpoint. A fragment is never
+        // sent in a request (a push service cannot tell `…#a` from `…`), and an empty query is
+        // no query.
+        if endpoint.fragment().is_some() {
+            return Err(SubscriptionError::Endpoint("a push endpoint has no fragment (#…)".into()));
+        }
+        if endpoint.query() == Some("") {
+            endpoint.set_query(None);
         }
         let key = decode_b64(p256dh).ok_or(SubscriptionError::P256dh)?;
         if key.len() != 65 {
@@ -210,6 +219,22 @@ mod tests {
         for bad_auth in [format!("{AUTH}="), format!("{AUTH}==="), format!("{}=", &std_padded.1[..22]), "_ordMnz7uTCmrpBTeUV4B*".to_owned(), "_ordMnz7uTCmrpBTeUV4Bx".to_owned()] {
             assert_eq!(PushSubscription::new(e, P256DH, &bad_auth), Err(SubscriptionError::Auth), "{bad_auth}");
         }
+    }
+
+    /// Found by a fresh user: `…/ID`, `…/ID#a` and `…/ID?` were three registrations of one
+    /// endpoint, each pushed the same events. A fragment is refused, an empty query dropped.
+    #[test]
+    fn one_endpoint_has_one_spelling() {
+        let plain = PushSubscription::new("https://push.example.net/x", P256DH, AUTH).unwrap();
+        let empty_query = PushSubscription::new("https://push.example.net/x?", P256DH, AUTH).unwrap();
+        assert_eq!(empty_query.endpoint().as_str(), plain.endpoint().as_str());
+        let upper = PushSubscription::new("HTTPS://PUSH.example.net/x", P256DH, AUTH).unwrap();
+        assert_eq!(upper.endpoint().as_str(), plain.endpoint().as_str());
+        assert!(matches!(PushSubscription::new("https://push.example.net/x#a", P256DH, AUTH), Err(SubscriptionError::Endpoint(_))));
+        assert!(matches!(PushSubscription::new("https://push.example.net/x#", P256DH, AUTH), Err(SubscriptionError::Endpoint(_))));
+        // A query that says something stays.
+        let query = PushSubscription::new("https://push.example.net/x?a=1", P256DH, AUTH).unwrap();
+        assert_eq!(query.endpoint().query(), Some("a=1"));
     }
 
     #[test]
