@@ -102,7 +102,12 @@ impl Verifier {
         // jsonwebtoken reads `exp` and `nbf` as whole numbers only: `verify` checks them.
         validation.validate_exp = false;
         validation.validate_nbf = false;
-        let fingerprint = fingerprint(&format!("{algorithm:?}"), key_bytes);
+        // A PEM key is the same key however its lines are broken: whitespace is not hashed.
+        let hashed: Vec<u8> = match algorithm {
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => key_bytes.to_vec(),
+            _ => key_bytes.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect(),
+        };
+        let fingerprint = fingerprint(&format!("{algorithm:?}"), &hashed);
         Ok(Verifier { key, validation, fingerprint })
     }
 

@@ -54,7 +54,7 @@ use tidings_webpush::{PushContent, PushMessages, PushSubscription, RegisterError
 use crate::selector::{Selectors, TemplateCache};
 use crate::stream::Filter;
 use crate::update::{Decoded, GAP_EVENT, PollItem, Update, View, cursor_id};
-use crate::{Inner, MercureHub, auth, query_pairs, subscriber_claims};
+use crate::{MercureHub, auth, query_pairs, subscriber_claims};
 
 /// The path of the registrations (`POST`, `DELETE`).
 pub const PATH: &str = "/.well-known/mercure/push";
@@ -241,7 +241,7 @@ async fn accept_registration(mercure: &MercureHub, parts: &http::request::Parts,
     // it authorizes (which sends private updates where the request says) must come from the
     // hub's own origin or one of `--cors-origins`.
     if let Ok(Some((_, auth::Source::Cookie))) = auth::token(&parts.headers, &query) {
-        allowed_origin(inner, &parts.headers)?;
+        allowed_origin(&parts.headers, parts.uri.authority().map(|a| a.as_str()), &inner.settings.cors_origins)?;
     }
     let text = std::str::from_utf8(body).map_err(|_| HttpError::bad_request("the body is not UTF-8"))?;
     let subscription = PushSubscription::from_json(text).map_err(|e| HttpError::bad_request(e.to_string()))?;
@@ -284,12 +284,15 @@ async fn accept_registration(mercure: &MercureHub, parts: &http::request::Parts,
     let filter = serde_json::to_string(&StoredFilter { topics, private, key })
         .map_err(|e| HttpError::bad_request(e.to_string()))?;
     let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    // The client as `tidings::http::Server` believes it (a trusted proxy's `X-Forwarded-For`),
+    // else the peer.
+    let client = parts.extensions.get::<tidings_server::ClientIp>().map(|c| c.0).or(peer.map(|p| p.ip()));
     let credentials = HttpCredentials::new(&parts.headers, &query);
     let request = RegisterRequest::new(subscription, vec![crate::update::LOG_TOPIC.to_owned()], &credentials)
         .cursor(start)
         .filter(Some(filter))
         .expires(crate::expiry_time(claims.as_ref()))
-        .recipient(recipient(claims.as_ref(), peer))
+        .recipient(recipient(claims.as_ref(), client))
         .peer(peer);
     let started = push.register(request).await.map_err(|err| {
         let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST);
@@ -312,11 +315,11 @@ async fn accept_registration(mercure: &MercureHub, parts: &http::request::Parts,
 
 /// Whose a registration is, for the limit per client: the token's subject, else the client's
 /// address (an IPv6 /64, as the server counts connections per address).
-fn recipient(claims: Option<&auth::Claims>, peer: Option<SocketAddr>) -> Option<String> {
+fn recipient(claims: Option<&auth::Claims>, client: Option<IpAddr>) -> Option<String> {
     if let Some(sub) = claims.and_then(|c| c.sub.as_deref()) {
         return Some(format!("sub:{sub}"));
     }
-    peer.map(|peer| match peer.ip().to_canonical() {
+    client.map(|ip| match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let s = v6.segments();
             format!("addr:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
@@ -325,24 +328,28 @@ fn recipient(claims: Option<&auth::Claims>, peer: Option<SocketAddr>) -> Option<
     })
 }
 
-/// Refuses a request whose `Origin` (else `Referer`) is neither the hub's own (its `Host`) nor
-/// one of `--cors-origins` named (`*` does not count).
-fn allowed_origin(inner: &Inner, headers: &http::HeaderMap) -> Result<(), HttpError> {
+/// Refuses a request whose `Origin` (else `Referer`) is neither the hub's own nor one of
+/// `cors_origins` named (`*` does not count). The hub's own origin is told by the request's
+/// `Host` (HTTP/1.1) or `:authority` (HTTP/2, `authority`), with default ports aside; its
+/// scheme is not compared, since a TLS proxy in front may speak another one to the hub (and
+/// one port serves one scheme).
+fn allowed_origin(headers: &http::HeaderMap, authority: Option<&str>, cors_origins: &[String]) -> Result<(), HttpError> {
     let Some(origin) = auth::origin(headers) else {
         return Err(HttpError::new(
             StatusCode::FORBIDDEN,
             "a registration authorized by a cookie needs an Origin or Referer header",
         ));
     };
-    // The hub's own origin, told by its `Host` (the scheme is the proxy's business: a port
-    // serves one), default ports aside.
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).map(without_default_port);
-    let same = host.is_some_and(|host| {
-        origin.split_once("://").is_some_and(|(_, authority)| without_default_port(authority).eq_ignore_ascii_case(host))
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).or(authority);
+    let same = host.zip(origin.split_once("://")).is_some_and(|(host, (scheme, origin_authority))| {
+        let default = if scheme.eq_ignore_ascii_case("https") { ":443" } else { ":80" };
+        let origin_authority = origin_authority.strip_suffix(default).unwrap_or(origin_authority);
+        let host = host.strip_suffix(":443").or_else(|| host.strip_suffix(":80")).unwrap_or(host);
+        origin_authority.eq_ignore_ascii_case(host)
     });
     // Listed by name: `*` lets any site read streams while its page is open, but not leave a
     // registration that pushes a user's private updates to it for good.
-    let listed = inner.settings.cors_origins.iter().any(|o| o != "*" && *o == origin);
+    let listed = cors_origins.iter().any(|o| o != "*" && *o == origin);
     if same || listed {
         return Ok(());
     }
@@ -353,11 +360,6 @@ fn allowed_origin(inner: &Inner, headers: &http::HeaderMap) -> Result<(), HttpEr
             origin.chars().take(64).collect::<String>()
         ),
     ))
-}
-
-/// `authority` without `:80` or `:443`.
-fn without_default_port(authority: &str) -> &str {
-    authority.strip_suffix(":80").or_else(|| authority.strip_suffix(":443")).unwrap_or(authority)
 }
 
 /// `DELETE /.well-known/mercure/push`: 204, or 404. No token is asked: whoever knows an
@@ -376,9 +378,65 @@ pub(crate) async fn unregister(
         Ok(body) => body,
         Err(err) => return HttpError::bad_request(format!("expected {{\"endpoint\": …}}: {err}")).into_response(),
     };
-    match push.unregister(&body.endpoint).await {
+    // The endpoint as registrations are keyed: one spelling per endpoint.
+    let endpoint = tidings_webpush::subscription::normalize_endpoint(&body.endpoint);
+    match push.unregister(&endpoint).await {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => HttpError::new(StatusCode::NOT_FOUND, "no such push subscription").into_response(),
         Err(err) => HttpError::new(StatusCode::SERVICE_UNAVAILABLE, format!("registry unavailable: {err}")).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> http::HeaderMap {
+        pairs.iter().map(|(k, v)| (http::HeaderName::from_static(k), http::HeaderValue::from_str(v).unwrap())).collect()
+    }
+
+    #[test]
+    fn the_hubs_own_origin_is_told_by_host_or_the_http2_authority() {
+        let none: [String; 0] = [];
+        let own = headers(&[("host", "hub.example:8443"), ("origin", "https://hub.example:8443")]);
+        assert!(allowed_origin(&own, None, &none).is_ok());
+        // HTTP/2 has no Host: its `:authority` is the URI's.
+        let h2 = headers(&[("origin", "https://hub.example:8443")]);
+        assert!(allowed_origin(&h2, Some("hub.example:8443"), &none).is_ok());
+        assert!(allowed_origin(&h2, Some("other.example:8443"), &none).is_err());
+        assert!(allowed_origin(&h2, None, &none).is_err());
+        // Default ports, written or not, on either side.
+        for (host, origin) in [
+            ("hub.example", "https://hub.example:443"),
+            ("hub.example:443", "https://hub.example"),
+            ("hub.example:80", "http://hub.example"),
+            ("HUB.example", "http://hub.EXAMPLE:80"),
+        ] {
+            assert!(allowed_origin(&headers(&[("host", host), ("origin", origin)]), None, &none).is_ok(), "{host} {origin}");
+        }
+        // A default port of another scheme is another port.
+        assert!(allowed_origin(&headers(&[("host", "hub.example"), ("origin", "http://hub.example:443")]), None, &none).is_err());
+        // Named origins only; `*` and `null` do not count.
+        let listed = ["https://app.example".to_owned(), "*".to_owned()];
+        assert!(allowed_origin(&headers(&[("host", "hub.example"), ("origin", "https://app.example")]), None, &listed).is_ok());
+        for origin in ["https://evil.example", "null", "https://app.example:444"] {
+            assert!(allowed_origin(&headers(&[("host", "hub.example"), ("origin", origin)]), None, &listed).is_err(), "{origin}");
+        }
+        let referer = headers(&[("host", "hub.example"), ("referer", "https://evil.example/page")]);
+        assert!(allowed_origin(&referer, None, &listed).is_err());
+    }
+
+    #[test]
+    fn a_client_counts_by_subject_else_by_address() {
+        let claims = auth::Claims { sub: Some("ann".into()), ..auth::Claims::default() };
+        assert_eq!(recipient(Some(&claims), Some("10.0.0.1".parse().unwrap())).as_deref(), Some("sub:ann"));
+        assert_eq!(recipient(None, Some("10.0.0.1".parse().unwrap())).as_deref(), Some("addr:10.0.0.1"));
+        assert_eq!(recipient(None, Some("::ffff:10.0.0.1".parse().unwrap())).as_deref(), Some("addr:10.0.0.1"));
+        let a = recipient(None, Some("2001:db8:1:2:aaaa::1".parse().unwrap()));
+        let b = recipient(None, Some("2001:db8:1:2:bbbb::9".parse().unwrap()));
+        assert_eq!(a, b, "one IPv6 /64 is one client");
+        assert_eq!(a.as_deref(), Some("addr:2001:db8:1:2::/64"));
+        assert_ne!(a, recipient(None, Some("2001:db8:1:3::1".parse().unwrap())));
+        assert_eq!(recipient(None, None), None);
     }
 }

@@ -225,10 +225,12 @@ struct Inner {
     in_flight: Semaphore,
     workers: Mutex<Workers>,
     generation: AtomicU64,
-    /// Held across every write to the registry (put, save, remove) with the check that the
-    /// writer is still the endpoint's current worker: a worker being replaced, lapsing or gone
-    /// never writes over (or deletes) its successor's row.
-    writes: tokio::sync::Mutex<()>,
+    /// One of these, chosen by the endpoint, is held across every write to the registry (put,
+    /// save, remove) with the check that the writer is still the endpoint's current worker: a
+    /// worker being replaced, lapsing or gone never writes over (or deletes) its successor's
+    /// row. Striped, so that one endpoint's writes wait only for those of the few endpoints
+    /// that share its lock.
+    writes: Box<[tokio::sync::Mutex<()>]>,
     counters: Counters,
 }
 
@@ -399,7 +401,7 @@ impl WebPushBuilder {
                 in_flight: Semaphore::new(self.max_in_flight),
                 workers: Mutex::new(Workers::default()),
                 generation: AtomicU64::new(0),
-                writes: tokio::sync::Mutex::new(()),
+                writes: (0..WRITE_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
                 counters: Counters::default(),
             }),
         };
@@ -586,6 +588,9 @@ enum Woke {
     Delivery(Option<Delivery>),
 }
 
+/// The write locks of the registry ([`Inner::writes`]).
+const WRITE_LOCKS: usize = 64;
+
 /// How long a cursor moved by skipped events may go unsaved.
 const SAVE_SKIPPED: Duration = Duration::from_secs(1);
 
@@ -681,7 +686,7 @@ impl WebPush {
         // Counted before it is stored, so that concurrent registrations cannot pass the limits
         // together; released if storing fails.
         // The endpoint's previous worker (if any) keeps pushing until the new one is stored.
-        let writes = self.inner.writes.lock().await;
+        let writes = self.writes(registration.endpoint()).lock().await;
         let (generation, cancelled, previous) = self.reserve(&registration, true)?;
         if let Err(err) = self.inner.registry.put(&registration).await {
             let mut workers = self.workers();
@@ -717,7 +722,7 @@ impl WebPush {
 
     /// Stops pushing to `endpoint` and deletes it; `Ok(false)` if it was not registered.
     pub async fn unregister(&self, endpoint: &str) -> Result<bool, RegistryError> {
-        let _writes = self.inner.writes.lock().await;
+        let _writes = self.writes(endpoint).lock().await;
         if let Some(worker) = self.workers().remove(endpoint) {
             worker.cancel.send_replace(true);
         }
@@ -947,6 +952,13 @@ impl WebPush {
         self.forget(me).await;
     }
 
+    /// The write lock of `endpoint`.
+    fn writes(&self, endpoint: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let hash = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(endpoint);
+        &self.inner.writes[(hash % WRITE_LOCKS as u64) as usize]
+    }
+
     /// Whether `me` is still its endpoint's current worker (not replaced by a new registration,
     /// unregistered, or shut down).
     fn is_current(&self, me: Me<'_>) -> bool {
@@ -955,7 +967,7 @@ impl WebPush {
 
     /// Deletes `me`'s registration, unless a newer registration of its endpoint replaced it.
     async fn forget(&self, me: Me<'_>) {
-        let _writes = self.inner.writes.lock().await;
+        let _writes = self.writes(me.endpoint).lock().await;
         if self.is_current(me) {
             if let Err(err) = self.inner.registry.remove(me.endpoint).await {
                 tracing::warn!(%err, "cannot delete a push subscription");
@@ -965,7 +977,7 @@ impl WebPush {
 
     /// Saves `me`'s cursor, unless a newer registration of its endpoint replaced it.
     async fn save_cursor(&self, me: Me<'_>, cursor: &str) {
-        let _writes = self.inner.writes.lock().await;
+        let _writes = self.writes(me.endpoint).lock().await;
         if !self.is_current(me) {
             return;
         }
@@ -1012,12 +1024,19 @@ impl WebPush {
         let mut backoff = inner.config.retry_initial;
         loop {
             let outcome = {
-                let Ok(_permit) = inner.in_flight.acquire().await else { return Step::Cancelled };
-                let started = Instant::now();
-                let outcome = tokio::select! {
-                    outcome = inner.sender.send(subscription, &payload.json, options) => outcome,
+                let permit = tokio::select! {
+                    biased;
                     _ = cancelled.wait_for(|&c| c) => return Step::Cancelled,
                     () = &mut lapse, if lapses.is_some() => return Step::Lapsed,
+                    permit = inner.in_flight.acquire() => permit,
+                };
+                let Ok(_permit) = permit else { return Step::Cancelled };
+                let started = Instant::now();
+                let outcome = tokio::select! {
+                    biased;
+                    _ = cancelled.wait_for(|&c| c) => return Step::Cancelled,
+                    () = &mut lapse, if lapses.is_some() => return Step::Lapsed,
+                    outcome = inner.sender.send(subscription, &payload.json, options) => outcome,
                 };
                 metrics::histogram!("tidings_push_send_seconds").record(started.elapsed().as_secs_f64());
                 let result = match &outcome {

@@ -117,7 +117,8 @@ async fn unregister(State(push): State<WebPush>, body: Result<Bytes, axum::extra
         Ok(body) => body,
         Err(err) => return json_error(StatusCode::BAD_REQUEST, format!("expected {{\"endpoint\": …}}: {err}")),
     };
-    match push.unregister(&body.endpoint).await {
+    let endpoint = crate::subscription::normalize_endpoint(&body.endpoint);
+    match push.unregister(&endpoint).await {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => json_error(StatusCode::NOT_FOUND, "no such push subscription"),
         Err(err) => json_error(StatusCode::SERVICE_UNAVAILABLE, format!("registry unavailable: {err}")),

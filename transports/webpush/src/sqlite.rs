@@ -161,6 +161,7 @@ impl PushRegistry for SqlitePushRegistry {
                 })
                 .map_err(err)?;
             let mut out = Vec::new();
+            let mut respelled = Vec::new();
             for row in rows {
                 let (endpoint, p256dh, auth, topics, recipient, cursor, filter, expires) = row.map_err(err)?;
                 // A row that no longer validates (edited by hand) is skipped, not fatal.
@@ -168,9 +169,21 @@ impl PushRegistry for SqlitePushRegistry {
                     tracing::warn!("skipping an invalid push subscription row");
                     continue;
                 };
+                if subscription.endpoint().as_str() != endpoint {
+                    // Stored under an older spelling (an empty query): keyed as it is read now,
+                    // so that saving and deleting find it.
+                    respelled.push((endpoint, subscription.endpoint().as_str().to_owned()));
+                }
                 let names: Vec<String> = serde_json::from_str(&topics).unwrap_or_default();
                 let topics: Vec<Topic> = names.iter().filter_map(|t| Topic::parse(t).ok()).collect();
                 out.push(Registration { subscription, topics, recipient, cursor, filter, expires: expires.map(from_millis) });
+            }
+            drop(stmt);
+            for (old, new) in respelled {
+                // Two spellings of one endpoint: the newer spelling's row stays.
+                c.execute("UPDATE OR IGNORE push_subscriptions SET endpoint = ?2 WHERE endpoint = ?1", params![old, new])
+                    .map_err(err)?;
+                c.execute("DELETE FROM push_subscriptions WHERE endpoint = ?1", params![old]).map_err(err)?;
             }
             Ok(out)
         })
@@ -235,6 +248,32 @@ mod tests {
         registry.put(&new).await.unwrap();
         let again = SqlitePushRegistry::open(&path).await.unwrap().all().await.unwrap();
         assert!(again.contains(&new), "{again:?}");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    /// A row stored under an older spelling of its endpoint (an empty query) is keyed as it is
+    /// read now, so that its cursor saves and its deletion find it.
+    #[tokio::test]
+    async fn a_row_under_an_older_spelling_is_rekeyed() {
+        let path = path("respell");
+        let registry = SqlitePushRegistry::open(&path).await.unwrap();
+        registry
+            .with(|c| {
+                c.execute(
+                    "INSERT INTO push_subscriptions (endpoint, p256dh, auth, topics, cursor) VALUES ('https://push.example.net/x?', ?1, ?2, '[\"t\"]', 'K')",
+                    params![P256DH, AUTH],
+                )
+                .map_err(err)?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let all = registry.all().await.unwrap();
+        assert_eq!(all[0].endpoint(), "https://push.example.net/x");
+        registry.save_cursor("https://push.example.net/x", "L").await.unwrap();
+        assert_eq!(registry.all().await.unwrap()[0].cursor.as_deref(), Some("L"));
+        assert!(registry.remove("https://push.example.net/x").await.unwrap());
+        assert!(registry.all().await.unwrap().is_empty());
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 }

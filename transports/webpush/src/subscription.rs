@@ -93,6 +93,26 @@ pub(crate) fn decode_b64(text: &str) -> Option<Vec<u8>> {
     }
 }
 
+fn drop_empty_query(url: &mut Url) {
+    if url.query() == Some("") {
+        url.set_query(None);
+    }
+}
+
+/// `endpoint` spelled as registrations are keyed ([`PushSubscription::endpoint`]): parsed and
+/// written back as a URL (scheme and host in lower case, for one), without an empty query. A
+/// string that is no URL is returned as it is (no registration has it). For looking an
+/// endpoint up, as `DELETE` does.
+pub fn normalize_endpoint(endpoint: &str) -> String {
+    match Url::parse(endpoint) {
+        Ok(mut url) => {
+            drop_empty_query(&mut url);
+            url.into()
+        }
+        Err(_) => endpoint.to_owned(),
+    }
+}
+
 impl PushSubscription {
     /// Validates a subscription from its parts.
     pub fn new(endpoint: &str, p256dh: &str, auth: &str) -> Result<PushSubscription, SubscriptionError> {
@@ -109,9 +129,7 @@ impl PushSubscription {
         if endpoint.fragment().is_some() {
             return Err(SubscriptionError::Endpoint("a push endpoint has no fragment (#…)".into()));
         }
-        if endpoint.query() == Some("") {
-            endpoint.set_query(None);
-        }
+        drop_empty_query(&mut endpoint);
         let key = decode_b64(p256dh).ok_or(SubscriptionError::P256dh)?;
         if key.len() != 65 {
             return Err(SubscriptionError::P256dh);
