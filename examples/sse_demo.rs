@@ -139,7 +139,7 @@ pub(crate) struct Args {
     #[arg(long, env = "TIDINGS_PUSH_ALLOW_HOSTS", value_name = "HOST:PORT,...", default_value = "", value_parser = parse_allow_hosts)]
     push_allow_hosts: String,
     /// A root certificate (PEM) to trust for a private push service.
-    #[arg(long, env = "TIDINGS_PUSH_CA_FILE", value_name = "PATH", value_parser = read_pem)]
+    #[arg(long, env = "TIDINGS_PUSH_CA_FILE", value_name = "PATH", value_parser = tidings::webpush::read_root_certificate)]
     push_ca_file: Option<String>,
     /// The VAPID contact push services may write to (`mailto:` or `https:`).
     #[arg(long, env = "TIDINGS_PUSH_CONTACT", default_value = "mailto:tidings-demo@example.com", value_parser = parse_contact)]
@@ -193,15 +193,6 @@ fn parse_allow_hosts(list: &str) -> Result<String, String> {
 /// Checks `--push-contact` before anything starts.
 fn parse_contact(contact: &str) -> Result<String, String> {
     tidings::webpush::Contact::parse(contact).map(|_| contact.to_owned()).map_err(|e| e.to_string())
-}
-
-/// Reads `--push-ca-file` before anything starts: a PEM file with a certificate.
-fn read_pem(path: &str) -> Result<String, String> {
-    let pem = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
-    if !pem.contains("-----BEGIN CERTIFICATE-----") {
-        return Err(format!("{path} holds no PEM certificate"));
-    }
-    Ok(pem)
 }
 
 /// Checks `--store` before anything starts.

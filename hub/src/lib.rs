@@ -154,7 +154,7 @@ struct Inner {
     ids: Ids,
     registry: Registry,
     templates: Arc<selector::TemplateCache>,
-    /// Web Push, once [`MercureHub::enable_push`] gave it.
+    /// Web Push, once [`MercureHub::start_push`] started it.
     push: OnceLock<tidings_webpush::WebPush>,
 }
 
@@ -386,20 +386,7 @@ async fn open_subscription(inner: &Inner, parts: &http::request::Parts) -> Resul
     let query = query_pairs(parts)?;
     let claims = subscriber_claims(inner, &parts.headers, &query)?;
     let given: Vec<&str> = query.iter().filter(|(k, _)| k == "topic").map(|(_, v)| v.as_str()).collect();
-    if given.is_empty() {
-        return Err(HttpError::bad_request("at least one topic selector is needed (`topic=`)"));
-    }
-    if given.len() > inner.settings.max_selectors {
-        return Err(HttpError::bad_request(format!("more than {} topic selectors", inner.settings.max_selectors)));
-    }
-    let topics = Selectors::parse(&given, &inner.templates).map_err(HttpError::bad_request)?;
-    let private = match claims.as_ref().and_then(|c| c.mercure.subscribe.as_ref()) {
-        Some(list) => Some(
-            Selectors::parse(list, &inner.templates)
-                .map_err(|e| HttpError::new(StatusCode::UNAUTHORIZED, format!("the token's mercure.subscribe: {e}")))?,
-        ),
-        None => None,
-    };
+    let filter = subscriber_filter(inner, &given, claims.as_ref())?;
 
     // Where to start: after the given id, else at the end of the log.
     let last_event_id = last_event_id(&parts.headers, &query);
@@ -421,7 +408,28 @@ async fn open_subscription(inner: &Inner, parts: &http::request::Parts) -> Resul
         other => other,
     };
     let selectors = given.iter().map(|s| (*s).to_owned()).collect();
-    Ok(Opened { subscription, filter: Filter { topics, private }, claims, selectors, answered_id, unknown_id })
+    Ok(Opened { subscription, filter, claims, selectors, answered_id, unknown_id })
+}
+
+/// Who may receive what, from a subscriber's `topic` selectors and its token (a subscription
+/// or a Web Push registration): at least one selector and at most `max_selectors`, each valid
+/// (a 400 saying why); the token's `mercure.subscribe` (a 401 when it does not read).
+fn subscriber_filter<S: AsRef<str>>(inner: &Inner, given: &[S], claims: Option<&auth::Claims>) -> Result<Filter, HttpError> {
+    if given.is_empty() {
+        return Err(HttpError::bad_request("at least one topic selector is needed (`topic`)"));
+    }
+    if given.len() > inner.settings.max_selectors {
+        return Err(HttpError::bad_request(format!("more than {} topic selectors", inner.settings.max_selectors)));
+    }
+    let topics = Selectors::parse(given, &inner.templates).map_err(HttpError::bad_request)?;
+    let private = match claims.and_then(|c| c.mercure.subscribe.as_ref()) {
+        Some(list) => Some(
+            Selectors::parse(list, &inner.templates)
+                .map_err(|e| HttpError::new(StatusCode::UNAUTHORIZED, format!("the token's mercure.subscribe: {e}")))?,
+        ),
+        None => None,
+    };
+    Ok(Filter { topics, private })
 }
 
 async fn open_stream(mercure: &MercureHub, request: Request) -> Result<Response, HttpError> {

@@ -102,7 +102,7 @@ struct Args {
     #[arg(long, env = "TIDINGS_PUSH_ALLOW_HOSTS", value_name = "HOST:PORT,...", default_value = "", value_parser = parse_allow_hosts)]
     push_allow_hosts: String,
     /// A root certificate (PEM) to trust for a private push service [default: the system's].
-    #[arg(long, env = "TIDINGS_PUSH_CA_FILE", value_name = "FILE", value_parser = read_pem)]
+    #[arg(long, env = "TIDINGS_PUSH_CA_FILE", value_name = "FILE", value_parser = tidings_webpush::read_root_certificate)]
     push_ca_file: Option<String>,
     /// Web Push registrations at once, in all; one more is a 503.
     #[arg(long, value_name = "N", default_value = "100000")]
@@ -121,15 +121,6 @@ fn parse_contact(contact: &str) -> Result<String, String> {
 /// Checks `--push-allow-hosts` before anything starts.
 fn parse_allow_hosts(list: &str) -> Result<String, String> {
     tidings_webpush::EndpointPolicy::from_list(list).map(|_| list.to_owned())
-}
-
-/// Reads `--push-ca-file` before anything starts: a PEM file with a certificate.
-fn read_pem(path: &str) -> Result<String, String> {
-    let pem = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
-    if !pem.contains("-----BEGIN CERTIFICATE-----") {
-        return Err(format!("{path} holds no PEM certificate"));
-    }
-    Ok(pem)
 }
 
 /// Starts Web Push on `mercure` as `--push*` say.

@@ -53,7 +53,7 @@ use tidings_webpush::{PushContent, PushMessages, PushSubscription, RegisterError
 
 use crate::selector::{Selectors, TemplateCache};
 use crate::stream::Filter;
-use crate::update::{Decoded, GAP_EVENT, PollItem, Update, View, cursor_id};
+use crate::update::{Decoded, GAP_EVENT, PushItem, Update, View, cursor_id};
 use crate::{MercureHub, auth, query_pairs, subscriber_claims};
 
 /// The path of the registrations (`POST`, `DELETE`).
@@ -121,16 +121,10 @@ impl PushMessages for HubMessages {
         if !event.with_encoded::<Decoded, _>(|bytes| self.filter.lets_through(&View::new(bytes))) {
             return None;
         }
-        // `{"lastEventID":"…",` and the rest of the update's shared long-poll item. Over
-        // MAX_PLAINTEXT, the dispatcher sends `truncated` instead.
-        let item = event.encoded::<PollItem>();
-        let position = cursor_id(cursor);
-        let mut json = Vec::with_capacity(18 + position.len() + item.len());
-        json.extend_from_slice(b"{\"lastEventID\":");
-        json.extend_from_slice(&serde_json::to_vec(&position).unwrap_or_default());
-        json.push(b',');
-        json.extend_from_slice(item.get(1..).unwrap_or_default());
-        Some(Payload { json, truncated: false })
+        // The position after the update is the update's own (one topic): the payload is the
+        // event's shared encoding. Over MAX_PLAINTEXT, the dispatcher sends `truncated` instead.
+        debug_assert_eq!(*cursor, event.event().cursor());
+        Some(Payload { json: event.encoded::<PushItem>().to_vec(), truncated: false })
     }
 
     fn truncated(&self, event: &SharedEvent, cursor: &Cursor) -> Payload {
@@ -252,18 +246,9 @@ async fn accept_registration(mercure: &MercureHub, parts: &http::request::Parts,
         Topics::One(topic) => vec![topic],
         Topics::Many(topics) => topics,
     };
-    if topics.is_empty() {
-        return Err(HttpError::bad_request("at least one topic selector is needed (\"topic\")"));
-    }
-    if topics.len() > inner.settings.max_selectors {
-        return Err(HttpError::bad_request(format!("more than {} topic selectors", inner.settings.max_selectors)));
-    }
-    Selectors::parse(&topics, &inner.templates).map_err(HttpError::bad_request)?;
+    // Checked as a subscription's are; kept as given, and read again when pushing starts.
+    crate::subscriber_filter(inner, &topics, claims.as_ref())?;
     let private = claims.as_ref().and_then(|c| c.mercure.subscribe.clone());
-    if let Some(list) = &private {
-        Selectors::parse(list, &inner.templates)
-            .map_err(|e| HttpError::new(StatusCode::UNAUTHORIZED, format!("the token's mercure.subscribe: {e}")))?;
-    }
     // Where pushing starts, as for a subscription. An id no update has starts at the oldest
     // retained update with a gap notice: a start that is no cursor (see `HubContent`).
     let last_event_id = body.last_event_id.as_deref().and_then(tidings_http::carried_cursor);
@@ -319,13 +304,7 @@ fn recipient(claims: Option<&auth::Claims>, client: Option<IpAddr>) -> Option<St
     if let Some(sub) = claims.and_then(|c| c.sub.as_deref()) {
         return Some(format!("sub:{sub}"));
     }
-    client.map(|ip| match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            format!("addr:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-        }
-        ip => format!("addr:{ip}"),
-    })
+    client.map(|ip| format!("addr:{}", tidings_server::client_key(ip)))
 }
 
 /// Refuses a request whose `Origin` (else `Referer`) is neither the hub's own nor one of
@@ -435,7 +414,7 @@ mod tests {
         let a = recipient(None, Some("2001:db8:1:2:aaaa::1".parse().unwrap()));
         let b = recipient(None, Some("2001:db8:1:2:bbbb::9".parse().unwrap()));
         assert_eq!(a, b, "one IPv6 /64 is one client");
-        assert_eq!(a.as_deref(), Some("addr:2001:db8:1:2::/64"));
+        assert_eq!(a.as_deref(), Some("addr:2001:db8:1:2::"));
         assert_ne!(a, recipient(None, Some("2001:db8:1:3::1".parse().unwrap())));
         assert_eq!(recipient(None, None), None);
     }

@@ -200,6 +200,28 @@ impl WireFormat for PollItem {
     }
 }
 
+/// An update as a Web Push payload, `{"lastEventID":…,"id":…,"type":…,"data":…}`: the
+/// [`PollItem`] with the position after the update in front. The log is one topic, so that
+/// position is the update's own cursor, the same for every registration: the payload is
+/// encoded once per event, not per registration (`push.rs`). A record that does not parse is
+/// `null` (it reaches nobody).
+#[derive(Debug)]
+pub struct PushItem;
+
+impl WireFormat for PushItem {
+    fn encode(event: &Event) -> Bytes {
+        let item = PollItem::encode(event);
+        let Some(fields) = item.strip_prefix(b"{") else { return item };
+        let position = serde_json::to_vec(&cursor_id(&event.cursor())).unwrap_or_default();
+        let mut out = BytesMut::with_capacity(16 + position.len() + fields.len());
+        out.extend_from_slice(b"{\"lastEventID\":");
+        out.extend_from_slice(&position);
+        out.put_u8(b',');
+        out.extend_from_slice(fields);
+        out.freeze()
+    }
+}
+
 /// The hub's log topic.
 pub fn log_topic() -> Topic {
     Topic::new(LOG_TOPIC)
@@ -253,6 +275,21 @@ mod tests {
         assert_eq!(cursor.position(&log_topic()), Some(3));
         assert_eq!(std::str::from_utf8(view.frame()).unwrap(), format!("id: {id}\ndata: \n\n"));
         assert!(!view.private());
+    }
+
+    #[test]
+    fn a_push_item_is_the_poll_item_after_the_position_of_the_update() {
+        let update = Update { topics: vec!["t".into()], private: false, id: Some("urn:a".into()), kind: None, retry: None, data: "d\"".into() };
+        let event = event(&update);
+        let push: serde_json::Value = serde_json::from_slice(&PushItem::encode(&event)).unwrap();
+        let poll: serde_json::Value = serde_json::from_slice(&PollItem::encode(&event)).unwrap();
+        assert_eq!(push["lastEventID"], cursor_id(&event.cursor()));
+        for field in ["id", "type", "data"] {
+            assert_eq!(push[field], poll[field], "{field}");
+        }
+        let mut unreadable = event;
+        unreadable.data = "not json".into();
+        assert_eq!(&PushItem::encode(&unreadable)[..], b"null");
     }
 
     #[test]

@@ -88,6 +88,16 @@ async fn pushes_until(service: &LocalPushService, sub: &TestSubscription, marker
     service.messages(&sub.id).iter().map(|m| m.json()).collect()
 }
 
+/// Waits until `check` holds, for server-side state that notifies nobody (the dispatcher's
+/// counters, its registry), looking every 10 ms up to [`WAIT`]; fails naming `what`.
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "not within {WAIT:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn datas(pushes: &[serde_json::Value]) -> Vec<String> {
     pushes
         .iter()
@@ -210,11 +220,7 @@ async fn pushes_carry_what_the_selectors_and_token_let_through_with_the_publishe
             .await
             .is_empty()
     );
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while push.stats().delivered < 3 + 5 + 4 {
-        assert!(tokio::time::Instant::now() < deadline, "{:?}", push.stats());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("every push counted", || async { push.stats().delivered >= 3 + 5 + 4 }).await;
     assert_eq!(push.stats().delivered, 3 + 5 + 4);
 }
 
@@ -371,19 +377,11 @@ async fn a_registration_ends_when_its_token_expires() {
     );
     let sub = service.subscribe();
     assert_eq!(register(&hub, &sub, &["a"], None, Some(&expiring)).await.0, 201);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while push.stats().lapsed == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "never lapsed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the registration lapses", || async { push.stats().lapsed > 0 }).await;
     assert!(registry.all().await.unwrap().is_empty());
     // Its task ended, and its subscription to the log with it: nothing more can be pushed.
     let core = hub.mercure.hub().clone();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while core.subscriber_count() > 0 || push.stats().subscriptions > 0 {
-        assert!(tokio::time::Instant::now() < deadline, "still subscribed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("its subscription ends", || async { core.subscriber_count() == 0 && push.stats().subscriptions == 0 }).await;
     // Past the leeway: refused at once.
     let expired = token(
         common::SUBSCRIBER_KEY,
@@ -478,20 +476,23 @@ async fn register_with_headers(hub: &TestHub, sub: &TestSubscription, headers: &
     (status, serde_json::from_slice(&response.bytes().await.unwrap()).unwrap_or(serde_json::Value::Null))
 }
 
+/// A hub with Web Push, allowing `cors_origin`, and a `mercureAuthorization` cookie whose token
+/// may receive every private update.
+async fn cookie_hub(cors_origin: &str) -> (TestHub, LocalPushService, WebPush, String) {
+    let settings = tidings_hub::Settings { cors_origins: vec![cors_origin.into()], ..settings() };
+    let hub = TestHub::start(Arc::new(tidings_core::MemoryStore::new()), settings).await;
+    let service = LocalPushService::start().await;
+    let push = enable(&hub, &service, VapidKeys::generate(), MemoryRegistry::new()).await;
+    (hub, service, push, format!("mercureAuthorization={}", subscriber(&["*"])))
+}
+
 /// Found by a fresh user: a registration with the `mercureAuthorization` cookie, sent as text by
 /// another site's page (no CORS preflight for that), had the victim's private updates pushed
 /// to the other site's endpoint. A registration is JSON, and one the cookie authorizes must
 /// come from the hub's own origin or one of `--cors-origins`, as a publish with the cookie must.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cookie_registers_only_from_the_hubs_origin_or_an_allowed_one_and_only_as_json() {
-    let hub = TestHub::start(
-        Arc::new(tidings_core::MemoryStore::new()),
-        tidings_hub::Settings { cors_origins: vec!["https://app.example".into()], ..settings() },
-    )
-    .await;
-    let service = LocalPushService::start().await;
-    let push = enable(&hub, &service, VapidKeys::generate(), MemoryRegistry::new()).await;
-    let cookie = format!("mercureAuthorization={}", subscriber(&["*"]));
+    let (hub, service, push, cookie) = cookie_hub("https://app.example").await;
     let host = hub.url.trim_start_matches("http://").to_owned();
     let own = hub.url.clone();
     let json = ("content-type", "application/json");
@@ -622,11 +623,7 @@ async fn a_new_subscriber_key_revokes_the_registrations_its_predecessor_authoriz
     second.publish(&["a"], "after rotation").await;
     pushes_until(&service, &anonymous, "after rotation").await;
     let registry = SqlitePushRegistry::open(dir.join("push.db")).await.unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while registry.all().await.unwrap().len() > 1 {
-        assert!(tokio::time::Instant::now() < deadline, "the revoked registration is still there");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the revoked registration is deleted", || async { registry.all().await.unwrap().len() == 1 }).await;
     let left = registry.all().await.unwrap();
     assert_eq!(left[0].endpoint(), anonymous.subscription.endpoint().as_str());
     assert!(!service.messages(&with_token.id).iter().any(|m| m.json()["data"] == "after rotation"));
@@ -639,14 +636,7 @@ async fn a_new_subscriber_key_revokes_the_registrations_its_predecessor_authoriz
 /// pages of any site read streams while they are open; a registration needs its origin named.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wildcard_cors_origin_does_not_let_any_site_register_with_the_cookie() {
-    let hub = TestHub::start(
-        Arc::new(tidings_core::MemoryStore::new()),
-        tidings_hub::Settings { cors_origins: vec!["*".into()], ..settings() },
-    )
-    .await;
-    let service = LocalPushService::start().await;
-    let push = enable(&hub, &service, VapidKeys::generate(), MemoryRegistry::new()).await;
-    let cookie = format!("mercureAuthorization={}", subscriber(&["*"]));
+    let (hub, service, push, cookie) = cookie_hub("*").await;
     let json = ("content-type", "application/json");
     for origin in ["https://evil.example", "null"] {
         let (status, answer) = register_with_headers(&hub, &service.subscribe(), &[json, ("cookie", &cookie), ("origin", origin)]).await;

@@ -62,7 +62,7 @@ mod shutdown;
 #[cfg(feature = "tls")]
 mod tls;
 
-pub use limits::{ServerStats, ServerStatsHandle};
+pub use limits::{ServerStats, ServerStatsHandle, client_key};
 pub use listener::{LimitedListener, LimitedStream};
 pub use proxy::{ClientIp, DEFAULT_TRUSTED_PROXIES};
 pub use shutdown::shutdown_signal;

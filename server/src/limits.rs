@@ -262,9 +262,11 @@ impl<G: Unpin> http_body::Body for Held<G> {
     }
 }
 
-/// The address connections are counted under: IPv4 (also when mapped into IPv6) as it is,
-/// IPv6 by its /64 network.
-pub(crate) fn client_key(ip: IpAddr) -> IpAddr {
+/// The address a client is counted under ([`Server::max_connections_per_ip`](crate::Server::max_connections_per_ip)):
+/// IPv4 (also when mapped into IPv6) as it is, IPv6 by its /64 network (the block one client
+/// usually holds), written with the rest zero (`2001:db8:1:2::`). For other per-client limits
+/// to count the same way.
+pub fn client_key(ip: IpAddr) -> IpAddr {
     match canonical(ip) {
         IpAddr::V6(v6) => {
             let s = v6.segments();

@@ -297,7 +297,7 @@ impl WebPushBuilder {
     }
 
     /// Trusts this root certificate (PEM) besides the system's, for a private or test push
-    /// service (default: the system's only).
+    /// service (default: the system's only). [`read_root_certificate`] reads one from a file.
     pub fn add_root_certificate(mut self, pem: impl Into<String>) -> Self {
         self.roots.push(pem.into());
         self
@@ -865,24 +865,24 @@ impl WebPush {
             // Where it starts is where a restart resumes.
             self.save_cursor(me, &sub.cursor().to_string()).await;
         }
-        // The cursor past events the content skipped, not saved yet: saved with the next push,
-        // or after `SAVE_SKIPPED` (one write a second at most, not one per skipped event).
-        let mut unsaved: Option<String> = None;
+        // Whether the cursor moved past events the content skipped without being saved: it is
+        // saved with the next push, or after `SAVE_SKIPPED` (one write a second at most, not
+        // one per skipped event). Between deliveries, `sub.cursor()` is that cursor.
+        let mut unsaved = false;
         let mut last_save = Instant::now();
         loop {
             let woke = tokio::select! {
                 biased;
                 _ = cancelled.wait_for(|&c| c) => return,
                 () = &mut lapse, if lapses.is_some() => Woke::Lapsed,
-                () = tokio::time::sleep_until(last_save + SAVE_SKIPPED), if unsaved.is_some() => Woke::SaveSkipped,
+                () = tokio::time::sleep_until(last_save + SAVE_SKIPPED), if unsaved => Woke::SaveSkipped,
                 delivery = sub.next() => Woke::Delivery(delivery),
             };
             let delivery = match woke {
                 Woke::Lapsed => return self.lapse(me).await,
                 Woke::SaveSkipped => {
-                    if let Some(token) = unsaved.take() {
-                        self.save_cursor(me, &token).await;
-                    }
+                    self.save_cursor(me, &sub.cursor().to_string()).await;
+                    unsaved = false;
                     last_save = Instant::now();
                     continue;
                 }
@@ -921,17 +921,12 @@ impl WebPush {
                 Some(_) => continue,
             };
             match step {
-                Step::Done => {
+                Step::Skipped if last_save.elapsed() < SAVE_SKIPPED => unsaved = true,
+                Step::Done | Step::Skipped => {
                     self.save_cursor(me, &cursor.to_string()).await;
-                    unsaved = None;
+                    unsaved = false;
                     last_save = Instant::now();
                 }
-                Step::Skipped if last_save.elapsed() >= SAVE_SKIPPED => {
-                    self.save_cursor(me, &cursor.to_string()).await;
-                    unsaved = None;
-                    last_save = Instant::now();
-                }
-                Step::Skipped => unsaved = Some(cursor.to_string()),
                 Step::Cancelled => return,
                 Step::Lapsed => return self.lapse(me).await,
                 Step::Gone => {
@@ -1106,6 +1101,20 @@ impl WebPush {
             }
         }
     }
+}
+
+/// Reads the PEM file at `path` for [`WebPushBuilder::add_root_certificate`] (a command line's
+/// `--push-ca-file`, say).
+///
+/// # Errors
+///
+/// The file cannot be read, or holds no PEM certificate: the reason, naming the path.
+pub fn read_root_certificate(path: &str) -> Result<String, String> {
+    let pem = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!("{path} holds no PEM certificate"));
+    }
+    Ok(pem)
 }
 
 /// `d` scaled by a random factor in [0.5, 1.5).

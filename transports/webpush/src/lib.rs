@@ -58,6 +58,7 @@ pub mod vapid;
 pub use content::{EventContent, PushContent, PushMessages};
 pub use dispatch::{
     DeliveryPolicy, PushStats, RegisterError, RegisterRequest, StartError, TRANSPORT, WebPush, WebPushBuilder,
+    read_root_certificate,
 };
 pub use endpoint::{EndpointError, EndpointPolicy};
 pub use keys::{KeyError, VapidKeys};
