@@ -85,8 +85,8 @@ struct Args {
     #[arg(long)]
     no_page: bool,
     /// Serve Web Push (tidings' extension): browsers register at /.well-known/mercure/push and
-    /// get the updates their selectors and token let through while no page is open. Needs
-    /// --push-contact.
+    /// get the updates their selectors and token let through from their push service, also
+    /// when no page is open. Needs --push-contact.
     #[arg(long, requires = "push_contact")]
     push: bool,
     /// The VAPID contact push services may write to (`mailto:` or `https:` URL).
